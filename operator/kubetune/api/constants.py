@@ -1,0 +1,106 @@
+"""Names shared by the operator, the trainer, the CRDs and the docs.
+
+Condition types and reasons are CamelCase constants, kept beside the types that use them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "kubetune.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+FINETUNEJOB_KIND: Final = "FineTuneJob"
+FINETUNEJOB_PLURAL: Final = "finetunejobs"
+FINETUNEJOB_SHORT_NAMES: Final = ("ftj", "ftjob")
+
+MODELDEPLOYMENT_KIND: Final = "ModelDeployment"
+MODELDEPLOYMENT_PLURAL: Final = "modeldeployments"
+MODELDEPLOYMENT_SHORT_NAMES: Final = ("mdep",)
+
+CATEGORIES: Final = ("kubetune",)
+
+DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/kubetune/trainer:0.1.0"
+DEFAULT_ARTIFACTS_PVC: Final = "kubetune-artifacts"
+
+# Labels and annotations put on children.
+LABEL_PREFIX: Final = "kubetune.dev"
+LABEL_FINETUNEJOB: Final = f"{LABEL_PREFIX}/finetunejob"
+LABEL_COMPONENT: Final = f"{LABEL_PREFIX}/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+
+# Where the trainer pod finds the resolved spec and writes its results.
+SPEC_MOUNT_DIR: Final = "/etc/kubetune"
+SPEC_FILE_NAME: Final = "spec.json"
+ARTIFACTS_MOUNT_DIR: Final = "/artifacts"
+TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+TERMINATION_MESSAGE_MAX_BYTES: Final = 4096
+METRICS_PORT: Final = 9400
+
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"
+
+
+class Phase:
+    """Values of `status.phase` of a FineTuneJob."""
+
+    PENDING: Final = "Pending"
+    RUNNING: Final = "Running"
+    SUCCEEDED: Final = "Succeeded"
+    FAILED: Final = "Failed"
+    SUSPENDED: Final = "Suspended"
+
+    ALL: Final = (PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
+    FINAL: Final = (SUCCEEDED, FAILED)
+
+
+class ConditionType:
+    """Condition types of a FineTuneJob (Kubernetes conventions: positive polarity)."""
+
+    ACCEPTED: Final = "Accepted"  # the spec was validated and the children were created
+    SCHEDULED: Final = "Scheduled"  # the trainer pod has a node
+    RUNNING: Final = "Running"
+    SUSPENDED: Final = "Suspended"
+    GATE_PASSED: Final = "GatePassed"
+    COMPLETE: Final = "Complete"
+    FAILED: Final = "Failed"
+
+
+class Reason:
+    """CamelCase reasons used in conditions, status.reason and Events."""
+
+    CREATED: Final = "JobCreated"
+    INVALID_SPEC: Final = "InvalidSpec"
+    PENDING: Final = "Pending"
+    UNSCHEDULABLE: Final = "Unschedulable"
+    SCHEDULED: Final = "Scheduled"
+    STARTED: Final = "Started"
+    TRAINING: Final = "Training"
+    SUSPENDED: Final = "Suspended"
+    RESUMED: Final = "Resumed"
+    SUCCEEDED: Final = "Succeeded"
+    OOM_KILLED: Final = "OOMKilled"
+    IMAGE_PULL: Final = "ImagePullFailed"
+    DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+    BACKOFF_LIMIT: Final = "BackoffLimitExceeded"
+    TRAINER_FAILED: Final = "TrainerFailed"
+    DATA_POLICY: Final = "DataPolicyFailed"
+    JOB_DELETED: Final = "JobDeleted"
+    GATE_PASSED: Final = "GatePassed"
+    GATE_FAILED: Final = "GateFailed"
+    NO_GATE: Final = "NoGate"
+
+# Where the operator mounts what a spec references, and how the trainer finds it.
+PVC_MOUNT_ROOT: Final = "/mnt/pvc"  # pvc://<claim>/<path> -> /mnt/pvc/<claim>/<path>
+CONFIGMAP_MOUNT_ROOT: Final = "/mnt/configmap"  # configMap {name, key} -> /mnt/configmap/<name>/<key>
+
+# Environment of the trainer container.
+ENV_JUDGE_API_KEY: Final = "KUBETUNE_JUDGE_API_KEY"
+ENV_HF_TOKEN: Final = "HF_TOKEN"
+ENV_ARTIFACTS_URI: Final = "KUBETUNE_ARTIFACTS_URI"  # URI of the workdir, e.g. pvc://claim/ns/job
+ENV_METRICS_PORT: Final = "KUBETUNE_METRICS_PORT"
+ENV_TERMINATION_LOG: Final = "KUBETUNE_TERMINATION_LOG"
+ENV_PVC_ROOT: Final = "KUBETUNE_PVC_ROOT"  # override PVC_MOUNT_ROOT (local runs)
+ENV_CONFIGMAP_ROOT: Final = "KUBETUNE_CONFIGMAP_ROOT"
+ENV_LLAMA_CPP_DIR: Final = "KUBETUNE_LLAMA_CPP_DIR"

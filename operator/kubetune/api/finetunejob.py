@@ -1,0 +1,622 @@
+"""The FineTuneJob resource: what to fine-tune, on which data, how, and what it produced.
+
+The models here are the single source of truth: the CRD in `crds/` is generated from them
+(`kubetune crds`), the operator validates and resolves specs with them, and the trainer reads
+the resolved spec through them. Defaults are the ones that work in practice for an 8B model on
+one GPU with QLoRA (r=16, alpha=32, dropout=0.05, lr=2e-4, 3 epochs, nf4 + double quant, bf16).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, HttpUrl, model_validator
+
+from kubetune.api.common import (
+    ApiModel,
+    Artifact,
+    Condition,
+    ConfigMapKeyRef,
+    LongText,
+    Name,
+    SecretKeyRef,
+    ShortText,
+    Toleration,
+)
+from kubetune.api.constants import TERMINATION_MESSAGE_MAX_BYTES
+
+ModelUri = Annotated[
+    str,
+    Field(
+        max_length=2048,
+        pattern=r"^(hf|pvc|file|s3|builtin)://.+$",
+        examples=["hf://meta-llama/Llama-3.1-8B-Instruct", "pvc://models/llama-3.1-8b"],
+    ),
+]
+DataUri = Annotated[
+    str,
+    Field(
+        max_length=2048,
+        pattern=r"^(hf|pvc|file|s3|https?)://.+$",
+        examples=["pvc://datasets/support/train.jsonl", "https://example.com/data.jsonl"],
+    ),
+]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+Quantity = Annotated[
+    str,
+    Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"),
+]
+
+# Model families whose weights come under a licence the user must accept explicitly.
+LICENSED_FAMILIES = ("llama", "gemma", "mistral-large", "codestral")
+
+# Spec fields that may change after creation; every other spec field is frozen by a CEL rule.
+MUTABLE_SPEC_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+
+
+def _cel(rule: str, message: str) -> ConfigDict:
+    """Model config carrying one CEL rule into the generated CRD schema."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+
+
+class BaseModelSpec(ApiModel):
+    """The model to start from."""
+
+    model_config = _cel(
+        "self.acceptLicense || !(self.uri.lowerAscii().contains('llama') || self.uri.lowerAscii().contains('gemma') || self.uri.lowerAscii().contains('mistral-large') || self.uri.lowerAscii().contains('codestral'))",
+        "acceptLicense: this model family is under a licence you must accept; set acceptLicense: true after reading it",
+    )
+
+    uri: ModelUri
+    """Where the base model is: `hf://org/name` (a Hugging Face id, needs cluster network),
+    `pvc://<claim>/<path>` or `file://<path>` (a local/mounted folder in Hugging Face format),
+    `s3://bucket/prefix`, or `builtin://tiny-llama` (a tiny model built locally, for demos and tests)."""
+    revision: ShortText | None = None
+    """Git revision (branch, tag or commit) for `hf://` models; pin a commit for reproducibility."""
+    accept_license: bool = False
+    """Set to true to accept the licence of gated model families (e.g. Llama, Gemma). Required
+    for those families; the job fails before anything is downloaded otherwise."""
+    trust_remote_code: bool = False
+    """Allow the model repository's own Python code to run. Off by default: it executes code
+    from the model's authors inside the trainer pod."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret holding a Hugging Face token for gated or private `hf://` models."""
+
+    def requires_license(self) -> bool:
+        """True when the model's id names a family whose licence must be accepted."""
+        ident = self.uri.split("://", 1)[-1].lower()
+        return any(family in ident for family in LICENSED_FAMILIES)
+
+
+class DatasetSource(ApiModel):
+    """Where examples come from: exactly one of `uri` or `configMap`."""
+
+    model_config = _cel("has(self.uri) != has(self.configMap)", "set exactly one of uri or configMap")
+
+    uri: DataUri | None = None
+    """JSONL (or JSON array) file or folder: `pvc://<claim>/<path>`, `file://<path>`,
+    `https://…`, `hf://<dataset>` or `s3://…` (the last two need cluster network)."""
+    config_map: ConfigMapKeyRef | None = None
+    """A ConfigMap key holding JSONL, for small datasets kept beside the FineTuneJob."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatasetSource:
+        if (self.uri is None) == (self.config_map is None):
+            raise ValueError("set exactly one of uri or configMap")
+        return self
+
+
+class SplitSpec(ApiModel):
+    """How the dataset is split into train / validation / test (seeded, leakage-checked)."""
+
+    model_config = _cel("self.validation + self.test < 0.9", "validation + test must leave at least 10% for training")
+
+    validation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    """Fraction held out for evaluation during training (eval loss, early stopping)."""
+    test: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    """Fraction held out for the final evaluation and the quality gate."""
+    seed: int = 42
+    """Seed of the shuffle, so the same data always gives the same split."""
+
+
+class GeneralDataSpec(ApiModel):
+    """General-purpose data mixed into training to limit forgetting of general skills."""
+
+    source: DatasetSource
+    """Where the general examples are."""
+    ratio: Ratio = 0.2
+    """Share of general examples in the training mix (0.2 = one general example in five)."""
+
+
+class DatasetSpec(ApiModel):
+    """The training data."""
+
+    source: DatasetSource
+    """Where the examples are."""
+    format: Literal["auto", "chat", "instruction", "completion", "preference"] = "auto"
+    """Record format: chat (`messages`), instruction (`instruction`/`input`/`output`),
+    completion (`prompt`/`completion`), preference (`prompt`/`chosen`/`rejected`), or auto-detected."""
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    """Train / validation / test split."""
+    general: GeneralDataSpec | None = None
+    """Optional general data to mix in."""
+
+
+class DataPolicySpec(ApiModel):
+    """Checks run on the data before any GPU time is spent."""
+
+    dedup: Literal["none", "exact", "near"] = "near"
+    """Remove exact duplicates (`exact`), or exact and near duplicates (`near`)."""
+    near_duplicate_threshold: Annotated[float, Field(ge=0.5, le=1.0)] = 0.9
+    """Jaccard similarity of word shingles above which two examples are near duplicates."""
+    poisoning_scan: bool = True
+    """Look for instruction-override phrases ("ignore previous instructions", …)."""
+    secret_scan: bool = True
+    """Look for API keys, tokens, private keys, passwords and credentials in URLs."""
+    pii_scan: bool = True
+    """Look for e-mail addresses and phone numbers."""
+    action: Literal["flag", "drop", "fail"] = "drop"
+    """What to do with examples the scans catch: report them (`flag`), remove them (`drop`),
+    or stop the job before training (`fail`)."""
+
+
+class LoraSpec(ApiModel):
+    """LoRA adapter settings (used by `qlora` and `lora`)."""
+
+    r: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Rank of the adapter matrices."""
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Scaling numerator; usually 2 × r."""
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: Annotated[list[Annotated[str, Field(max_length=128)]], Field(min_length=1, max_length=64)] = Field(
+        default_factory=lambda: ["all-linear"]
+    )
+    """Modules to adapt; `all-linear` adapts every linear layer but the output head."""
+
+
+class QuantizationSpec(ApiModel):
+    """4-bit quantization of the frozen base weights (`qlora` only)."""
+
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type; nf4 suits normally distributed weights."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.4 bit per parameter)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Data type of the matrix multiplications."""
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Stop when the eval loss stops improving."""
+
+    enabled: bool = True
+    """Turn early stopping on."""
+    patience: Annotated[int, Field(ge=1, le=100)] = 3
+    """Evaluations without improvement before stopping."""
+    threshold: Annotated[float, Field(ge=0.0)] = 0.0
+    """Minimum decrease of eval loss that counts as an improvement."""
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation settings."""
+
+    epochs: Annotated[float, Field(gt=0, le=100)] = 3
+    """Passes over the training data."""
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    """Peak learning rate."""
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Examples per device per step."""
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Steps whose gradients are summed before an update (effective batch = batch × this × GPUs)."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
+    """Share of steps spent warming the learning rate up."""
+    max_length: Annotated[int, Field(ge=16, le=131072)] = 2048
+    """Tokens per example; longer examples are truncated (the data report counts them)."""
+    packing: bool = False
+    """Pack several short examples into one sequence."""
+    eval_steps: Annotated[int, Field(ge=1)] = 50
+    """Evaluate on the validation split every this many steps."""
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    """Early stopping on eval loss; the best checkpoint is kept."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory."""
+    dpo_beta: Annotated[float, Field(gt=0, le=10)] = 0.1
+    """DPO temperature (objective `dpo` only)."""
+    seed: int = 42
+    """Seed for initialisation, shuffling and dropout."""
+
+
+class JudgeSpec(ApiModel):
+    """An LLM judge behind any OpenAI-compatible endpoint."""
+
+    endpoint: Annotated[HttpUrl, Field(max_length=2048)]
+    """Base URL of the OpenAI-compatible API, e.g. `https://api.openai.com/v1`."""
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    """Judge model name."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret holding the API key (mounted as an environment variable, never logged)."""
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    """Requests in flight at once."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 60
+    """Timeout of one request."""
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    """Retries for rate limits, timeouts and unparseable answers."""
+
+
+class GateSpec(ApiModel):
+    """Thresholds a fine-tuned model must meet to be marked deployable (`status.gate.passed`).
+    With a judge configured and no threshold given, the gate is a mean judge score ≥ 4.0."""
+
+    min_judge_score: Annotated[float, Field(ge=1, le=5)] | None = None
+    """Minimum mean judge score (1–5)."""
+    min_exact_match: Ratio | None = None
+    """Minimum exact-match rate on the test split."""
+    min_rouge_l: Ratio | None = None
+    """Minimum ROUGE-L F1."""
+    min_bleu: Annotated[float, Field(ge=0, le=100)] | None = None
+    """Minimum BLEU (0–100)."""
+    max_perplexity: Annotated[float, Field(gt=0)] | None = None
+    """Maximum perplexity on the test split."""
+    max_forgetting_drop: Ratio | None = 0.1
+    """Largest allowed relative drop of the general-set score after fine-tuning."""
+    require_improvement_over_base: bool = False
+    """Fail the gate unless the fine-tuned model beats the base on the primary metric."""
+
+
+class EvaluationSpec(ApiModel):
+    """How the fine-tuned model is evaluated on the held-out test split."""
+
+    metrics: Annotated[
+        list[Literal["exact_match", "rouge_l", "bleu", "perplexity"]], Field(max_length=8)
+    ] = Field(default_factory=lambda: ["exact_match", "rouge_l", "bleu", "perplexity"])
+    """Reference-based metrics to compute."""
+    judge: JudgeSpec | None = None
+    """Optional LLM-as-judge scoring (1–5 rubric against the reference)."""
+    gate: GateSpec = Field(default_factory=GateSpec)
+    """Quality gate thresholds."""
+    compare_with_base: bool = True
+    """Also evaluate the base model, for deltas and win rate."""
+    forgetting_set: DatasetSource | None = None
+    """Small general set scored before and after fine-tuning (forgetting check)."""
+    max_examples: Annotated[int, Field(ge=1, le=100000)] = 200
+    """Cap on evaluated test examples."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 256
+    """Generation budget per answer."""
+
+
+class ExportOutput(ApiModel):
+    """Where artifacts are written."""
+
+    pvc_name: Name = "kubetune-artifacts"
+    """PersistentVolumeClaim (ReadWriteOnce or ReadWriteMany) that receives the artifacts."""
+    path: Annotated[str, Field(max_length=1024, pattern=r"^[A-Za-z0-9._/-]*$")] = ""
+    """Folder inside the claim; default `<namespace>/<job name>`."""
+
+
+class ExportSpec(ApiModel):
+    """What the job exports after evaluation."""
+
+    model_config = _cel(
+        "size(self.gguf) == 0 || self.merge",
+        "gguf export needs merge: true (llama.cpp converts the merged model)",
+    )
+
+    merge: bool = True
+    """Merge the adapter into the base reloaded in 16-bit and save merged safetensors."""
+    gguf: Annotated[list[Literal["f16", "q8_0", "q5_k_m", "q4_k_m"]], Field(max_length=4)] = Field(
+        default_factory=lambda: ["q4_k_m"]
+    )
+    """GGUF files to produce with llama.cpp's converter and quantizer (needs `merge`)."""
+    adapter_gguf: bool = False
+    """Also export the adapter alone as GGUF (for Ollama's ADAPTER)."""
+    on_gate_failure: Literal["export", "skip"] = "export"
+    """Export even when the gate fails (the version is then marked ungated)."""
+    output: ExportOutput = Field(default_factory=ExportOutput)
+    """Artifact location."""
+
+    @model_validator(mode="after")
+    def _gguf_needs_merge(self) -> ExportSpec:
+        if self.gguf and not self.merge:
+            raise ValueError("gguf export needs merge: true (llama.cpp converts the merged model)")
+        return self
+
+
+class ResourcesSpec(ApiModel):
+    """What the trainer pod asks of the cluster."""
+
+    gpus: Annotated[int, Field(ge=0, le=16)] = 1
+    """`nvidia.com/gpu` limit; 0 trains on CPU (small models only)."""
+    gpu_product: Annotated[str, Field(max_length=253)] | None = None
+    """Required value of the node label `nvidia.com/gpu.product`, e.g. `NVIDIA-A100-SXM4-80GB`."""
+    node_selector: dict[str, Annotated[str, Field(max_length=253)]] = Field(default_factory=dict, max_length=32)
+    """Extra node labels the pod requires."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
+    """Tolerations, e.g. for tainted GPU pools."""
+    memory: Quantity | None = None
+    """Memory request and limit of the trainer container, e.g. `64Gi`."""
+    cpu: Quantity | None = None
+    """CPU request of the trainer container, e.g. `8`."""
+    priority_class_name: Annotated[str, Field(max_length=253)] | None = None
+    """PriorityClass of the trainer pod."""
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired state of a FineTuneJob. Everything but `suspend`, `activeDeadlineSeconds` and
+    `ttlSecondsAfterFinished` is frozen once the job is created: create a new job instead."""
+
+    model_config = _cel(
+        "self.objective != 'dpo' || self.dataset.format in ['auto', 'preference']",
+        "dataset.format: objective dpo needs preference data (prompt/chosen/rejected)",
+    )
+
+    base_model: BaseModelSpec
+    """The model to fine-tune."""
+    method: Literal["qlora", "lora", "full"] = "qlora"
+    """qlora: 4-bit base + LoRA (least memory); lora: 16-bit base + LoRA; full: all weights."""
+    objective: Literal["sft", "dpo"] = "sft"
+    """sft: supervised fine-tuning on answers; dpo: preference optimisation (needs preference data)."""
+    dataset: DatasetSpec
+    """Training data."""
+    data_policy: DataPolicySpec = Field(default_factory=DataPolicySpec)
+    """Data checks before training."""
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    """Adapter settings."""
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    """4-bit settings for qlora."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Optimisation settings."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Evaluation and quality gate."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """Exported artifacts."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Trainer pod resources and placement."""
+    image: Annotated[str, Field(max_length=1024)] | None = None
+    """Trainer image override (default: the operator's configured trainer image)."""
+    backoff_limit: Annotated[int, Field(ge=0, le=20)] = 2
+    """Pod restarts before the job fails; a restarted pod resumes from its last checkpoint."""
+    active_deadline_seconds: Annotated[int, Field(ge=60)] | None = None
+    """Wall-clock limit of the whole job."""
+    suspend: bool = False
+    """Suspend the job (its pod is removed; resuming continues from the last checkpoint)."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    """Delete the trainer Job (not the FineTuneJob) this long after it finishes."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FineTuneJobSpec:
+        problems = spec_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def spec_problems(spec: FineTuneJobSpec) -> list[str]:
+    """Cross-field rules no schema can express; each message names the field and the fix."""
+    problems = []
+    if spec.objective == "dpo" and spec.dataset.format not in ("auto", "preference"):
+        problems.append(
+            f"dataset.format: objective dpo needs preference data (prompt/chosen/rejected), not {spec.dataset.format!r}"
+        )
+    if spec.dataset.split.validation + spec.dataset.split.test >= 0.9:
+        problems.append("dataset.split: validation + test must leave at least 10% for training")
+    if spec.method == "qlora" and spec.resources.gpus == 0 and spec.quantization.compute_dtype == "float16":
+        problems.append("quantization.computeDtype: float16 is not supported on CPU; use bfloat16 or float32")
+    if spec.base_model.requires_license() and not spec.base_model.accept_license:
+        problems.append(
+            f"baseModel.acceptLicense: {spec.base_model.uri} is under a licence you must accept; "
+            "set acceptLicense: true after reading it"
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+
+class Progress(ApiModel):
+    """Live training progress, scraped from the trainer's metrics endpoint."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Optimizer steps planned."""
+    percent: Annotated[int, Field(ge=0, le=100)] = 0
+    """step / totalSteps in percent."""
+    epoch: float | None = None
+    """Epochs done (fractional)."""
+    loss: float | None = None
+    """Latest training loss."""
+    eval_loss: float | None = None
+    """Latest validation loss."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    tokens_per_second: float | None = None
+    """Training throughput."""
+    eta_seconds: int | None = None
+    """Estimated seconds until training ends."""
+
+
+class DataReportSummary(ApiModel):
+    """Counts from the data preparation stage (the full report is an artifact)."""
+
+    format: ShortText = ""
+    """Detected or given record format."""
+    total: int = 0
+    """Records read."""
+    invalid: int = 0
+    """Records rejected by validation (file:line in the report)."""
+    duplicates_removed: int = 0
+    """Exact and near duplicates removed."""
+    flagged: int = 0
+    """Records caught by the poisoning / secret / PII scans."""
+    dropped: int = 0
+    """Records removed by the data policy."""
+    train: int = 0
+    """Training examples (after mixing)."""
+    validation: int = 0
+    """Validation examples."""
+    test: int = 0
+    """Test examples."""
+    general_mixed: int = 0
+    """General examples mixed into training."""
+    truncated: int = 0
+    """Examples longer than training.maxLength (they are truncated)."""
+    leakage: int = 0
+    """Examples appearing in more than one split (removed from validation/test)."""
+
+
+class ModelScores(ApiModel):
+    """Scores of one model on the test split."""
+
+    exact_match: float | None = None
+    """Share of answers equal to the reference (normalised)."""
+    rouge_l: float | None = None
+    """Mean ROUGE-L F1."""
+    bleu: float | None = None
+    """Corpus BLEU (0–100)."""
+    perplexity: float | None = None
+    """exp(mean token loss) on the test answers."""
+    judge_score: float | None = None
+    """Mean judge score (1–5)."""
+    general_score: float | None = None
+    """Score on the general (forgetting) set."""
+
+
+class EvaluationSummary(ApiModel):
+    """Base vs fine-tuned on the held-out test split."""
+
+    examples: int = 0
+    """Test examples evaluated."""
+    fine_tuned: ModelScores = Field(default_factory=ModelScores)
+    """Scores of the fine-tuned model."""
+    base: ModelScores | None = None
+    """Scores of the base model (when compareWithBase)."""
+    win_rate: Ratio | None = None
+    """Share of examples where the fine-tuned answer scored higher than the base's."""
+    forgetting_drop: float | None = None
+    """Relative drop of the general-set score (positive = worse after fine-tuning)."""
+    judge_tokens: int | None = None
+    """Tokens the judge used (prompt + completion)."""
+
+
+class Diagnosis(ApiModel):
+    """Verdict from the loss curves, with the suggested fix."""
+
+    verdict: Literal["healthy", "overfitting", "underfitting", "unstable", "unknown"] = "unknown"
+    """What the loss curves show."""
+    message: ShortText = ""
+    """Why."""
+    suggestion: ShortText = ""
+    """What to change."""
+
+
+class GateResult(ApiModel):
+    """Quality gate verdict."""
+
+    passed: bool
+    """Whether the fine-tuned model met every threshold."""
+    reason: ShortText = ""
+    """Which threshold decided it, with the measured value."""
+    judge_score: float | None = None
+    """Mean judge score, when a judge ran (shown as a printer column)."""
+
+
+class TrainerResult(ApiModel):
+    """What a finished trainer pod reports: written in full to `result.json` in the artifacts
+    and, shortened to at most 4 KiB, to the container's termination message."""
+
+    phase: Literal["Succeeded", "Failed"]
+    """Outcome of the pipeline."""
+    reason: ShortText = ""
+    """CamelCase reason on failure (e.g. DataPolicyFailed)."""
+    message: LongText = ""
+    """Actionable message on failure."""
+    stage: Literal["data", "train", "evaluate", "export", "done"] = "done"
+    """Last stage reached."""
+    data: DataReportSummary | None = None
+    """Data preparation counts."""
+    evaluation: EvaluationSummary | None = None
+    """Evaluation scores."""
+    diagnosis: Diagnosis | None = None
+    """Loss-curve diagnosis."""
+    gate: GateResult | None = None
+    """Quality gate."""
+    artifacts: list[Artifact] = Field(default_factory=list)
+    """Artifacts with sha256 (dropped from the termination message when it is too long)."""
+    manifest_uri: Annotated[str, Field(max_length=2048)] | None = None
+    """Where the full sha256 manifest is."""
+
+    def to_termination_message(self, limit: int = TERMINATION_MESSAGE_MAX_BYTES) -> str:
+        """Compact JSON of at most `limit` bytes: the artifacts list and then the message are
+        shortened first, since the manifest in the artifact store keeps them whole."""
+        data = self.to_wire()
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) <= limit:
+            return text
+        data.pop("artifacts", None)
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) <= limit:
+            return text
+        overflow = len(text.encode()) - limit + 16
+        data["message"] = data.get("message", "")[: max(0, len(data.get("message", "")) - overflow)] + "…"
+        for key in ("evaluation", "diagnosis"):
+            text = json.dumps(data, separators=(",", ":"))
+            if len(text.encode()) <= limit:
+                return text
+            data.pop(key, None)
+        return json.dumps(data, separators=(",", ":"))[:limit]
+
+    @classmethod
+    def from_termination_message(cls, text: str) -> TrainerResult:
+        """Parse a termination message written by `to_termination_message`."""
+        return cls.model_validate(json.loads(text))
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob, kept true by the operator."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = None
+    """Pending → Running → Succeeded | Failed; Suspended while spec.suspend is true."""
+    observed_generation: int | None = None
+    """metadata.generation the status describes."""
+    conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
+    """Accepted, Scheduled, Running, Suspended, GatePassed, Complete, Failed."""
+    job_name: Annotated[str, Field(max_length=253)] | None = None
+    """Name of the batch/v1 Job running the trainer."""
+    start_time: str | None = None
+    """When the trainer started running (RFC 3339)."""
+    completion_time: str | None = None
+    """When the job succeeded or failed (RFC 3339)."""
+    progress: Progress | None = None
+    """Live training progress."""
+    data: DataReportSummary | None = None
+    """Data preparation summary."""
+    evaluation: EvaluationSummary | None = None
+    """Evaluation summary."""
+    diagnosis: Diagnosis | None = None
+    """Loss-curve diagnosis."""
+    gate: GateResult | None = None
+    """Quality gate verdict."""
+    artifacts: Annotated[list[Artifact], Field(max_length=64)] = Field(default_factory=list)
+    """Exported artifacts, each with sha256."""
+    manifest_uri: Annotated[str, Field(max_length=2048)] | None = None
+    """The full artifact manifest."""
+    reason: ShortText | None = None
+    """CamelCase reason of the current phase (e.g. OOMKilled)."""
+    message: LongText | None = None
+    """Actionable explanation of the current phase."""
+
+
+class FineTuneJob(ApiModel):
+    """A FineTuneJob object as stored in Kubernetes."""
+
+    api_version: str = "kubetune.dev/v1alpha1"
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
