@@ -1,0 +1,164 @@
+"""The `kubetune` command.
+
+  kubetune run FILE         run a FineTuneJob on this machine, no cluster (the local default)
+  kubetune validate FILE…   check FineTuneJob / ModelDeployment YAML against the API models
+  kubetune crds [--check]   write (or check) the generated CRDs in crds/ and the chart
+  kubetune operator         run the operator against the current kubeconfig / in-cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from kubetune.api import constants as c
+from kubetune.api.crdgen import render_all
+from kubetune.api.finetunejob import FineTuneJob
+from kubetune.api.modeldeployment import ModelDeployment
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "helm" / "kubetune" / "crds")
+
+_MODELS: dict[str, type[FineTuneJob] | type[ModelDeployment]] = {
+    c.FINETUNEJOB_KIND: FineTuneJob,
+    c.MODELDEPLOYMENT_KIND: ModelDeployment,
+}
+
+
+def validate_documents(text: str, source: str) -> list[str]:
+    """Problems of every kubetune document in a YAML stream, each naming file, document and field."""
+    problems: list[str] = []
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        return [f"{source}: not valid YAML: {exc}"]
+    for i, doc in enumerate(docs, start=1):
+        where = f"{source} (document {i})"
+        if not isinstance(doc, dict):
+            problems.append(f"{where}: expected a mapping with apiVersion, kind, metadata and spec")
+            continue
+        kind = doc.get("kind")
+        model = _MODELS.get(str(kind))
+        if model is None:
+            continue  # other kinds (Secrets, PVCs…) may live in the same file
+        if doc.get("apiVersion") != c.API_VERSION:
+            problems.append(f"{where}: apiVersion must be {c.API_VERSION}, not {doc.get('apiVersion')!r}")
+        try:
+            model.model_validate({k: v for k, v in doc.items() if k != "apiVersion"})
+        except ValidationError as exc:
+            for err in exc.errors():
+                path = ".".join(str(p) for p in err["loc"])
+                problems.append(f"{where}: {path}: {err['msg']}")
+    return problems
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            problems.append(f"{name}: no such file")
+            continue
+        problems.extend(validate_documents(path.read_text(), name))
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
+        print(f"{len(args.files)} file(s) valid")
+    return 1 if problems else 0
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    rendered = render_all()
+    dirs = [Path(args.out)] if args.out else [d for d in CRD_DIRS if d.parent.exists()]
+    stale: list[str] = []
+    for directory in dirs:
+        for name, text in rendered.items():
+            target = directory / name
+            if args.check:
+                if not target.is_file() or target.read_text() != text:
+                    stale.append(str(target))
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            print(f"wrote {target}")
+    if stale:
+        print("out of date (run `kubetune crds`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"{args.file}: no such file", file=sys.stderr)
+        return 2
+    problems = validate_documents(path.read_text(), args.file)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 2
+    try:
+        from kubetune_trainer.local import run_local
+        from rich.console import Console
+    except ImportError as exc:
+        print(f"kubetune run needs the trainer extra: pip install 'kubetune[trainer]' ({exc})", file=sys.stderr)
+        return 2
+    result = run_local(path, workdir=Path(args.workdir) if args.workdir else None, console=Console())
+    return 0 if result.phase == "Succeeded" else 1
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import kopf
+
+    import kubetune.operator.handlers  # noqa: F401  (registers the handlers)
+    from kubetune.operator.settings import Settings
+
+    namespaces = Settings.from_env().namespaces
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description="Declarative LLM fine-tuning on Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a FineTuneJob YAML on this machine (no cluster)")
+    run.add_argument("file", help="FineTuneJob YAML, e.g. examples/finetune.yaml")
+    run.add_argument("--workdir", help="where artifacts go (default .kubetune/runs/<name>)")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="validate kubetune YAML against the API")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=_cmd_validate)
+
+    crds = sub.add_parser("crds", help="generate the CRDs from the API models")
+    crds.add_argument("--out", help="write to this folder instead of crds/ and the chart")
+    crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
+    crds.set_defaults(func=_cmd_crds)
+
+    op = sub.add_parser("operator", help="run the operator")
+    op.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    op.set_defaults(func=_cmd_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

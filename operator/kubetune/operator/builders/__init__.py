@@ -1,0 +1,1 @@
+"""Pure functions that build the children of kubetune resources as plain dicts."""

@@ -1,0 +1,1 @@
+"""Reconcile logic: observe, build desired children, apply, compute status."""

@@ -1,0 +1,55 @@
+"""Operator configuration: every environment variable the operator reads, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from kubetune.api import constants as c
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator settings.
+
+    Environment variables:
+      KUBETUNE_TRAINER_IMAGE       trainer image used when a spec has no `image` (default DEFAULT_TRAINER_IMAGE)
+      KUBETUNE_IMAGE_PULL_POLICY   imagePullPolicy of trainer containers (default IfNotPresent)
+      KUBETUNE_TRAINER_UID         non-root UID/GID the trainer runs as (default 1000)
+      KUBETUNE_NAMESPACES          comma-separated namespaces to watch (default: all)
+      KUBETUNE_SCRAPE_PROGRESS     scrape trainer pods' /metrics for live progress (default true)
+      KUBETUNE_PROGRESS_INTERVAL   seconds between progress scrapes and resyncs (default 30)
+      KUBETUNE_SCRAPE_TIMEOUT      seconds one scrape may take (default 2)
+      KUBETUNE_GPU_TOLERATION      add a toleration for the `nvidia.com/gpu` taint to GPU pods (default true)
+    """
+
+    trainer_image: str = c.DEFAULT_TRAINER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    trainer_uid: int = 1000
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    scrape_progress: bool = True
+    progress_interval: float = 30.0
+    scrape_timeout: float = 2.0
+    gpu_toleration: bool = True
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the settings from the environment."""
+        namespaces = tuple(n.strip() for n in os.environ.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            trainer_image=os.environ.get("KUBETUNE_TRAINER_IMAGE", c.DEFAULT_TRAINER_IMAGE),
+            image_pull_policy=os.environ.get("KUBETUNE_IMAGE_PULL_POLICY", "IfNotPresent"),
+            trainer_uid=int(os.environ.get("KUBETUNE_TRAINER_UID", "1000")),
+            namespaces=namespaces,
+            scrape_progress=_env_bool("KUBETUNE_SCRAPE_PROGRESS", True),
+            progress_interval=float(os.environ.get("KUBETUNE_PROGRESS_INTERVAL", "30")),
+            scrape_timeout=float(os.environ.get("KUBETUNE_SCRAPE_TIMEOUT", "2")),
+            gpu_toleration=_env_bool("KUBETUNE_GPU_TOLERATION", True),
+        )
