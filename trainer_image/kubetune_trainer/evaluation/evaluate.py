@@ -1,0 +1,310 @@
+"""Evaluate the fine-tuned model (and the base) on the held-out test split, then decide the gate.
+
+Reads top to bottom: examples -> answers (and answer losses) from each model -> judge ->
+per-example scores -> summary and win rate -> forgetting -> gate -> files. Models are freed
+before the judge runs, since judging is network-bound and may take long.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.constants import ENV_JUDGE_API_KEY
+from kubetune.api.finetunejob import EvaluationSpec, EvaluationSummary, GateResult, ModelScores
+from kubetune_trainer.evaluation.examples import EvalExample, to_eval_examples
+from kubetune_trainer.evaluation.gate import decide_gate
+from kubetune_trainer.evaluation.generation import (
+    BASE,
+    FINE_TUNED,
+    generate_answers,
+    iter_models,
+    load_tokenizer,
+)
+from kubetune_trainer.evaluation.judge import Judge, JudgeOutcome
+from kubetune_trainer.evaluation.metrics import corpus_bleu, exact_match, rouge_l, sentence_bleu
+from kubetune_trainer.evaluation.metrics.perplexity import (
+    AnswerLoss,
+    answer_losses,
+    corpus_perplexity,
+)
+from kubetune_trainer.evaluation.report import (
+    forgetting_drop,
+    mean,
+    score_deltas,
+    win_rate,
+    write_json,
+    write_jsonl,
+)
+from kubetune_trainer.evaluation.rubric import JUDGE_PROMPT_VERSION
+
+log = logging.getLogger(__name__)
+
+# Gate thresholds and the metric each one needs measured.
+_GATE_METRICS = {
+    "min_exact_match": "exact_match",
+    "min_rouge_l": "rouge_l",
+    "min_bleu": "bleu",
+    "max_perplexity": "perplexity",
+}
+
+
+@dataclass
+class ExampleResult:
+    """One example with every model's answer, per-metric scores and judge verdict."""
+
+    index: int
+    example: EvalExample
+    answers: dict[str, str] = field(default_factory=dict)
+    """Answer per model role (`fine_tuned`, `base`)."""
+    scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Per-example metric scores per model role."""
+    judge: dict[str, JudgeOutcome] = field(default_factory=dict)
+    """Judge verdict per model role, when a judge is configured."""
+
+    def to_row(self) -> dict[str, Any]:
+        """The predictions.jsonl row."""
+        return {
+            "index": self.index,
+            "prompt": self.example.prompt_for_display(),
+            "reference": self.example.reference,
+            "fine_tuned_answer": self.answers.get(FINE_TUNED),
+            "base_answer": self.answers.get(BASE),
+            "scores": self.scores,
+            "judge": {role: outcome.to_row() for role, outcome in self.judge.items()},
+        }
+
+
+@dataclass
+class EvaluationOutcome:
+    """Everything evaluation produced; `summary` and `gate` go into the FineTuneJob status."""
+
+    summary: EvaluationSummary
+    gate: GateResult
+    predictions_path: Path
+    summary_path: Path
+    rows: list[ExampleResult]
+    general_rows: list[ExampleResult]
+    judge_unscored: dict[str, int]
+    """Answers the judge could not score, per model role (test split only)."""
+    skipped_records: int = 0
+    """Test records with no usable prompt and reference."""
+
+
+def metrics_to_compute(spec: EvaluationSpec) -> list[str]:
+    """The metrics asked for plus those a gate threshold needs."""
+    wanted = list(spec.metrics)
+    for attr, metric in _GATE_METRICS.items():
+        if getattr(spec.gate, attr) is not None and metric not in wanted:
+            wanted.append(metric)
+    return wanted
+
+
+def _example_scores(
+    answer: str, reference: str, metrics: list[str], loss: AnswerLoss | None
+) -> dict[str, float | None]:
+    # ROUGE-L is always kept per example: it decides the win rate when there is no judge.
+    scores: dict[str, float | None] = {"rouge_l": rouge_l(answer, reference)}
+    if "exact_match" in metrics:
+        scores["exact_match"] = 1.0 if exact_match(answer, reference) else 0.0
+    if "bleu" in metrics:
+        scores["bleu"] = sentence_bleu(answer, reference)
+    if "perplexity" in metrics and loss is not None:
+        scores["perplexity"] = loss.perplexity
+    return scores
+
+
+def _model_scores(
+    rows: list[ExampleResult], role: str, metrics: list[str], losses: list[AnswerLoss] | None
+) -> ModelScores:
+    if not rows:
+        return ModelScores()
+    answers = [r.answers[role] for r in rows]
+    references = [r.example.reference for r in rows]
+    judged = [r.judge[role].score for r in rows if role in r.judge]
+    return ModelScores(
+        exact_match=mean(r.scores[role].get("exact_match") for r in rows)
+        if "exact_match" in metrics
+        else None,
+        rouge_l=mean(r.scores[role]["rouge_l"] for r in rows) if "rouge_l" in metrics else None,
+        bleu=corpus_bleu(answers, references) if "bleu" in metrics else None,
+        perplexity=corpus_perplexity(losses) if "perplexity" in metrics and losses else None,
+        judge_score=mean(float(s) if s is not None else None for s in judged),
+    )
+
+
+def _general_score(rows: list[ExampleResult], role: str, use_judge: bool) -> float | None:
+    if use_judge:
+        return mean(float(s) if (s := r.judge[role].score) is not None else None for r in rows)
+    return mean(r.scores[role]["rouge_l"] for r in rows)
+
+
+def evaluate(
+    spec: EvaluationSpec,
+    *,
+    model_dir: Path,
+    adapter_dir: Path | None,
+    test_records: list[dict[str, Any]],
+    workdir: Path,
+    general_records: list[dict[str, Any]] | None = None,
+    judge_api_key: str | None = None,
+    device: str = "cpu",
+) -> EvaluationOutcome:
+    """Evaluate base and fine-tuned model on `test_records`, write `workdir/eval/`, decide the gate.
+
+    The fine-tuned model is `model_dir` plus the PEFT adapter in `adapter_dir`, or the full
+    model in `adapter_dir`; with `adapter_dir=None`, `model_dir` alone is evaluated (no base
+    comparison, no forgetting check). `judge_api_key` defaults to $KUBETUNE_JUDGE_API_KEY."""
+    examples, skipped = to_eval_examples(test_records, spec.max_examples)
+    general, _ = to_eval_examples(general_records or [])
+    metrics = metrics_to_compute(spec)
+    has_base = adapter_dir is not None
+    test_roles = [FINE_TUNED] + ([BASE] if has_base and spec.compare_with_base else [])
+    general_roles = [FINE_TUNED, BASE] if has_base and general else []
+    log.info(
+        "evaluating %d test examples (%d skipped), %d general examples",
+        len(examples),
+        skipped,
+        len(general),
+    )
+
+    rows = [ExampleResult(i, ex) for i, ex in enumerate(examples)]
+    general_rows = [ExampleResult(i, ex) for i, ex in enumerate(general)]
+    losses: dict[str, list[AnswerLoss]] = {}
+    tokenizer = load_tokenizer(model_dir, adapter_dir)
+    want_base = BASE in test_roles or BASE in general_roles
+    for role, model in iter_models(model_dir, adapter_dir, device, want_base):
+        if role in test_roles:
+            answers = generate_answers(
+                model, tokenizer, examples, max_new_tokens=spec.max_new_tokens, device=device
+            )
+            for row, answer in zip(rows, answers, strict=True):
+                row.answers[role] = answer
+            if "perplexity" in metrics:
+                losses[role] = answer_losses(model, tokenizer, examples, device=device)
+        if role in general_roles:
+            answers = generate_answers(
+                model, tokenizer, general, max_new_tokens=spec.max_new_tokens, device=device
+            )
+            for row, answer in zip(general_rows, answers, strict=True):
+                row.answers[role] = answer
+        log.info("%s model answered", role)
+        del model
+        gc.collect()
+
+    judge_tokens: int | None = None
+    if spec.judge is not None:
+        judge = Judge(spec.judge, judge_api_key or os.environ.get(ENV_JUDGE_API_KEY))
+        try:
+            jobs = [(row, role) for row in rows for role in test_roles]
+            jobs += [(row, role) for row in general_rows for role in general_roles]
+            items = [
+                (r.example.prompt_for_display(), r.example.reference, r.answers[role])
+                for r, role in jobs
+            ]
+            for (row, role), outcome in zip(jobs, judge.score_all(items), strict=True):
+                row.judge[role] = outcome
+        finally:
+            judge.close()
+        judge_tokens = judge.tokens
+
+    for role in test_roles:
+        for i, row in enumerate(rows):
+            loss = losses[role][i] if role in losses else None
+            row.scores[role] = _example_scores(
+                row.answers[role], row.example.reference, metrics, loss
+            )
+    for role in general_roles:
+        for row in general_rows:
+            row.scores[role] = _example_scores(row.answers[role], row.example.reference, [], None)
+
+    scores = {role: _model_scores(rows, role, metrics, losses.get(role)) for role in test_roles}
+    fine_tuned = scores[FINE_TUNED]
+    base = scores.get(BASE)
+    if base is None and general_roles:
+        base = ModelScores()  # the base was only run on the general set
+    use_judge_general = spec.judge is not None and all(
+        any(r.judge[role].scored for r in general_rows) for role in general_roles
+    )
+    drop: float | None = None
+    if general_roles:
+        fine_tuned.general_score = _general_score(general_rows, FINE_TUNED, use_judge_general)
+        assert base is not None
+        base.general_score = _general_score(general_rows, BASE, use_judge_general)
+        drop = forgetting_drop(base.general_score, fine_tuned.general_score)
+
+    win_metric = "judge" if spec.judge is not None else "rouge_l"
+    rate: float | None = None
+    if BASE in test_roles:
+        if spec.judge is not None:
+            tuned_s = [
+                float(s) if (s := r.judge[FINE_TUNED].score) is not None else None for r in rows
+            ]
+            base_s = [float(s) if (s := r.judge[BASE].score) is not None else None for r in rows]
+        else:
+            tuned_s = [r.scores[FINE_TUNED]["rouge_l"] for r in rows]
+            base_s = [r.scores[BASE]["rouge_l"] for r in rows]
+        rate = win_rate(tuned_s, base_s)
+
+    summary = EvaluationSummary(
+        examples=len(rows),
+        fine_tuned=fine_tuned,
+        base=base,
+        win_rate=rate,
+        forgetting_drop=drop,
+        judge_tokens=judge_tokens,
+    )
+    unscored = {
+        role: sum(1 for r in rows if role in r.judge and not r.judge[role].scored)
+        for role in test_roles
+    }
+    gate = decide_gate(
+        spec.gate,
+        summary,
+        judge_configured=spec.judge is not None,
+        judge_unscored=unscored.get(FINE_TUNED, 0),
+    )
+    log.info("gate %s: %s", "passed" if gate.passed else "failed", gate.reason)
+
+    eval_dir = workdir / "eval"
+    predictions_path = write_jsonl(eval_dir / "predictions.jsonl", (r.to_row() for r in rows))
+    if general_rows:
+        write_jsonl(eval_dir / "general_predictions.jsonl", (r.to_row() for r in general_rows))
+    summary_path = write_json(
+        eval_dir / "summary.json",
+        {
+            "summary": summary.to_wire(),
+            "deltas": score_deltas(fine_tuned, scores.get(BASE)),
+            "winRateMetric": win_metric if rate is not None else None,
+            "forgetting": {
+                "examples": len(general_rows),
+                "metric": ("judge" if use_judge_general else "rouge_l") if general_rows else None,
+                "drop": drop,
+            },
+            "judge": None
+            if spec.judge is None
+            else {
+                "model": spec.judge.model,
+                "promptVersion": JUDGE_PROMPT_VERSION,
+                "tokens": judge_tokens,
+                "unscored": unscored,
+            },
+            "metrics": metrics,
+            "skippedRecords": skipped,
+            "gate": gate.to_wire(),
+        },
+    )
+    return EvaluationOutcome(
+        summary=summary,
+        gate=gate,
+        predictions_path=predictions_path,
+        summary_path=summary_path,
+        rows=rows,
+        general_rows=general_rows,
+        judge_unscored=unscored,
+        skipped_records=skipped,
+    )
