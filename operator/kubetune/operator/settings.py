@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ class Settings:
       KUBETUNE_PROGRESS_INTERVAL   seconds between progress scrapes and resyncs (default 30)
       KUBETUNE_SCRAPE_TIMEOUT      seconds one scrape may take (default 2)
       KUBETUNE_GPU_TOLERATION      add a toleration for the `nvidia.com/gpu` taint to GPU pods (default true)
+      KUBETUNE_TRAINER_COMMAND     JSON list replacing the trainer container's command, for images whose
+                                   Python is not `python` (default ["python", "-m", "kubetune_trainer"])
     """
 
     trainer_image: str = c.DEFAULT_TRAINER_IMAGE
@@ -38,6 +41,7 @@ class Settings:
     progress_interval: float = 30.0
     scrape_timeout: float = 2.0
     gpu_toleration: bool = True
+    trainer_command: tuple[str, ...] = ("python", "-m", "kubetune_trainer")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -52,4 +56,15 @@ class Settings:
             progress_interval=float(os.environ.get("KUBETUNE_PROGRESS_INTERVAL", "30")),
             scrape_timeout=float(os.environ.get("KUBETUNE_SCRAPE_TIMEOUT", "2")),
             gpu_toleration=_env_bool("KUBETUNE_GPU_TOLERATION", True),
+            trainer_command=_trainer_command(),
         )
+
+
+def _trainer_command() -> tuple[str, ...]:
+    raw = os.environ.get("KUBETUNE_TRAINER_COMMAND")
+    if not raw:
+        return Settings.trainer_command
+    command = json.loads(raw)
+    if not isinstance(command, list) or not command or not all(isinstance(x, str) for x in command):
+        raise ValueError(f"KUBETUNE_TRAINER_COMMAND must be a JSON list of strings, got {raw!r}")
+    return tuple(command)

@@ -169,7 +169,7 @@ def build_training_job(name: str, namespace: str, spec: FineTuneJobSpec, setting
         "name": TRAINER_CONTAINER,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "kubetune_trainer"],
+        "command": list(settings.trainer_command),
         "args": ["run", "--spec", f"{c.SPEC_MOUNT_DIR}/{c.SPEC_FILE_NAME}", "--workdir", workdir],
         "env": _env(name, namespace, spec, f"pvc://{out_claim}/{out_path}"),
         "ports": [{"name": "metrics", "containerPort": c.METRICS_PORT, "protocol": "TCP"}],
