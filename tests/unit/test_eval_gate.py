@@ -1,0 +1,192 @@
+"""decide_gate: every threshold, the defaults, forgetting, unscored answers and improvement."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.api.finetunejob import EvaluationSummary, GateSpec, ModelScores
+from kubetune_trainer.evaluation.gate import (
+    DEFAULT_MIN_JUDGE_SCORE,
+    NO_THRESHOLDS,
+    decide_gate,
+    primary_metric,
+)
+
+SCORES = ModelScores(exact_match=0.5, rouge_l=0.42, bleu=21.5, perplexity=7.25, judge_score=4.2)
+
+
+def _summary(scores: ModelScores = SCORES, **kw: object) -> EvaluationSummary:
+    return EvaluationSummary.model_validate({"examples": 10, "fine_tuned": scores, **kw})
+
+
+def _gate(**kw: object) -> GateSpec:
+    return GateSpec.model_validate(kw)
+
+
+def test_no_judge_no_thresholds_passes() -> None:
+    result = decide_gate(_gate(), _summary(), judge_configured=False)
+    assert result.passed and result.reason == NO_THRESHOLDS
+    assert result.judge_score == 4.2
+
+
+def test_no_thresholds_still_reports_forgetting_that_held() -> None:
+    result = decide_gate(_gate(), _summary(forgetting_drop=0.05), judge_configured=False)
+    assert result.passed
+    assert result.reason == f"{NO_THRESHOLDS}; forgetting drop 0.05 <= maxForgettingDrop 0.1"
+
+
+def test_judge_default_threshold_passes_and_fails() -> None:
+    assert DEFAULT_MIN_JUDGE_SCORE == 4.0
+    ok = decide_gate(_gate(), _summary(), judge_configured=True)
+    assert ok.passed and ok.reason == "passed: judgeScore 4.2 >= minJudgeScore 4 (default)"
+    low = decide_gate(_gate(), _summary(ModelScores(judge_score=3.9)), judge_configured=True)
+    assert not low.passed and low.reason == "failed: judgeScore 3.9 < minJudgeScore 4 (default)"
+    assert low.judge_score == 3.9
+
+
+def test_judge_default_does_not_apply_when_another_threshold_is_set() -> None:
+    # GateSpec: "With a judge configured and no threshold given, the gate is a mean judge score >= 4.0".
+    result = decide_gate(
+        _gate(min_rouge_l=0.4),
+        _summary(ModelScores(rouge_l=0.5, judge_score=2.0)),
+        judge_configured=True,
+    )
+    assert result.passed and "judgeScore" not in result.reason
+
+
+def test_judge_configured_but_nothing_scored_fails() -> None:
+    result = decide_gate(_gate(), _summary(ModelScores()), judge_configured=True, judge_unscored=10)
+    assert not result.passed
+    assert "judgeScore not measured (needed by minJudgeScore (default))" in result.reason
+    assert "judge could not score 10/10 examples" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "bound", "passes", "message"),
+    [
+        ("min_judge_score", 4.0, True, "judgeScore 4.2 >= minJudgeScore 4"),
+        ("min_judge_score", 4.5, False, "judgeScore 4.2 < minJudgeScore 4.5"),
+        ("min_exact_match", 0.5, True, "exactMatch 0.5 >= minExactMatch 0.5"),
+        ("min_exact_match", 0.6, False, "exactMatch 0.5 < minExactMatch 0.6"),
+        ("min_rouge_l", 0.4, True, "rougeL 0.42 >= minRougeL 0.4"),
+        ("min_rouge_l", 0.45, False, "rougeL 0.42 < minRougeL 0.45"),
+        ("min_bleu", 20, True, "bleu 21.5 >= minBleu 20"),
+        ("min_bleu", 30, False, "bleu 21.5 < minBleu 30"),
+        ("max_perplexity", 8, True, "perplexity 7.25 <= maxPerplexity 8"),
+        ("max_perplexity", 7, False, "perplexity 7.25 > maxPerplexity 7"),
+    ],
+)
+def test_each_threshold(field: str, bound: float, passes: bool, message: str) -> None:
+    result = decide_gate(
+        _gate(**{field: bound}), _summary(), judge_configured=field == "min_judge_score"
+    )
+    assert result.passed is passes
+    assert result.reason == ("passed: " if passes else "failed: ") + message
+
+
+def test_every_failed_threshold_is_named() -> None:
+    gate = _gate(min_exact_match=0.9, min_rouge_l=0.1, min_bleu=50, max_perplexity=5)
+    result = decide_gate(gate, _summary(), judge_configured=False)
+    assert not result.passed
+    assert result.reason == (
+        "failed: exactMatch 0.5 < minExactMatch 0.9; bleu 21.5 < minBleu 50; perplexity 7.25 > maxPerplexity 5"
+    )
+
+
+def test_threshold_on_an_unmeasured_metric_fails() -> None:
+    result = decide_gate(
+        _gate(min_bleu=10), _summary(ModelScores(rouge_l=0.9)), judge_configured=False
+    )
+    assert not result.passed and result.reason == "failed: bleu not measured (needed by minBleu)"
+
+
+@pytest.mark.parametrize(("unscored", "passes"), [(0, True), (5, True), (6, False)])
+def test_more_than_half_unscored_fails(unscored: int, passes: bool) -> None:
+    result = decide_gate(_gate(), _summary(), judge_configured=True, judge_unscored=unscored)
+    assert result.passed is passes
+    if not passes:
+        assert "judge could not score 6/10 examples" in result.reason
+
+
+def test_unscored_count_is_ignored_without_a_judge() -> None:
+    assert decide_gate(_gate(), _summary(), judge_configured=False, judge_unscored=10).passed
+
+
+@pytest.mark.parametrize(
+    ("drop", "limit", "passes"),
+    [(0.05, 0.1, True), (0.1, 0.1, True), (0.15, 0.1, False), (-0.2, 0.0, True), (0.9, None, True)],
+)
+def test_forgetting_drop(drop: float, limit: float | None, passes: bool) -> None:
+    result = decide_gate(
+        _gate(min_rouge_l=0.1, max_forgetting_drop=limit),
+        _summary(forgetting_drop=drop),
+        judge_configured=False,
+    )
+    assert result.passed is passes
+    if not passes:
+        assert result.reason == "failed: forgetting drop 0.15 > maxForgettingDrop 0.1"
+
+
+def test_unmeasured_forgetting_is_not_a_failure() -> None:
+    assert decide_gate(_gate(max_forgetting_drop=0.0), _summary(), judge_configured=False).passed
+
+
+def test_require_improvement_on_the_judge_score() -> None:
+    gate = _gate(require_improvement_over_base=True)
+    better = decide_gate(gate, _summary(base=ModelScores(judge_score=3.0)), judge_configured=True)
+    assert better.passed and "judgeScore 4.2 improved on base 3" in better.reason
+    worse = decide_gate(gate, _summary(base=ModelScores(judge_score=4.2)), judge_configured=True)
+    assert not worse.passed and "judgeScore 4.2 did not improve on base 4.2" in worse.reason
+
+
+def test_require_improvement_without_judge_uses_rouge_l_or_the_thresholded_metric() -> None:
+    base = ModelScores(exact_match=0.1, rouge_l=0.5, bleu=10.0, perplexity=9.0)
+    plain = decide_gate(
+        _gate(require_improvement_over_base=True), _summary(base=base), judge_configured=False
+    )
+    assert not plain.passed and plain.reason == "failed: rougeL 0.42 did not improve on base 0.5"
+    on_bleu = decide_gate(
+        _gate(require_improvement_over_base=True, min_bleu=5),
+        _summary(base=base),
+        judge_configured=False,
+    )
+    assert on_bleu.passed and "bleu 21.5 improved on base 10" in on_bleu.reason
+    on_ppl = decide_gate(
+        _gate(require_improvement_over_base=True, max_perplexity=100),
+        _summary(base=base),
+        judge_configured=False,
+    )
+    assert (
+        on_ppl.passed and "perplexity 7.25 improved on base 9" in on_ppl.reason
+    )  # lower is better
+
+
+def test_require_improvement_without_a_base_fails() -> None:
+    result = decide_gate(
+        _gate(require_improvement_over_base=True), _summary(), judge_configured=False
+    )
+    assert not result.passed and "the base was not evaluated" in result.reason
+
+
+def test_primary_metric_falls_back_to_what_was_measured() -> None:
+    assert primary_metric(_gate(), False, ModelScores(bleu=3.0)) == ("bleu", "bleu", True)
+    assert primary_metric(_gate(), False, ModelScores()) == ("rouge_l", "rougeL", True)
+    assert primary_metric(_gate(min_rouge_l=0.2), True, SCORES) == (
+        "judge_score",
+        "judgeScore",
+        True,
+    )
+
+
+def test_reason_fits_the_status_field() -> None:
+    gate = _gate(
+        min_exact_match=1,
+        min_rouge_l=1,
+        min_bleu=100,
+        max_perplexity=1,
+        require_improvement_over_base=True,
+    )
+    result = decide_gate(
+        gate, _summary(forgetting_drop=0.5), judge_configured=True, judge_unscored=9
+    )
+    assert not result.passed and len(result.reason) <= 1024
