@@ -1,0 +1,200 @@
+"""The data report: every problem with its file:line, what was removed and why, token stats.
+
+Written as ``<workdir>/data/report.json`` (everything) and ``<workdir>/data/report.txt`` (a
+short summary for people); :meth:`DataReport.summary` gives the counts for the FineTuneJob's
+status. Excerpts of scan findings are redacted before they get here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.finetunejob import DataReportSummary
+from kubetune_trainer.data.dedup import Duplicate
+from kubetune_trainer.data.records import Problem
+from kubetune_trainer.data.scan import Finding
+from kubetune_trainer.data.split import Leak
+from kubetune_trainer.data.stats import TokenStats
+
+SHOWN = 5
+
+
+@dataclass
+class DatasetCheck:
+    """What the checks found in one dataset (the task data, or the general data)."""
+
+    source: str
+    rows: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    dropped: int = 0
+    kept: int = 0
+
+    @property
+    def invalid(self) -> int:
+        """Records rejected by validation."""
+        return len({p.loc for p in self.problems if p.severity == "error"})
+
+    @property
+    def flagged(self) -> int:
+        """Records caught by at least one scan."""
+        return len({f.loc for f in self.findings})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "records": self.rows,
+            "invalid": self.invalid,
+            "duplicatesRemoved": len(self.duplicates),
+            "flagged": self.flagged,
+            "dropped": self.dropped,
+            "kept": self.kept,
+            "problemsByCode": dict(Counter(p.code for p in self.problems).most_common()),
+            "findingsByRule": dict(
+                Counter(f"{f.kind}/{f.rule}" for f in self.findings).most_common()
+            ),
+            "problems": [p.to_json() for p in self.problems],
+            "duplicates": [d.to_json() for d in self.duplicates],
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+@dataclass
+class DataReport:
+    """Everything the data stage decided, and why."""
+
+    format: str
+    main: DatasetCheck
+    action: str = "drop"
+    dedup: str = "near"
+    max_length: int = 0
+    general: DatasetCheck | None = None
+    general_ratio: float = 0.0
+    general_mixed: int = 0
+    train: int = 0
+    validation: int = 0
+    test: int = 0
+    seed: int = 0
+    leaks: list[Leak] = field(default_factory=list)
+    tokens: TokenStats | None = None
+    tokenizer: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def truncated(self) -> int:
+        """Examples of the final splits longer than maxLength."""
+        return self.tokens.truncated if self.tokens else 0
+
+    def summary(self) -> DataReportSummary:
+        """The counts for ``status.data``."""
+        return DataReportSummary(
+            format=self.format,
+            total=self.main.rows,
+            invalid=self.main.invalid,
+            duplicates_removed=len(self.main.duplicates),
+            flagged=self.main.flagged,
+            dropped=self.main.dropped,
+            train=self.train,
+            validation=self.validation,
+            test=self.test,
+            general_mixed=self.general_mixed,
+            truncated=self.truncated,
+            leakage=len(self.leaks),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The full report."""
+        return {
+            "summary": self.summary().to_wire(),
+            "error": self.error,
+            "format": self.format,
+            "policy": {"dedup": self.dedup, "action": self.action},
+            "data": self.main.to_json(),
+            "general": None
+            if self.general is None
+            else {
+                **self.general.to_json(),
+                "ratio": self.general_ratio,
+                "mixed": self.general_mixed,
+            },
+            "split": {
+                "seed": self.seed,
+                "train": self.train,
+                "validation": self.validation,
+                "test": self.test,
+            },
+            "leakage": [leak.to_json() for leak in self.leaks],
+            "tokens": None
+            if self.tokens is None
+            else {**self.tokens.to_json(), "tokenizer": self.tokenizer},
+            "warnings": self.warnings,
+        }
+
+    def to_text(self) -> str:
+        """A short summary for people; the JSON report has the rest."""
+        m = self.main
+        lines = [
+            f"kubetune data report: {m.rows} {self.format or 'unknown-format'} records from {m.source}"
+        ]
+        if self.error:
+            lines.append(f"  FAILED: {self.error}")
+        lines.append(f"  invalid     {m.invalid}" + _examples(m.problems, errors_only=True))
+        kinds = Counter(d.kind for d in m.duplicates)
+        lines.append(
+            f"  duplicates  {len(m.duplicates)} removed (dedup {self.dedup}: exact {kinds['exact']}, near {kinds['near']})"
+        )
+        rules = ", ".join(
+            f"{rule} {n}"
+            for rule, n in Counter(f"{f.kind}/{f.rule}" for f in m.findings).most_common()
+        )
+        lines.append(
+            f"  scans       {m.flagged} record(s) caught{f' ({rules})' if rules else ''}; action {self.action}: {m.dropped} dropped"
+        )
+        lines.extend(f"              {f}" for f in m.findings[:SHOWN])
+        if self.general is not None:
+            g = self.general
+            lines.append(
+                f"  general     {g.rows} read from {g.source}, {g.invalid} invalid, {len(g.duplicates)} duplicate(s), "
+                f"{g.flagged} caught; {self.general_mixed} mixed into train (ratio {self.general_ratio})"
+            )
+        lines.append(
+            f"  splits      train {self.train} (incl. {self.general_mixed} general), validation {self.validation}, "
+            f"test {self.test} (seed {self.seed}); leakage: {len(self.leaks)} removed"
+        )
+        if self.tokens:
+            t = self.tokens
+            lines.append(
+                f"  tokens      min {t.min} / mean {t.mean} / p50 {t.p50} / p95 {t.p95} / max {t.max}; "
+                f"{t.truncated} of {t.count} longer than maxLength {t.max_length} (would be truncated)"
+            )
+        else:
+            lines.append("  tokens      not counted (no tokenizer)")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        lines.append("Full report: data/report.json")
+        return "\n".join(lines) + "\n"
+
+    def write(self, workdir: Path) -> tuple[Path, Path]:
+        """Write ``data/report.json`` and ``data/report.txt`` under ``workdir``."""
+        folder = workdir / "data"
+        folder.mkdir(parents=True, exist_ok=True)
+        json_path, text_path = folder / "report.json", folder / "report.txt"
+        json_path.write_text(
+            json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        text_path.write_text(self.to_text(), encoding="utf-8")
+        return json_path, text_path
+
+
+def _examples(problems: list[Problem], *, errors_only: bool) -> str:
+    chosen = [p for p in problems if p.severity == "error" or not errors_only]
+    if not chosen:
+        return ""
+    shown = "; ".join(str(p) for p in chosen[:SHOWN])
+    more = f"; … {len(chosen) - SHOWN} more" if len(chosen) > SHOWN else ""
+    return f"  ({shown}{more})"

@@ -1,0 +1,153 @@
+"""Validation: pick the format, normalise every row, and check lengths against maxLength.
+
+Rules (each problem is reported with its file:line; errors drop the record):
+
+- invalid JSON, non-UTF-8 lines, a value that is not an object, wrong field types, missing or
+  unknown roles, empty content, a conversation that does not end with the assistant or has no
+  user message, chosen == rejected;
+- auto format: each record's keys name its format; a dataset whose records name more than one
+  format is rejected as a whole (:class:`DataValidationError` listing the lines), since that is
+  nearly always two datasets concatenated by mistake. Setting ``dataset.format`` keeps the
+  records of that format and drops the others as invalid;
+- length (with a tokenizer): more than ``maxLength`` tokens is a warning ("would be truncated",
+  the record is kept and counted); more than ``TOO_LONG_FACTOR`` × ``maxLength`` is an error, and
+  so is a prompt that alone fills ``maxLength``: truncation would cut the whole answer away, so
+  the record would teach nothing;
+- if more than ``MAX_INVALID_FRACTION`` of the records are invalid, the input is probably the
+  wrong file or format, and :func:`check_invalid_share` raises.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Literal
+
+from kubetune_trainer.data.errors import DataValidationError
+from kubetune_trainer.data.formats import EXPECTED_FIELDS, detect_record_format, normalise
+from kubetune_trainer.data.records import Format, Location, Problem, RawRow, Record
+
+TOO_LONG_FACTOR = 4
+MAX_INVALID_FRACTION = 0.5
+MAX_LISTED = 10
+
+
+def detect_format(
+    rows: list[RawRow], requested: Literal["auto"] | Format, what: str = "dataset"
+) -> Format:
+    """The dataset's format: ``requested`` unless it is ``auto``, else the one the records name.
+
+    Raises :class:`DataValidationError` when the records name several formats or none.
+    """
+    if requested != "auto":
+        return requested
+    lines: dict[Format, list[Location]] = defaultdict(list)
+    for row in rows:
+        fmt = detect_record_format(row.value) if row.error is None else None
+        if fmt is not None:
+            lines[fmt].append(row.loc)
+    if not lines:
+        first = next((row for row in rows if row.error is None), None)
+        where = f"; the first record ({first.loc}) has keys {_keys(first.value)}" if first else ""
+        expected = "; ".join(f"{fmt}: {fields}" for fmt, fields in EXPECTED_FIELDS.items())
+        raise DataValidationError(
+            f"{what}: no record has a known format{where}. Expected one of {expected}"
+        )
+    if len(lines) > 1:
+        ranked = sorted(lines.items(), key=lambda item: -len(item[1]))
+        major, rest = ranked[0], ranked[1:]
+        listed = "; ".join(f"{len(locs)} {fmt} record(s) at {_list(locs)}" for fmt, locs in rest)
+        raise DataValidationError(
+            f"{what}: mixed formats: {len(major[1])} {major[0]} record(s) (first at {major[1][0]}), and {listed}. "
+            f"Use one format per dataset, or set dataset.format: {major[0]} to keep only the {major[0]} "
+            "records (the others are then dropped as invalid)"
+        )
+    return next(iter(lines))
+
+
+def validate_rows(rows: list[RawRow], fmt: Format) -> tuple[list[Record], list[Problem]]:
+    """Normalise every row; invalid rows are left out and each problem is returned."""
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for row in rows:
+        if row.error is not None:
+            problems.append(
+                Problem(row.loc, "invalid_json" if "JSON" in row.error else "unreadable", row.error)
+            )
+            continue
+        data, issues = normalise(row.value, fmt)
+        problems.extend(Problem(row.loc, code, message) for code, message in issues)
+        if data is not None and not issues:
+            records.append(Record(row.loc, data))
+    return records, problems
+
+
+def check_lengths(
+    records: list[Record], prompt_tokens: dict[int, int], max_length: int
+) -> tuple[list[Record], list[Problem]]:
+    """Split ``records`` (whose ``tokens`` are set) into kept and rejected by length.
+
+    ``prompt_tokens`` maps a record's index to the length of its prompt alone (computed only for
+    records over ``max_length``).
+    """
+    kept: list[Record] = []
+    problems: list[Problem] = []
+    for i, record in enumerate(records):
+        n = record.tokens
+        if n is None or n <= max_length:
+            kept.append(record)
+            continue
+        prompt = prompt_tokens.get(i)
+        if n > TOO_LONG_FACTOR * max_length:
+            problems.append(
+                Problem(
+                    record.loc,
+                    "too_long",
+                    f"{n} tokens, more than {TOO_LONG_FACTOR} × training.maxLength ({max_length}): shorten or split "
+                    "the example, or raise training.maxLength",
+                )
+            )
+        elif prompt is not None and prompt >= max_length:
+            problems.append(
+                Problem(
+                    record.loc,
+                    "answer_truncated_away",
+                    f"the prompt alone is {prompt} tokens ≥ training.maxLength ({max_length}), so truncation would "
+                    "remove the whole answer: shorten the prompt or raise training.maxLength",
+                )
+            )
+        else:
+            problems.append(
+                Problem(
+                    record.loc,
+                    "over_length",
+                    f"{n} tokens > training.maxLength ({max_length}): would be truncated",
+                    severity="warning",
+                )
+            )
+            kept.append(record)
+    return kept, problems
+
+
+def check_invalid_share(total: int, problems: list[Problem], what: str = "dataset") -> None:
+    """Raise when most records are invalid: the file or the format is probably wrong."""
+    invalid = {p.loc for p in problems if p.severity == "error"}
+    if total and len(invalid) / total > MAX_INVALID_FRACTION:
+        by_code = Counter(p.code for p in problems if p.severity == "error")
+        first = next(p for p in problems if p.severity == "error")
+        codes = ", ".join(f"{code}: {n}" for code, n in by_code.most_common(5))
+        raise DataValidationError(
+            f"{what}: {len(invalid)} of {total} records are invalid ({codes}); first: {first}. "
+            "Check that the source is the right file and dataset.format the right format "
+            "(every problem is listed in data/report.json)"
+        )
+
+
+def _list(locs: list[Location]) -> str:
+    shown = ", ".join(str(loc) for loc in locs[:MAX_LISTED])
+    return shown + (f" and {len(locs) - MAX_LISTED} more" if len(locs) > MAX_LISTED else "")
+
+
+def _keys(value: object) -> str:
+    if isinstance(value, dict):
+        return "[" + ", ".join(sorted(map(str, value))[:8]) + "]"
+    return f"(not an object: {type(value).__name__})"
