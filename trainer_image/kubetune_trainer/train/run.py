@@ -1,0 +1,193 @@
+"""Training: SFT or DPO with LoRA / QLoRA / full fine-tuning, resumable, with early stopping.
+
+Reads top to bottom: skip if an earlier run of this pod already finished training -> load the
+base model as the method needs it -> build trl's SFTTrainer or DPOTrainer (used as they are) ->
+resume from the latest checkpoint in `workdir/checkpoints` if there is one -> train (eval every
+`evalSteps`, early stopping on eval loss, best checkpoint kept) -> save the adapter to
+`workdir/adapter` (or the full model to `workdir/model`) -> diagnose the loss curves.
+
+Raises whatever the libraries raise (out-of-memory included); the pipeline turns it into a
+Failed result with advice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kubetune.api.finetunejob import Diagnosis, FineTuneJobSpec
+from kubetune_trainer.models import ResolvedModel, half_dtype_name, load_model, training_device
+from kubetune_trainer.progress import ProgressMetrics
+from kubetune_trainer.train.callbacks import ProgressCallback, ProgressHook
+from kubetune_trainer.train.config import CHECKPOINTS_DIR, dpo_config, lora_config, sft_config
+from kubetune_trainer.train.diagnosis import diagnose
+
+OUTCOME_FILE = "train_outcome.json"
+
+
+@dataclass
+class TrainOutcome:
+    """What training produced; saved beside the output so a restarted pod can skip training."""
+
+    output_dir: str
+    """`workdir/adapter` (LoRA, QLoRA) or `workdir/model` (full)."""
+    kind: Literal["adapter", "model"]
+    global_step: int
+    resumed_from_step: int | None
+    """Step of the checkpoint this process resumed from (None = started from scratch)."""
+    best_checkpoint: str | None
+    best_eval_loss: float | None
+    final_train_loss: float | None
+    stopped_early: bool
+    seconds: float
+    """Wall time of this process's training."""
+    tokens_per_second: float | None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    diagnosis: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, workdir: Path) -> None:
+        (workdir / OUTCOME_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, workdir: Path) -> TrainOutcome | None:
+        path = workdir / OUTCOME_FILE
+        if not path.is_file():
+            return None
+        outcome = cls(**json.loads(path.read_text()))
+        return outcome if Path(outcome.output_dir).is_dir() else None
+
+    def diagnosis_model(self) -> Diagnosis:
+        return Diagnosis.model_validate(self.diagnosis) if self.diagnosis else diagnose(self.log_history)
+
+
+def latest_checkpoint(workdir: Path) -> Path | None:
+    """The newest complete `checkpoint-N` folder under `workdir/checkpoints`."""
+    root = workdir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    complete = [
+        p
+        for p in root.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def train_model(
+    spec: FineTuneJobSpec,
+    base: ResolvedModel,
+    tokenizer: Any,
+    train_records: list[dict[str, Any]],
+    eval_records: list[dict[str, Any]],
+    workdir: Path,
+    *,
+    data_format: str,
+    metrics: ProgressMetrics | None = None,
+    on_progress: ProgressHook | None = None,
+    device: str | None = None,
+) -> TrainOutcome:
+    """Train on `train_records` (trl-native shapes), evaluating on `eval_records`.
+
+    `data_format` is the prepared data's format (chat/instruction/completion/preference): it
+    decides assistant-only vs completion-only loss. A run whose checkpoints exist resumes from
+    the latest; a run whose outcome file exists returns it without training again.
+    """
+    done = TrainOutcome.load(workdir)
+    if done is not None:
+        return done
+    if not train_records:
+        raise ValueError("dataset: no training examples left after preparation")
+
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    device = device or training_device()
+    set_seed(spec.training.seed)
+    model = load_model(base, spec, device=device)
+    train_ds = Dataset.from_list(train_records)
+    eval_ds = Dataset.from_list(eval_records) if eval_records else None
+    common = {
+        "n_train": len(train_records),
+        "has_eval": eval_ds is not None,
+        "device": device,
+        "half_dtype": half_dtype_name(device),
+    }
+    progress = ProgressCallback(metrics=metrics, hook=on_progress)
+    callbacks: list[Any] = [progress]
+    if eval_ds is not None and spec.training.early_stopping.enabled:
+        callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=spec.training.early_stopping.patience,
+                early_stopping_threshold=spec.training.early_stopping.threshold,
+            )
+        )
+
+    if spec.objective == "dpo":
+        from trl import DPOTrainer
+
+        trainer: Any = DPOTrainer(
+            model=model,
+            args=dpo_config(spec, workdir, **common),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=lora_config(spec),
+            callbacks=callbacks,
+        )
+    else:
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(spec, workdir, data_format=data_format, **common),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=lora_config(spec),
+            callbacks=callbacks,
+        )
+
+    # Our progress line replaces the Trainer's printed log dicts.
+    trainer.remove_callback(PrinterCallback)
+
+    resume = latest_checkpoint(workdir)
+    resumed_from_step = int(resume.name.split("-")[-1]) if resume is not None else None
+    if resume is not None:
+        print(f"resuming from {resume} (step {resumed_from_step})", flush=True)
+    started = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    seconds = time.monotonic() - started
+
+    state = trainer.state
+    kind: Literal["adapter", "model"] = "model" if spec.method == "full" else "adapter"
+    out = workdir / kind
+    if out.exists():
+        shutil.rmtree(out)
+    trainer.save_model(str(out))  # the best model when load_best_model_at_end
+    tokenizer.save_pretrained(str(out))
+    state.save_to_json(str(out / "trainer_state.json"))
+
+    history = list(state.log_history)
+    train_losses = [e["loss"] for e in history if "loss" in e]
+    planned = state.max_steps
+    outcome = TrainOutcome(
+        output_dir=str(out),
+        kind=kind,
+        global_step=state.global_step,
+        resumed_from_step=resumed_from_step,
+        best_checkpoint=state.best_model_checkpoint,
+        best_eval_loss=float(state.best_metric) if state.best_metric is not None else None,
+        final_train_loss=float(train_losses[-1]) if train_losses else None,
+        stopped_early=bool(planned and state.global_step < planned),
+        seconds=round(seconds, 3),
+        tokens_per_second=progress.session_tokens_per_second(state),
+        log_history=history,
+        diagnosis=diagnose(history).model_dump(),
+    )
+    outcome.save(workdir)
+    return outcome
