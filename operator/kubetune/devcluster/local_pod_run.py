@@ -1,0 +1,247 @@
+"""One pod on the local node, run as real processes: init containers, then containers.
+
+A PodRun owns a thread that materialises the pod's volumes, starts each container as
+``unshare --mount --propagation private -- python local_exec.py PLAN`` (its own process group,
+output to ``<state-dir>/pods/<namespace>/<pod>/<container>.log``), restarts containers as the
+pod's ``restartPolicy`` says, and patches the pod status as the kubelet would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from kubetune.devcluster import local_exec
+from kubetune.devcluster.local_pod_setup import (
+    Pod,
+    UnsupportedPodSpec,
+    VolumeNotReady,
+    base_environment,
+    build_launch_plan,
+    materialise_volumes,
+)
+from kubetune.devcluster.local_pod_status import (
+    ContainerState,
+    now,
+    pod_status_patch,
+    terminated_state,
+    termination_message,
+)
+
+log = logging.getLogger(__name__)
+MAX_KILL_GRACE_SECONDS = 10.0
+MAX_RESTART_BACKOFF_SECONDS = 10.0
+
+
+def pod_dir(state_dir: Path, namespace: str, name: str) -> Path:
+    """Where the local runner keeps a pod's logs, volumes and termination messages."""
+    return state_dir / "pods" / namespace / name
+
+
+class PodRun:
+    """Runs one pod's containers until they end, the pod is deleted or the runner stops."""
+
+    def __init__(self, core: client.CoreV1Api, pod: Pod, state_dir: Path,
+                 apiserver: tuple[str, int], on_exit: Callable[[PodRun], None]) -> None:
+        self.core = core
+        self.pod = pod
+        self.uid: str = pod["metadata"]["uid"]
+        self.namespace: str = pod["metadata"]["namespace"]
+        self.name: str = pod["metadata"]["name"]
+        self.state_dir = state_dir
+        self.dir = pod_dir(state_dir, self.namespace, self.name)
+        self.apiserver = apiserver
+        self.on_exit = on_exit
+        self.created_paths: list[str] = []
+        self._stopping = threading.Event()
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
+        spec = pod["spec"]
+        self._containers = [ContainerState(c["name"], c.get("image", ""))
+                            for c in spec["containers"]]
+        self._init_containers = [ContainerState(c["name"], c.get("image", ""))
+                                 for c in spec.get("initContainers") or []]
+        self._start_time = now()
+
+    def start(self) -> None:
+        if self.dir.exists() and (self.dir / ".uid").read_text(errors="ignore") != self.uid:
+            shutil.rmtree(self.dir)  # an older pod of the same name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / ".uid").write_text(self.uid)
+        self._thread.start()
+
+    def kill(self, grace: float) -> None:
+        """Stop the pod's processes (SIGTERM, SIGKILL after ``grace`` s) and wait for the run."""
+        self._stopping.set()
+        with self._lock:
+            processes = list(self._processes.values())
+        groups = [p.pid for p in processes if p.poll() is None]
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + min(grace, MAX_KILL_GRACE_SECONDS)
+        while time.monotonic() < deadline and any(self._alive(pgid) for pgid in groups):
+            time.sleep(0.1)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)  # reap, so no zombie outlives the pod
+        self._thread.join(timeout=MAX_KILL_GRACE_SECONDS)
+
+    @staticmethod
+    def _alive(pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    # -- the run thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            volumes = self._wait_for_volumes()
+            if volumes is not None and self._run_init_containers(volumes):
+                self._run_containers(volumes)
+        except UnsupportedPodSpec as error:
+            self._fail_unsupported(str(error))
+        except Exception:
+            log.exception("pod %s/%s: run failed", self.namespace, self.name)
+        finally:
+            self.on_exit(self)
+
+    def _patch(self, phase: str) -> None:
+        if self._stopping.is_set() and phase in ("Succeeded", "Failed"):
+            return  # being deleted: the pod object is going away
+        body = pod_status_patch(phase, self._containers, self._init_containers, self._start_time)
+        try:
+            self.core.patch_namespaced_pod_status(self.name, self.namespace, body)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+
+    def _wait_for_volumes(self) -> dict[str, Path] | None:
+        while not self._stopping.is_set():
+            try:
+                return materialise_volumes(self.core, self.pod, self.dir, self.state_dir)
+            except VolumeNotReady as error:
+                for state in self._init_containers or self._containers:
+                    state.waiting_message = f"waiting for volumes: {error}"
+                self._patch("Pending")
+                self._stopping.wait(1.0)
+        return None
+
+    def _spec(self, name: str, init: bool) -> dict[str, Any]:
+        key = "initContainers" if init else "containers"
+        return next(c for c in self.pod["spec"][key] if c["name"] == name)
+
+    def _start_container(self, state: ContainerState, init: bool,
+                         volumes: dict[str, Path]) -> subprocess.Popen[bytes]:
+        spec = self._spec(state.name, init)
+        plan = build_launch_plan(self.core, self.pod, spec, volumes, self.dir,
+                                 base_environment(self.pod, *self.apiserver))
+        plan_file = self.dir / f"{state.name}.plan.json"
+        plan_file.write_text(json.dumps(plan.to_json_dict(), indent=1))
+        Path(plan.start_error_file).unlink(missing_ok=True)
+        argv = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private",
+                "--", sys.executable, local_exec.__file__, str(plan_file)]
+        with (self.dir / f"{state.name}.log").open("ab") as output:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        with self._lock:
+            self._processes[state.name] = process
+        state.pid, state.started_at, state.terminated = process.pid, now(), None
+        return process
+
+    def _finish_container(self, state: ContainerState, init: bool, exit_code: int) -> None:
+        spec = self._spec(state.name, init)
+        start_error = self.dir / f"{state.name}.start-error"
+        reason = None
+        if start_error.exists():
+            message, reason = start_error.read_text(), "StartError"
+        else:
+            message = termination_message(
+                exit_code, self.dir / f"{state.name}.termination-log",
+                self.dir / f"{state.name}.log",
+                spec.get("terminationMessagePolicy", "File"))
+        state.terminated = terminated_state(exit_code, message, state.started_at or now(),
+                                            state.pid, reason)
+        created = self.dir / f"{state.name}.created-paths"
+        if created.exists():
+            self.created_paths.extend(created.read_text().split())
+
+    def _should_restart(self, exit_code: int) -> bool:
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+
+    def _restart(self, state: ContainerState, init: bool, volumes: dict[str, Path]) -> None:
+        backoff = min(2.0 ** state.restart_count, MAX_RESTART_BACKOFF_SECONDS)
+        state.last_terminated, state.restart_count = state.terminated, state.restart_count + 1
+        if not self._stopping.wait(backoff):
+            self._start_container(state, init, volumes)
+
+    def _wait(self, states: list[ContainerState], init: bool, volumes: dict[str, Path],
+              phase: str) -> bool:
+        """Run ``states`` until all ended for good; False when the run is being stopped."""
+        while not self._stopping.is_set():
+            changed = False
+            for state in states:
+                process = self._processes.get(state.name)
+                if state.terminated is not None or process is None:
+                    continue
+                code = process.poll()
+                if code is None:
+                    continue
+                self._finish_container(state, init, code if code >= 0 else 128 - code)
+                changed = True
+                if self._should_restart(state.terminated["exitCode"]):  # type: ignore[index]
+                    self._patch(phase)
+                    self._restart(state, init, volumes)
+            if changed:
+                self._patch(phase)
+            if all(state.terminated is not None for state in states):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _run_init_containers(self, volumes: dict[str, Path]) -> bool:
+        for state in self._init_containers:
+            self._start_container(state, True, volumes)
+            self._patch("Pending")
+            if not self._wait([state], True, volumes, "Pending"):
+                return False
+            if state.terminated and state.terminated["exitCode"] != 0:
+                self._patch("Failed")
+                return False
+        return True
+
+    def _run_containers(self, volumes: dict[str, Path]) -> None:
+        for state in self._containers:
+            self._start_container(state, False, volumes)
+        self._patch("Running")
+        if self._wait(self._containers, False, volumes, "Running"):
+            failed = any(s.terminated and s.terminated["exitCode"] != 0 for s in self._containers)
+            self._patch("Failed" if failed else "Succeeded")
+
+    def _fail_unsupported(self, message: str) -> None:
+        log.warning("pod %s/%s: %s", self.namespace, self.name, message)
+        for state in self._init_containers + self._containers:
+            if state.terminated is None:
+                state.terminated = terminated_state(128, message, now(), None, "StartError")
+        self._patch("Failed")

@@ -1,0 +1,176 @@
+"""The local pod runner: a minimal kubelet for the node ``kubetune-local`` (dev/test tool).
+
+Pods that opt in (toleration for the ``kubetune.dev/local-runner=true:NoSchedule`` taint and
+``nodeSelector: {kubetune.dev/local-runner: "true"}``) are scheduled by the real scheduler to
+``kubetune-local``; this process watches them and runs each container's command as a local
+process (see :mod:`kubetune.devcluster.local_pod_run`). kwok keeps the node Ready but leaves
+its pods alone. The runner also provisions PersistentVolumes for claims
+(:mod:`kubetune.devcluster.local_storage`).
+
+Run: ``python -m kubetune.devcluster.local_runner --kubeconfig K --state-dir D``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlparse
+
+from kubernetes import client, config, watch
+
+from kubetune.devcluster.local_pod_run import PodRun, pod_dir
+from kubetune.devcluster.local_storage import run_provisioner
+from kubetune.devcluster.simulation import LOCAL_NODE
+
+log = logging.getLogger("kubetune.devcluster.local_runner")
+READY_FILE = "local-runner.ready"
+
+
+def local_pod_logs(state_dir: Path, namespace: str, name: str,
+                   container: str | None = None) -> str:
+    """Output of a pod's container on the local runner (the only container if not named)."""
+    folder = pod_dir(state_dir, namespace, name)
+    if container is None:
+        logs = sorted(folder.glob("*.log"))
+        if len(logs) != 1:
+            names = [path.stem for path in logs]
+            raise ValueError(f"pod {namespace}/{name} has logs for {names}: name a container")
+        return logs[0].read_text(errors="replace")
+    return (folder / f"{container}.log").read_text(errors="replace")
+
+
+class LocalRunner:
+    """Keeps one PodRun per live pod on the node; finishes deletions like the kubelet."""
+
+    def __init__(self, core: client.CoreV1Api, state_dir: Path, node: str,
+                 apiserver: tuple[str, int]) -> None:
+        self.core = core
+        self.state_dir = state_dir
+        self.node = node
+        self.apiserver = apiserver
+        self.runs: dict[str, PodRun] = {}
+        self.finished: set[str] = set()
+        self.created_paths: list[str] = []
+        self.lock = threading.Lock()
+
+    def serve(self, stop: threading.Event) -> None:
+        selector = f"spec.nodeName={self.node}"
+        sanitize = self.core.api_client.sanitize_for_serialization
+        while not stop.is_set():
+            listing = self.core.list_pod_for_all_namespaces(field_selector=selector)
+            for pod in listing.items:
+                self.reconcile(sanitize(pod))
+            (self.state_dir / READY_FILE).touch()
+            stream = watch.Watch().stream(
+                self.core.list_pod_for_all_namespaces, field_selector=selector,
+                resource_version=listing.metadata.resource_version, timeout_seconds=30)
+            try:
+                for event in stream:
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.reconcile(sanitize(event["object"]))
+            except client.ApiException as error:
+                if error.status != 410:  # 410 Gone: resource version too old, list again
+                    raise
+
+    def reconcile(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        if meta.get("deletionTimestamp"):
+            threading.Thread(target=self._finish_deletion, args=(pod,), daemon=True).start()
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        with self.lock:
+            if uid in self.runs or uid in self.finished or phase in ("Succeeded", "Failed"):
+                return
+            run = PodRun(self.core, pod, self.state_dir, self.apiserver, self._on_exit)
+            self.runs[uid] = run
+        log.info("pod %s/%s: starting", meta["namespace"], meta["name"])
+        run.start()
+
+    def _finish_deletion(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        with self.lock:
+            run = self.runs.get(meta["uid"])
+        if run is not None:
+            run.kill(float(meta.get("deletionGracePeriodSeconds") or 0))
+        with contextlib.suppress(client.ApiException):
+            self.core.delete_namespaced_pod(
+                meta["name"], meta["namespace"], grace_period_seconds=0,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"])))
+        log.info("pod %s/%s: deleted", meta["namespace"], meta["name"])
+
+    def _on_exit(self, run: PodRun) -> None:
+        with self.lock:
+            self.runs.pop(run.uid, None)
+            self.finished.add(run.uid)
+            self.created_paths.extend(run.created_paths)
+            idle = not self.runs
+        if idle:
+            self.remove_created_paths()
+
+    def remove_created_paths(self) -> None:
+        """Remove mount points made for pods, once no pod can still be using them."""
+        with self.lock:
+            paths, self.created_paths = self.created_paths, []
+        for path in reversed(paths):
+            with contextlib.suppress(OSError):
+                if os.path.isdir(path):
+                    os.rmdir(path)  # only if empty
+                elif os.path.getsize(path) == 0:
+                    os.unlink(path)
+
+    def shutdown(self) -> None:
+        with self.lock:
+            runs = list(self.runs.values())
+        for run in runs:
+            run.kill(grace=2)
+        self.remove_created_paths()
+
+
+def _apiserver_address(api: client.ApiClient) -> tuple[str, int]:
+    url = urlparse(api.configuration.host)
+    return url.hostname or "127.0.0.1", url.port or 443
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", required=True, type=Path)
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--node-name", default=LOCAL_NODE)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Commands resolve on PATH with this interpreter's bin first (the venv's python).
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+    api = config.new_client_from_config(str(args.kubeconfig))
+    core = client.CoreV1Api(api)
+    runner = LocalRunner(core, args.state_dir.resolve(), args.node_name, _apiserver_address(api))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    provisioner = threading.Thread(target=run_provisioner, daemon=True,
+                                   args=(core, args.state_dir.resolve(), stop))
+    provisioner.start()
+    try:
+        runner.serve(stop)
+    finally:
+        stop.set()
+        runner.shutdown()
+        log.info("local runner stopped")
+
+
+if __name__ == "__main__":
+    main()
