@@ -32,6 +32,7 @@ MAX_CANDIDATES = 100
 _MERSENNE = np.uint64((1 << 61) - 1)
 _MAX32 = np.uint64((1 << 32) - 1)
 _WORD = re.compile(r"\w+")
+_GRAM_MULTIPLIER = np.uint64(1_000_003)
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,20 @@ def exact_key(text: str) -> bytes:
 
 def shingles(text: str, size: int = SHINGLE_WORDS) -> frozenset[int]:
     """32-bit hashes of the word ``size``-grams of the canonical text."""
-    words = _WORD.findall(canonical(text))
+    return frozenset(_shingle_array(canonical(text), size).tolist())
+
+
+def _shingle_array(canonical_text: str, size: int = SHINGLE_WORDS) -> np.ndarray:
+    """Sorted unique shingle hashes: word hashes combined per ``size``-gram, vectorised."""
+    words = _WORD.findall(canonical_text)
     if len(words) < size:
-        grams = [" ".join(words) or canonical(text)]
-    else:
-        grams = [" ".join(words[i : i + size]) for i in range(len(words) - size + 1)]
-    return frozenset(zlib.crc32(g.encode()) for g in grams)
+        return np.array([zlib.crc32((" ".join(words) or canonical_text).encode())], dtype=np.uint64)
+    hashed = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    combined = np.zeros(len(words) - size + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(size):
+            combined = combined * _GRAM_MULTIPLIER + hashed[k : len(words) - size + 1 + k]
+    return np.unique(combined & _MAX32)
 
 
 def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
@@ -72,6 +81,11 @@ def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
+
+
+def _jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common)
 
 
 @lru_cache(maxsize=8)
@@ -82,10 +96,13 @@ def _permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]
     return a, b
 
 
-def minhash(hashes: frozenset[int], num_perm: int = NUM_PERM) -> np.ndarray:
+def minhash(hashes: frozenset[int] | np.ndarray, num_perm: int = NUM_PERM) -> np.ndarray:
     """MinHash signature (universal hashing modulo 2^61-1, as in datasketch)."""
     a, b = _permutations(num_perm)
-    values = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+    if isinstance(hashes, np.ndarray):
+        values = hashes
+    else:
+        values = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
     with np.errstate(over="ignore"):
         permuted = ((values[:, None] * a[None, :] + b) % _MERSENNE) & _MAX32
     return permuted.min(axis=0)  # type: ignore[no-any-return]
@@ -118,15 +135,15 @@ def deduplicate(
     seen: dict[bytes, Location] = {}
     bands, rows = lsh_params(threshold)
     buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
-    sets: list[frozenset[int]] = []
+    sets: list[np.ndarray] = []
     for record in records:
-        text = record_text(record.data)
-        key = exact_key(text)
+        text = canonical(record_text(record.data))
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
         if key in seen:
             removed.append(Duplicate(record.loc, seen[key], "exact"))
             continue
         if mode == "near":
-            shingle_set = shingles(text)
+            shingle_set = _shingle_array(text)
             signature = minhash(shingle_set)
             keys = [signature[i * rows : (i + 1) * rows].tobytes() for i in range(bands)]
             match = _best_match(shingle_set, keys, buckets, sets, threshold)
@@ -143,10 +160,10 @@ def deduplicate(
 
 
 def _best_match(
-    shingle_set: frozenset[int],
+    shingle_set: np.ndarray,
     keys: list[bytes],
     buckets: list[dict[bytes, list[int]]],
-    sets: list[frozenset[int]],
+    sets: list[np.ndarray],
     threshold: float,
 ) -> tuple[int, float] | None:
     candidates: set[int] = set()
@@ -156,7 +173,7 @@ def _best_match(
             break
     best: tuple[int, float] | None = None
     for index in sorted(candidates)[:MAX_CANDIDATES]:
-        similarity = jaccard(shingle_set, sets[index])
+        similarity = _jaccard_sorted(shingle_set, sets[index])
         if similarity >= threshold and (best is None or similarity > best[1]):
             best = (index, similarity)
     return best
