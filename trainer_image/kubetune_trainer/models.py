@@ -55,7 +55,12 @@ class ResolvedModel:
 
 
 def check_license(spec: BaseModelSpec) -> None:
-    """Raise LicenseNotAcceptedError for a gated family without acceptLicense (no I/O)."""
+    """Raise LicenseNotAcceptedError for a gated family without acceptLicense (no I/O).
+
+    `builtin://` models are built here from random weights and carry no licence, whatever
+    their name says."""
+    if is_builtin(spec):
+        return
     if spec.requires_license() and not spec.accept_license:
         raise LicenseNotAcceptedError(
             f"baseModel.acceptLicense: {spec.uri} is under a licence you must accept before it is "

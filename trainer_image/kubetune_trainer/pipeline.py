@@ -1,0 +1,358 @@
+"""The trainer pipeline: data -> train -> evaluate -> gate -> export -> result.
+
+`run_pipeline` is what the trainer pod runs (through `python -m kubetune_trainer run`) and what
+`kubetune run FILE` runs in-process. It reads top to bottom:
+
+1. licence check (before any download);
+2. base model resolved to a local folder, tokenizer loaded (a `builtin://` model is built after
+   the data is read, since its tokenizer learns from the job's text);
+3. data prepared under the data policy: a policy failure ends the job here, before the model's
+   weights are loaded;
+4. training (resumes from the latest checkpoint of an earlier attempt), loss-curve diagnosis;
+5. evaluation of base vs fine-tuned on the test split, and the quality gate;
+6. export (merge, GGUF, manifest), skipped when the gate failed and `export.onGateFailure: skip`;
+7. `workdir/result.json` (the full TrainerResult) written, and the result returned.
+
+Every exception becomes a Failed result with an actionable message (out-of-memory gets advice);
+the traceback goes to stderr, never into the result.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kubetune.api import constants as c
+from kubetune.api.common import Artifact
+from kubetune.api.finetunejob import FineTuneJobSpec, Progress, TrainerResult
+
+Stage = Literal["data", "train", "evaluate", "export", "done"]
+# on_progress(stage, progress): called when a stage starts (progress None) and on every
+# training step (stage "train", progress set).
+ProgressHook = Callable[[str, Progress | None], None]
+
+RESULT_FILE = "result.json"
+EXPORT_DIR = "export"
+
+# Failure reasons besides those in kubetune.api.constants.Reason (CamelCase, for status.reason).
+REASON_INVALID_DATA = "InvalidData"
+REASON_DATA_UNAVAILABLE = "DataUnavailable"
+REASON_LICENSE = "LicenseNotAccepted"
+REASON_MODEL_UNAVAILABLE = "ModelUnavailable"
+REASON_OUT_OF_MEMORY = "OutOfMemory"
+REASON_STAGE_FAILED: dict[str, str] = {
+    "data": c.Reason.TRAINER_FAILED,
+    "train": "TrainingFailed",
+    "evaluate": "EvaluationFailed",
+    "export": "ExportFailed",
+    "done": c.Reason.TRAINER_FAILED,
+}
+
+
+@dataclass
+class _Run:
+    """What the pipeline has so far; becomes the TrainerResult however it ends."""
+
+    spec: FineTuneJobSpec
+    workdir: Path
+    artifacts_uri: str | None
+    on_progress: ProgressHook | None
+    stage: Stage = "data"
+    result: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
+    manifest_uri: str | None = None
+
+    def enter(self, stage: Stage) -> None:
+        self.stage = stage
+        print(f"stage {stage}", flush=True)
+        if self.on_progress is not None:
+            self.on_progress(stage, None)
+
+    def uri(self, path: Path) -> str:
+        """`artifacts_uri` + path relative to the workdir, or `file://<abs path>` locally."""
+        if self.artifacts_uri:
+            rel = path.resolve().relative_to(self.workdir.resolve()).as_posix()
+            return f"{self.artifacts_uri.rstrip('/')}/{rel}"
+        return f"file://{path.resolve()}"
+
+    def add_artifact(self, path: Path, kind: str, *, name: str | None = None, quantization: str | None = None) -> None:
+        from kubetune_trainer.export.manifest import sha256_dir, sha256_file, size_of
+
+        if not path.exists():
+            return
+        self.artifacts.append(
+            Artifact(
+                name=name or path.name,
+                kind=kind,  # type: ignore[arg-type]
+                uri=self.uri(path),
+                size_bytes=size_of(path),
+                sha256=sha256_dir(path) if path.is_dir() else sha256_file(path),
+                quantization=quantization,
+            )
+        )
+
+    def finish(self, phase: Literal["Succeeded", "Failed"], reason: str = "", message: str = "") -> TrainerResult:
+        result = TrainerResult(
+            phase=phase,
+            reason=reason,
+            message=message[:32000],
+            stage="done" if phase == "Succeeded" else self.stage,
+            artifacts=self.artifacts,
+            manifest_uri=self.manifest_uri,
+            **self.result,
+        )
+        path = self.workdir / RESULT_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result.to_wire(), indent=2) + "\n")
+        tmp.replace(path)
+        return result
+
+
+def run_pipeline(
+    spec: FineTuneJobSpec,
+    workdir: Path,
+    *,
+    base_dir: Path | None = None,
+    artifacts_uri: str | None = None,
+    on_progress: ProgressHook | None = None,
+    metrics: Any | None = None,
+) -> TrainerResult:
+    """Run every stage for `spec` in `workdir`; never raises for a failing job.
+
+    `base_dir` anchors relative `file://` URIs (the YAML's folder for `kubetune run`);
+    `artifacts_uri` is the workdir's URI in the artifact store (e.g. `pvc://claim/ns/job`),
+    used to name artifacts; `metrics` is a `progress.ProgressMetrics` to export training
+    progress to (the pod's Prometheus endpoint).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = _Run(spec=spec, workdir=workdir, artifacts_uri=artifacts_uri, on_progress=on_progress)
+    try:
+        _run_stages(run, base_dir, metrics)
+    except BaseException as exc:  # noqa: BLE001 - every failure must become a result
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        traceback.print_exc(file=sys.stderr)
+        reason, message = describe_failure(exc, run.stage, spec)
+        print(f"failed in stage {run.stage}: {reason}: {message}", file=sys.stderr, flush=True)
+        return run.finish("Failed", reason, message)
+    return run.finish("Succeeded", c.Reason.SUCCEEDED, "")
+
+
+def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
+    from kubetune_trainer.data import prepare_dataset
+    from kubetune_trainer.models import check_license, is_builtin, load_tokenizer, resolve_base_model
+
+    spec, workdir = run.spec, run.workdir
+    _quiet_libraries()
+
+    run.enter("data")
+    check_license(spec.base_model)
+    corpus: list[str] = []
+    if is_builtin(spec.base_model):
+        # The tiny model's tokenizer learns from the job's own text; a policy failure still
+        # stops the job here, before any model exists.
+        from kubetune_trainer.data.formats import record_text
+
+        first = prepare_dataset(spec, workdir, base_dir=base_dir)
+        corpus = [record_text(r) for r in first.train + first.validation]
+    base = resolve_base_model(
+        spec.base_model,
+        base_dir=base_dir,
+        download_dir=workdir / "base-model" if spec.base_model.uri.startswith("hf://") else None,
+        corpus=corpus,
+    )
+    tokenizer = load_tokenizer(base)
+    data = prepare_dataset(spec, workdir, tokenizer=tokenizer, base_dir=base_dir)
+    run.result["data"] = data.report.summary()
+    run.add_artifact(workdir / "data" / "report.json", "report", name="data-report.json")
+
+    run.enter("train")
+    from kubetune_trainer.models import training_device
+    from kubetune_trainer.train.run import train_model
+
+    device = training_device()
+    hook = (lambda p: run.on_progress("train", p)) if run.on_progress is not None else None  # type: ignore[misc]
+    outcome = train_model(
+        spec,
+        base,
+        tokenizer,
+        data.train,
+        data.validation,
+        workdir,
+        data_format=data.format,
+        metrics=metrics,
+        on_progress=hook,
+        device=device,
+    )
+    run.result["diagnosis"] = outcome.diagnosis_model()
+    trained = Path(outcome.output_dir)
+    run.add_artifact(trained, "adapter" if outcome.kind == "adapter" else "merged", name=trained.name)
+    _free_memory()
+
+    run.enter("evaluate")
+    from kubetune_trainer.evaluation import evaluate
+
+    evaluation = evaluate(
+        spec.evaluation,
+        model_dir=base.path,
+        adapter_dir=trained,
+        test_records=data.test,
+        workdir=workdir,
+        general_records=_forgetting_records(spec, base_dir),
+        device=device,
+    )
+    run.result["evaluation"] = evaluation.summary
+    run.result["gate"] = evaluation.gate
+    run.add_artifact(evaluation.predictions_path, "predictions")
+    run.add_artifact(evaluation.summary_path, "report", name="eval-summary.json")
+    _free_memory()
+
+    if not evaluation.gate.passed and spec.export.on_gate_failure == "skip":
+        print("export skipped: the gate failed and export.onGateFailure is skip", flush=True)
+        return
+    run.enter("export")
+    _export(run, base.path, trained, outcome.kind, data.test)
+
+
+def _export(run: _Run, base_dir: Path, trained: Path, kind: str, test_records: list[dict[str, Any]]) -> None:
+    from kubetune_trainer.evaluation.examples import to_eval_examples
+    from kubetune_trainer.export import export_model
+
+    spec = run.spec
+    examples, _ = to_eval_examples(test_records, limit=3)
+    verify_prompts = [e.messages if e.messages is not None else e.text for e in examples]
+    out_dir = run.workdir / EXPORT_DIR
+    result = export_model(
+        base_dir,
+        trained if kind == "adapter" else None,
+        out_dir,
+        list(spec.export.gguf),
+        merge=spec.export.merge,
+        adapter_gguf=spec.export.adapter_gguf,
+        verify_prompts=verify_prompts,
+    )
+    kinds = {"merged-safetensors": "merged", "gguf": "gguf", "adapter-gguf": "adapter-gguf", "modelfile": "modelfile"}
+    for artifact in result.artifacts:
+        path = out_dir / artifact.path
+        run.artifacts.append(
+            Artifact(
+                name=path.name,
+                kind=kinds.get(artifact.kind, "other"),  # type: ignore[arg-type]
+                uri=run.uri(path),
+                size_bytes=artifact.size_bytes,
+                sha256=artifact.sha256,
+                quantization=artifact.quantization,
+            )
+        )
+    manifest = out_dir / "manifest.json"
+    if manifest.is_file():
+        run.add_artifact(manifest, "manifest")
+        run.manifest_uri = run.uri(manifest)
+
+
+def _forgetting_records(spec: FineTuneJobSpec, base_dir: Path | None) -> list[dict[str, Any]]:
+    """The general set scored before and after fine-tuning, normalised; [] when none."""
+    source = spec.evaluation.forgetting_set
+    if source is None:
+        return []
+    from kubetune_trainer.data.formats import detect_record_format, normalise
+    from kubetune_trainer.data.sources import read_source
+
+    records = []
+    for row in read_source(source, base_dir):
+        fmt = detect_record_format(row.value) if row.error is None else None
+        if fmt is None:
+            continue
+        data, _ = normalise(row.value, fmt)
+        if data is not None:
+            records.append(data)
+    return records
+
+
+def _quiet_libraries() -> None:
+    """Our progress line and stage lines replace the libraries' progress bars in the log."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, host allocation failure, or a library's wrapped 'out of memory' error."""
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def oom_advice(spec: FineTuneJobSpec) -> str:
+    """What to change after an out-of-memory failure, most effective first."""
+    t = spec.training
+    steps = []
+    if spec.method != "qlora":
+        steps.append("use method: qlora (4-bit base weights, about a quarter of the memory)")
+    if t.batch_size > 1:
+        steps.append(
+            f"lower training.batchSize (now {t.batch_size}) and raise training.gradientAccumulationSteps "
+            "to keep the effective batch"
+        )
+    if t.max_length > 512:
+        steps.append(f"lower training.maxLength (now {t.max_length})")
+    if not t.gradient_checkpointing:
+        steps.append("set training.gradientCheckpointing: true")
+    steps.append("or ask for a GPU with more memory (resources.gpuProduct)")
+    return "; ".join(steps)
+
+
+def describe_failure(exc: BaseException, stage: str, spec: FineTuneJobSpec) -> tuple[str, str]:
+    """(reason, actionable message) for an exception raised in `stage`."""
+    from kubetune_trainer.data import DataPolicyError, DataSourceError, DataValidationError
+    from kubetune_trainer.models import LicenseNotAcceptedError, ModelError
+
+    if isinstance(exc, DataPolicyError):
+        return c.Reason.DATA_POLICY, f"{exc} (see data/report.json; or set dataPolicy.action to drop or flag)"
+    if isinstance(exc, DataValidationError):
+        return REASON_INVALID_DATA, str(exc)
+    if isinstance(exc, DataSourceError):
+        return REASON_DATA_UNAVAILABLE, str(exc)
+    if isinstance(exc, LicenseNotAcceptedError):
+        return REASON_LICENSE, str(exc)
+    if isinstance(exc, ModelError):
+        return REASON_MODEL_UNAVAILABLE, str(exc)
+    if is_out_of_memory(exc):
+        return REASON_OUT_OF_MEMORY, f"out of memory in stage {stage}: {oom_advice(spec)}"
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (
+        REASON_STAGE_FAILED.get(stage, c.Reason.TRAINER_FAILED),
+        f"stage {stage} failed: {type(exc).__name__}: {detail[:2000]} (the traceback is in the trainer's log)",
+    )
