@@ -85,22 +85,68 @@ TEMPLATES = [
 ]
 
 GENERAL: list[tuple[str, str]] = [
-    *[(f"What is the capital of {c}?", a) for c, a in [
-        ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-        ("Japan", "Tokyo"), ("Canada", "Ottawa"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"),
-        ("Peru", "Lima"), ("Norway", "Oslo"), ("Greece", "Athens"), ("Poland", "Warsaw"),
-    ]],
-    *[(f"What is {a} plus {b}?", str(a + b)) for a, b in [
-        (2, 3), (4, 5), (7, 1), (6, 6), (9, 8), (3, 4), (10, 5), (12, 7), (8, 2), (11, 9), (5, 5), (14, 3),
-    ]],
-    *[(f"What is the opposite of {w}?", o) for w, o in [
-        ("hot", "cold"), ("up", "down"), ("big", "small"), ("early", "late"), ("light", "dark"),
-        ("open", "closed"), ("fast", "slow"), ("happy", "sad"), ("full", "empty"), ("old", "new"),
-    ]],
-    *[(f"What colour is {t}?", c) for t, c in [
-        ("the sky on a clear day", "Blue"), ("fresh grass", "Green"), ("snow", "White"), ("a ripe banana", "Yellow"),
-        ("coal", "Black"), ("a ripe tomato", "Red"), ("an orange", "Orange"), ("a flamingo", "Pink"),
-    ]],
+    *[
+        (f"What is the capital of {c}?", a)
+        for c, a in [
+            ("France", "Paris"),
+            ("Germany", "Berlin"),
+            ("Italy", "Rome"),
+            ("Spain", "Madrid"),
+            ("Japan", "Tokyo"),
+            ("Canada", "Ottawa"),
+            ("Egypt", "Cairo"),
+            ("Kenya", "Nairobi"),
+            ("Peru", "Lima"),
+            ("Norway", "Oslo"),
+            ("Greece", "Athens"),
+            ("Poland", "Warsaw"),
+        ]
+    ],
+    *[
+        (f"What is {a} plus {b}?", str(a + b))
+        for a, b in [
+            (2, 3),
+            (4, 5),
+            (7, 1),
+            (6, 6),
+            (9, 8),
+            (3, 4),
+            (10, 5),
+            (12, 7),
+            (8, 2),
+            (11, 9),
+            (5, 5),
+            (14, 3),
+        ]
+    ],
+    *[
+        (f"What is the opposite of {w}?", o)
+        for w, o in [
+            ("hot", "cold"),
+            ("up", "down"),
+            ("big", "small"),
+            ("early", "late"),
+            ("light", "dark"),
+            ("open", "closed"),
+            ("fast", "slow"),
+            ("happy", "sad"),
+            ("full", "empty"),
+            ("old", "new"),
+        ]
+    ],
+    *[
+        (f"What colour is {t}?", c)
+        for t, c in [
+            ("the sky on a clear day", "Blue"),
+            ("fresh grass", "Green"),
+            ("snow", "White"),
+            ("a ripe banana", "Yellow"),
+            ("coal", "Black"),
+            ("a ripe tomato", "Red"),
+            ("an orange", "Orange"),
+            ("a flamingo", "Pink"),
+        ]
+    ],
     ("How many days are in a week?", "Seven"),
     ("How many legs does a spider have?", "Eight"),
     ("Which planet do we live on?", "Earth"),
@@ -117,7 +163,9 @@ def _ticket(template: str, phrase: str) -> str:
 
 
 def _chat(user: str, answer: str) -> dict[str, object]:
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    }
 
 
 def support_chat(per_label: int = 60, seed: int = 0) -> list[dict[str, object]]:
@@ -146,7 +194,13 @@ def preference(per_label: int = 15, seed: int = 1) -> list[dict[str, object]]:
         combos = [(t, p) for t in TEMPLATES for p in phrases]
         for template, phrase in rng.sample(combos, per_label):
             wrong = rng.choice([other for other in labels if other != label])
-            records.append({"prompt": "Ticket: " + _ticket(template, phrase), "chosen": label, "rejected": wrong})
+            records.append(
+                {
+                    "prompt": "Ticket: " + _ticket(template, phrase),
+                    "chosen": label,
+                    "rejected": wrong,
+                }
+            )
     rng.shuffle(records)
     return records
 
@@ -156,7 +210,11 @@ def render(records: list[dict[str, object]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-FILES = {"support-chat.jsonl": support_chat, "general.jsonl": general, "preference.jsonl": preference}
+FILES = {
+    "support-chat.jsonl": support_chat,
+    "general.jsonl": general,
+    "preference.jsonl": preference,
+}
 
 
 def main() -> None:

@@ -9,7 +9,24 @@ import pytest
 from kubetune_trainer.data.dedup import deduplicate, jaccard, lsh_params, shingles
 from kubetune_trainer.data.records import Location, Record
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+]
 
 
 def _record(line: int, user: str, answer: str = "ok") -> Record:
@@ -22,10 +39,16 @@ def _sentence(rng: random.Random, n: int = 30) -> str:
 
 
 def test_exact_duplicates_ignore_case_and_whitespace() -> None:
-    records = [_record(1, "Where is my order?"), _record(2, "where  is my\norder?"), _record(3, "Where is my parcel?")]
+    records = [
+        _record(1, "Where is my order?"),
+        _record(2, "where  is my\norder?"),
+        _record(3, "Where is my parcel?"),
+    ]
     kept, removed = deduplicate(records, "exact")
     assert [r.loc.line for r in kept] == [1, 3]
-    assert [(str(d.loc), str(d.duplicate_of), d.kind) for d in removed] == [("d.jsonl:2", "d.jsonl:1", "exact")]
+    assert [(str(d.loc), str(d.duplicate_of), d.kind) for d in removed] == [
+        ("d.jsonl:2", "d.jsonl:1", "exact")
+    ]
 
 
 def test_exact_mode_keeps_near_duplicates_and_none_keeps_everything() -> None:
@@ -39,7 +62,7 @@ def test_near_duplicates_above_the_threshold_are_removed() -> None:
     rng = random.Random(1)
     base = _sentence(rng, 60)
     words = base.split()
-    one_word_changed = " ".join(words[:30] + ["zulu"] + words[31:])
+    one_word_changed = " ".join([*words[:30], "zulu", *words[31:]])
     unrelated = _sentence(rng, 60)
     records = [_record(1, base), _record(2, one_word_changed), _record(3, unrelated)]
     similarity = jaccard(shingles(base), shingles(one_word_changed))
@@ -53,7 +76,9 @@ def test_near_duplicates_above_the_threshold_are_removed() -> None:
 def test_pairs_under_the_threshold_are_never_removed() -> None:
     rng = random.Random(2)
     base = _sentence(rng, 40).split()
-    variants = [" ".join(base[:20] + _sentence(rng, 20).split()) for _ in range(20)]  # about half shared
+    variants = [
+        " ".join(base[:20] + _sentence(rng, 20).split()) for _ in range(20)
+    ]  # about half shared
     records = [_record(i, v) for i, v in enumerate(variants)]
     kept, removed = deduplicate(records, "near", 0.9)
     assert removed == [] and len(kept) == 20
@@ -69,7 +94,7 @@ def test_near_recall_on_many_planted_duplicates() -> None:
         words = text.split()
         words[rng.randrange(len(words))] = "changed"
         records.append(_record(2 * i + 1, " ".join(words)))  # Jaccard ~0.93
-    kept, removed = deduplicate(records, "near", 0.9)
+    _, removed = deduplicate(records, "near", 0.9)
     assert len(removed) >= 295
     assert all(d.similarity >= 0.9 for d in removed)
 

@@ -73,7 +73,10 @@ def test_folder_reads_every_jsonl_and_json_sorted(tmp_path: Path) -> None:
     (folder / "a.json").write_text(json.dumps([{"n": 1}]))
     (folder / "notes.txt").write_text("ignored")
     rows = read_source(DatasetSource(uri="file://ds"), base_dir=tmp_path)
-    assert [(str(r.loc), r.value) for r in rows] == [("file://ds/a.json:1", {"n": 1}), ("file://ds/b.jsonl:1", {"n": 2})]
+    assert [(str(r.loc), r.value) for r in rows] == [
+        ("file://ds/a.json:1", {"n": 1}),
+        ("file://ds/b.jsonl:1", {"n": 2}),
+    ]
 
 
 def test_empty_folder_and_missing_file_are_actionable(tmp_path: Path) -> None:
@@ -89,19 +92,30 @@ def test_pvc_uri_reads_under_the_pvc_root(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "datasets" / "support").mkdir(parents=True)
     (tmp_path / "datasets" / "support" / "train.jsonl").write_text(_jsonl({"x": 1}))
     rows = read_source(DatasetSource(uri="pvc://datasets/support/train.jsonl"))
-    assert [(str(r.loc), r.value) for r in rows] == [("pvc://datasets/support/train.jsonl:1", {"x": 1})]
+    assert [(str(r.loc), r.value) for r in rows] == [
+        ("pvc://datasets/support/train.jsonl:1", {"x": 1})
+    ]
     with pytest.raises(DataSourceError, match="is the claim mounted"):
         read_source(DatasetSource(uri="pvc://datasets/other.jsonl"))
 
 
-def test_configmap_key_reads_under_the_configmap_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configmap_key_reads_under_the_configmap_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KUBETUNE_CONFIGMAP_ROOT", str(tmp_path))
     (tmp_path / "small-set").mkdir()
     (tmp_path / "small-set" / "train.jsonl").write_text(_jsonl({"x": 1}, {"x": 2}))
-    source = DatasetSource.model_validate({"configMap": {"name": "small-set", "key": "train.jsonl"}})
+    source = DatasetSource.model_validate(
+        {"configMap": {"name": "small-set", "key": "train.jsonl"}}
+    )
     rows = read_source(source)
-    assert [str(r.loc) for r in rows] == ["configMap:small-set/train.jsonl:1", "configMap:small-set/train.jsonl:2"]
-    missing = DatasetSource.model_validate({"configMap": {"name": "small-set", "key": "nope.jsonl"}})
+    assert [str(r.loc) for r in rows] == [
+        "configMap:small-set/train.jsonl:1",
+        "configMap:small-set/train.jsonl:2",
+    ]
+    missing = DatasetSource.model_validate(
+        {"configMap": {"name": "small-set", "key": "nope.jsonl"}}
+    )
     with pytest.raises(DataSourceError, match="ConfigMap key not found"):
         read_source(missing)
 
@@ -133,10 +147,14 @@ def test_http_source_downloads_and_names_the_url(http_root: tuple[str, Path]) ->
     (root / "data.jsonl").write_text(_jsonl({"x": 1}, {"x": 2}))
     rows = read_source(DatasetSource(uri=f"{base}/data.jsonl?sig=secret-token"))
     assert [r.value for r in rows] == [{"x": 1}, {"x": 2}]
-    assert str(rows[1].loc) == f"{base}/data.jsonl:2"  # the query string (pre-signed token) is not shown
+    assert (
+        str(rows[1].loc) == f"{base}/data.jsonl:2"
+    )  # the query string (pre-signed token) is not shown
 
 
-def test_http_errors_and_size_cap(http_root: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_errors_and_size_cap(
+    http_root: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     base, root = http_root
     with pytest.raises(DataSourceError, match="HTTP 404"):
         read_source(DatasetSource(uri=f"{base}/missing.jsonl"))
@@ -152,16 +170,24 @@ def test_unreachable_url_is_a_source_error() -> None:
 
 
 def test_safe_uri_hides_credentials_and_query() -> None:
-    assert safe_uri("https://user:pw@host.example/a.jsonl?X-Amz-Signature=abc") == "https://host.example/a.jsonl"
+    assert (
+        safe_uri("https://user:pw@host.example/a.jsonl?X-Amz-Signature=abc")
+        == "https://host.example/a.jsonl"
+    )
 
 
 def test_hf_uri_goes_through_load_dataset(tmp_path: Path) -> None:
     pytest.importorskip("datasets")
     folder = tmp_path / "hfdata"
     folder.mkdir()
-    (folder / "train.jsonl").write_text(_jsonl({"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}))
+    (folder / "train.jsonl").write_text(
+        _jsonl({"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"})
+    )
     rows = read_source(DatasetSource(uri=f"hf://{folder}?split=train"))
-    assert [r.value for r in rows] == [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+    assert [r.value for r in rows] == [
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "c", "completion": "d"},
+    ]
     assert str(rows[0].loc) == f"hf://{folder}[train]:1"
 
 

@@ -27,14 +27,23 @@ def _spec(uri: str = "file://data.jsonl", **dataset: Any) -> FineTuneJobSpec:
 
 
 def _chat(i: int) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": f"question number {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"question number {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
+    }
 
 
 def _write(path: Path, lines: list[Any]) -> None:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+    )
 
 
-def _problems(tmp_path: Path, bad: list[Any], *, good: int = 10, fmt: str = "auto") -> list[dict[str, str]]:
+def _problems(
+    tmp_path: Path, bad: list[Any], *, good: int = 10, fmt: str = "auto"
+) -> list[dict[str, str]]:
     """Write ``good`` valid chat records followed by ``bad`` lines; return report problems."""
     _write(tmp_path / "data.jsonl", [_chat(i) for i in range(good)] + bad)
     prepare_dataset(_spec(format=fmt), tmp_path / "work", base_dir=tmp_path)
@@ -46,8 +55,19 @@ def _problems(tmp_path: Path, bad: list[Any], *, good: int = 10, fmt: str = "aut
 
 
 def test_every_format_normalises_to_trl_shapes() -> None:
-    assert normalise({"messages": [USER, ANSWER], "id": 7}, "chat") == ({"messages": [USER, ANSWER]}, [])
-    data, problems = normalise({"instruction": "Route it", "input": "parcel late", "output": "shipping", "system": "Be brief"}, "instruction")
+    assert normalise({"messages": [USER, ANSWER], "id": 7}, "chat") == (
+        {"messages": [USER, ANSWER]},
+        [],
+    )
+    data, problems = normalise(
+        {
+            "instruction": "Route it",
+            "input": "parcel late",
+            "output": "shipping",
+            "system": "Be brief",
+        },
+        "instruction",
+    )
     assert problems == []
     assert data == {
         "messages": [
@@ -59,9 +79,14 @@ def test_every_format_normalises_to_trl_shapes() -> None:
     assert normalise({"instruction": "Say hi", "input": "", "output": "hi"}, "instruction")[0] == {
         "messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
     }
-    assert normalise({"prompt": "2+2=", "completion": "4"}, "completion") == ({"prompt": "2+2=", "completion": "4"}, [])
+    assert normalise({"prompt": "2+2=", "completion": "4"}, "completion") == (
+        {"prompt": "2+2=", "completion": "4"},
+        [],
+    )
     assert normalise({"prompt": "p", "chosen": "good", "rejected": "bad"}, "preference")[0] == {
-        "prompt": "p", "chosen": "good", "rejected": "bad",
+        "prompt": "p",
+        "chosen": "good",
+        "rejected": "bad",
     }
 
 
@@ -71,15 +96,26 @@ def test_chat_style_preference_is_flattened_when_simple() -> None:
         "chosen": [{"role": "assistant", "content": "good"}],
         "rejected": [{"role": "assistant", "content": "bad"}],
     }
-    assert normalise(value, "preference") == ({"prompt": "p", "chosen": "good", "rejected": "bad"}, [])
+    assert normalise(value, "preference") == (
+        {"prompt": "p", "chosen": "good", "rejected": "bad"},
+        [],
+    )
     value["chosen"] = [USER, ANSWER]
     assert normalise(value, "preference")[1][0][0] == "unsupported_shape"
-    assert normalise({"prompt": "p", "chosen": "same", "rejected": "same "}, "preference")[1][0][0] == "identical_pair"
+    assert (
+        normalise({"prompt": "p", "chosen": "same", "rejected": "same "}, "preference")[1][0][0]
+        == "identical_pair"
+    )
 
 
 def test_structured_text_content_is_joined() -> None:
-    message = {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
-    assert normalise({"messages": [message, ANSWER]}, "chat")[0] == {"messages": [{"role": "user", "content": "ab"}, ANSWER]}
+    message = {
+        "role": "user",
+        "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+    }
+    assert normalise({"messages": [message, ANSWER]}, "chat")[0] == {
+        "messages": [{"role": "user", "content": "ab"}, ANSWER]
+    }
 
 
 def test_record_format_detection() -> None:
@@ -102,14 +138,20 @@ def test_record_format_detection() -> None:
     ],
 )
 def test_auto_detects_the_format(tmp_path: Path, record: dict[str, str], fmt: str) -> None:
-    _write(tmp_path / "data.jsonl", [{k: v.format(i=i) for k, v in record.items()} for i in range(10)])
+    _write(
+        tmp_path / "data.jsonl", [{k: v.format(i=i) for k, v in record.items()} for i in range(10)]
+    )
     prepared = prepare_dataset(_spec(), tmp_path / "work", base_dir=tmp_path)
     assert prepared.format == fmt
     assert prepared.report.summary().format == fmt
 
 
 def test_mixed_formats_are_an_error_naming_the_lines(tmp_path: Path) -> None:
-    lines = [_chat(i) for i in range(8)] + [{"prompt": "a", "completion": "b"}, _chat(9), {"prompt": "c", "completion": "d"}]
+    lines = [_chat(i) for i in range(8)] + [
+        {"prompt": "a", "completion": "b"},
+        _chat(9),
+        {"prompt": "c", "completion": "d"},
+    ]
     _write(tmp_path / "data.jsonl", lines)
     with pytest.raises(DataValidationError) as caught:
         prepare_dataset(_spec(), tmp_path / "work", base_dir=tmp_path)
@@ -139,15 +181,35 @@ def test_explicit_format_drops_records_of_other_formats(tmp_path: Path) -> None:
     ("bad", "code", "fragment"),
     [
         ('{"messages": [', "invalid_json", "invalid JSON"),
-        ({"messages": [{"role": "bot", "content": "hi"}, ANSWER]}, "unknown_role", "messages[0].role 'bot'"),
-        ({"messages": [{"role": "human", "content": "hi"}, ANSWER]}, "unknown_role", "did you mean 'user'"),
+        (
+            {"messages": [{"role": "bot", "content": "hi"}, ANSWER]},
+            "unknown_role",
+            "messages[0].role 'bot'",
+        ),
+        (
+            {"messages": [{"role": "human", "content": "hi"}, ANSWER]},
+            "unknown_role",
+            "did you mean 'user'",
+        ),
         ({"messages": [{"content": "hi"}, ANSWER]}, "missing_role", "messages[0] has no 'role'"),
         ({"messages": [USER]}, "not_ending_with_assistant", "ends with a 'user' message"),
-        ({"messages": [USER, {"role": "assistant", "content": "  "}]}, "empty_content", "messages[1].content' is empty"),
+        (
+            {"messages": [USER, {"role": "assistant", "content": "  "}]},
+            "empty_content",
+            "messages[1].content' is empty",
+        ),
         ({"messages": []}, "empty_content", "'messages' is empty"),
-        ({"messages": [{"role": "user", "content": 5}, ANSWER]}, "wrong_type", "must be a string, got a number"),
+        (
+            {"messages": [{"role": "user", "content": 5}, ANSWER]},
+            "wrong_type",
+            "must be a string, got a number",
+        ),
         ({"messages": "hello"}, "wrong_type", "must be a list"),
-        ({"messages": [{"role": "system", "content": "s"}, ANSWER]}, "no_user_message", "no user message"),
+        (
+            {"messages": [{"role": "system", "content": "s"}, ANSWER]},
+            "no_user_message",
+            "no user message",
+        ),
         ([1, 2], "wrong_type", "expected a JSON object, got a list"),
         ({"text": "hello"}, "unknown_format", "no chat fields (keys: text)"),
     ],
@@ -177,7 +239,9 @@ def test_bad_instruction_records(tmp_path: Path, bad: dict[str, Any], code: str)
     good = [{"instruction": f"task {i}", "output": f"out {i}"} for i in range(10)]
     _write(tmp_path / "data.jsonl", [*good, bad])
     prepared = prepare_dataset(_spec(), tmp_path / "work", base_dir=tmp_path)
-    problems = json.loads((tmp_path / "work" / "data" / "report.json").read_text())["data"]["problems"]
+    problems = json.loads((tmp_path / "work" / "data" / "report.json").read_text())["data"][
+        "problems"
+    ]
     assert [(p["location"], p["code"]) for p in problems] == [("file://data.jsonl:11", code)]
     assert prepared.report.summary().invalid == 1
 
@@ -191,19 +255,28 @@ def test_empty_dataset_is_an_error(tmp_path: Path) -> None:
 
 def test_no_known_format_is_an_error_naming_the_first_record(tmp_path: Path) -> None:
     _write(tmp_path / "data.jsonl", [{"question": "q", "answer": "a"}])
-    with pytest.raises(DataValidationError, match=r"no record has a known format; the first record \(file://data.jsonl:1\) has keys \[answer, question\]"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"no record has a known format; the first record \(file://data.jsonl:1\) has keys \[answer, question\]",
+    ):
         prepare_dataset(_spec(), tmp_path / "work", base_dir=tmp_path)
 
 
 def test_mostly_invalid_input_is_an_error(tmp_path: Path) -> None:
     lines: list[Any] = [_chat(0), _chat(1)] + ["{broken"] * 3
     _write(tmp_path / "data.jsonl", lines)
-    with pytest.raises(DataValidationError, match=r"3 of 5 records are invalid \(invalid_json: 3\); first: file://data.jsonl:3"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"3 of 5 records are invalid \(invalid_json: 3\); first: file://data.jsonl:3",
+    ):
         prepare_dataset(_spec(), tmp_path / "work", base_dir=tmp_path)
 
 
 def test_objective_and_format_must_fit(tmp_path: Path) -> None:
-    _write(tmp_path / "data.jsonl", [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)])
+    _write(
+        tmp_path / "data.jsonl",
+        [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)],
+    )
     with pytest.raises(DataValidationError, match="set objective: dpo"):
         prepare_dataset(_spec(), tmp_path / "work", base_dir=tmp_path)
     _write(tmp_path / "data.jsonl", [_chat(i) for i in range(5)])
