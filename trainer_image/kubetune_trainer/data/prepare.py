@@ -131,15 +131,12 @@ def _prepare(
         train, report.general_mixed = mix_general(
             train, general, dataset.general.ratio, dataset.split.seed
         )
-        wanted = len(train) - report.general_mixed
-        if (
-            general
-            and report.general_mixed
-            and report.general_mixed / len(train) < dataset.general.ratio - 0.05
-        ):
+        task = len(train) - report.general_mixed
+        share = report.general_mixed / len(train)
+        if share < dataset.general.ratio - 0.05:
             report.warnings.append(
-                f"only {len(general)} usable general records for {wanted} task records: general data is "
-                f"{report.general_mixed / len(train):.0%} of train, not {dataset.general.ratio:.0%}"
+                f"only {len(general)} usable general records for {task} task records: general data "
+                f"is {share:.0%} of train, not {dataset.general.ratio:.0%}"
             )
 
     report.train, report.validation, report.test = len(train), len(validation), len(test)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -28,7 +29,8 @@ from kubetune_trainer.data.records import Location, RawRow
 
 ENV_MAX_BYTES = "KUBETUNE_DATA_MAX_BYTES"
 DEFAULT_MAX_BYTES = 1 << 30
-HTTP_TIMEOUT_SECONDS = 60.0
+HTTP_TIMEOUT_SECONDS = 60.0  # connect / read / write, each
+HTTP_DEADLINE_SECONDS = 3600.0  # the whole download
 DATA_SUFFIXES = (".jsonl", ".json")
 
 _WS = re.compile(r"\s*")
@@ -133,6 +135,7 @@ def fetch_http(
     name = safe_uri(uri)
     chunks: list[bytes] = []
     total = 0
+    deadline = time.monotonic() + HTTP_DEADLINE_SECONDS
     try:
         with httpx.stream("GET", uri, timeout=timeout, follow_redirects=True) as response:
             if response.status_code != 200:
@@ -147,6 +150,11 @@ def fetch_http(
                         f"{name}: more than {limit} bytes; split the data or raise {ENV_MAX_BYTES}"
                     )
                 chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise DataSourceError(
+                        f"{name}: download took over {HTTP_DEADLINE_SECONDS:.0f} s; copy the data "
+                        "to a PVC and use pvc://"
+                    )
     except httpx.HTTPError as exc:
         raise DataSourceError(
             f"{name}: download failed ({type(exc).__name__}: {exc}); check the URL and that the "
