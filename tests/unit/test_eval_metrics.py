@@ -206,6 +206,6 @@ def test_score_deltas_cover_scores_both_models_have() -> None:
     tuned = ModelScores(rouge_l=0.6, bleu=30.0, perplexity=8.0, judge_score=4.5)
     base = ModelScores(rouge_l=0.4, bleu=None, perplexity=10.0, judge_score=3.0)
     assert score_deltas(tuned, base) == pytest.approx(
-        {"rouge_l": 0.2, "perplexity": -2.0, "judge_score": 1.5}
+        {"rougeL": 0.2, "perplexity": -2.0, "judgeScore": 1.5}
     )
     assert score_deltas(tuned, None) == {}

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from kubetune.api.constants import ENV_JUDGE_API_KEY
 from kubetune.api.finetunejob import EvaluationSpec, EvaluationSummary, GateResult, ModelScores
 from kubetune_trainer.evaluation.examples import EvalExample, to_eval_examples
@@ -291,7 +293,7 @@ def evaluate(
                 "model": spec.judge.model,
                 "promptVersion": JUDGE_PROMPT_VERSION,
                 "tokens": judge_tokens,
-                "unscored": unscored,
+                "unscored": {to_camel(role): n for role, n in unscored.items()},
             },
             "metrics": metrics,
             "skippedRecords": skipped,

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from kubetune.api.finetunejob import ModelScores
 
 SCORE_FIELDS = ("exact_match", "rouge_l", "bleu", "perplexity", "judge_score", "general_score")
@@ -42,14 +44,15 @@ def forgetting_drop(base_score: float | None, fine_tuned_score: float | None) ->
 
 
 def score_deltas(fine_tuned: ModelScores, base: ModelScores | None) -> dict[str, float]:
-    """fine-tuned minus base for every score both have (lower perplexity is better)."""
+    """fine-tuned minus base for every score both have, keyed by the camelCase name used in
+    status (lower perplexity is better)."""
     if base is None:
         return {}
     deltas: dict[str, float] = {}
     for name in SCORE_FIELDS:
         tuned, before = getattr(fine_tuned, name), getattr(base, name)
         if tuned is not None and before is not None:
-            deltas[name] = tuned - before
+            deltas[to_camel(name)] = tuned - before
     return deltas
 
 
