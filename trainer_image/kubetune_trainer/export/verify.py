@@ -1,0 +1,369 @@
+"""Check exported GGUF files against the Hugging Face model they came from, with llama.cpp itself.
+
+For each test conversation:
+
+- the prompt tokens training saw (``tokenizer.apply_chat_template``) are compared with what
+  llama.cpp's tokenizer makes of the prompt Ollama would render from the Modelfile TEMPLATE
+  (served prompts must match training token for token);
+- HF decodes greedily (float32, from the merged 16-bit weights), stopping at EOS or
+  ``max_new_tokens``: the reference continuation;
+- llama.cpp decodes greedily too (``temp=0``): the file loads and generates, and we report how
+  many leading tokens agree;
+- llama.cpp then reads prompt + reference continuation (teacher forcing) and we compare its
+  argmax at every position with the reference token, and its logits with HF's.
+
+Teacher forcing makes agreement a per-position fraction instead of "until the first divergence",
+and lets a strict check (f16 by default) tell a real difference from a near-tie: f16 weights are
+the merged weights exactly, but the two runtimes round differently (|delta logit| ~ 0.01 on the
+tiny test models), so where HF's top two logits are closer than ``tie_tolerance`` either choice is
+right. A strict file fails if it picks another token anywhere HF's choice is clear. Quantized
+files report their agreement fraction and largest logit delta. A file that does not load or
+generate fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.export.chat_format import ChatFormat, render_like_ollama
+from kubetune_trainer.export.llamacpp import import_llama_cpp
+
+Conversation = Sequence[Mapping[str, str]]
+
+DEFAULT_VERIFY_PROMPTS: tuple[list[dict[str, str]], ...] = (
+    [{"role": "user", "content": "Hello! Who are you?"}],
+    [
+        {"role": "system", "content": "You are concise."},
+        {"role": "user", "content": "Name a colour."},
+    ],
+    [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3 + 3?"},
+    ],
+)
+
+
+@dataclass(frozen=True)
+class PromptComparison:
+    """One conversation: prompt tokenization and the continuations of both runtimes."""
+
+    prompt: int  # index into the verification prompts
+    served_prompt_matches: bool  # llama.cpp's tokens for the Ollama-rendered prompt == training's
+    reference_tokens: tuple[int, ...]  # HF greedy continuation (up to and including EOS)
+    gguf_tokens: tuple[int, ...]  # llama.cpp greedy continuation
+    matching_prefix: int  # leading tokens both free-running continuations agree on
+    forced_matches: int  # positions where llama.cpp's argmax (teacher-forced) is HF's token
+    forced_clear_mismatches: int  # ... differs although HF's top-2 gap exceeds the tie tolerance
+    max_logit_delta: float  # largest |llama.cpp logit - HF logit| over the teacher-forced positions
+    gguf_text: str
+
+
+@dataclass(frozen=True)
+class GgufCheck:
+    """The verification of one GGUF file."""
+
+    artifact: str
+    quantization: str
+    strict: bool  # must agree with HF wherever HF's choice is not a near-tie
+    prompts: tuple[PromptComparison, ...] = ()
+    error: str | None = None  # the file did not load or generate
+
+    @property
+    def token_agreement(self) -> float:
+        """Fraction of reference tokens llama.cpp predicts itself under teacher forcing."""
+        total = sum(len(p.reference_tokens) for p in self.prompts)
+        return 1.0 if total == 0 else sum(p.forced_matches for p in self.prompts) / total
+
+    @property
+    def greedy_exact(self) -> bool:
+        """Free-running greedy outputs identical to HF's on every prompt."""
+        return self.error is None and all(p.gguf_tokens == p.reference_tokens for p in self.prompts)
+
+    @property
+    def max_logit_delta(self) -> float:
+        return max((p.max_logit_delta for p in self.prompts), default=0.0)
+
+    def problems(self) -> list[str]:
+        if self.error is not None:
+            return [f"{self.artifact}: {self.error}"]
+        out = [
+            f"{self.artifact}: prompt {p.prompt}: llama.cpp tokenizes the served prompt differently from training"
+            for p in self.prompts
+            if not p.served_prompt_matches
+        ]
+        out += [
+            f"{self.artifact}: prompt {p.prompt}: generated nothing"
+            for p in self.prompts
+            if not p.gguf_tokens
+        ]
+        clear = sum(p.forced_clear_mismatches for p in self.prompts)
+        if self.strict and clear:
+            out.append(
+                f"{self.artifact}: llama.cpp picks another token than the HF model at {clear} "
+                f"position(s) where HF's choice is clear (token agreement {self.token_agreement:.3f}, "
+                f"max |delta logit| {self.max_logit_delta:.4f}); {self.quantization} must agree"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """All GGUF checks of one export."""
+
+    max_new_tokens: int
+    tie_tolerance: float
+    checks: tuple[GgufCheck, ...]
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for check in self.checks for problem in check.problems()]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def check(self, quantization: str) -> GgufCheck:
+        for c in self.checks:
+            if c.quantization == quantization:
+                return c
+        raise KeyError(quantization)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for the manifest: per file agreement, exactness and problems."""
+        return {
+            "passed": self.passed,
+            "max_new_tokens": self.max_new_tokens,
+            "tie_tolerance": self.tie_tolerance,
+            "problems": self.problems,
+            "checks": [
+                {
+                    "artifact": c.artifact,
+                    "quantization": c.quantization,
+                    "strict": c.strict,
+                    "greedy_exact": c.greedy_exact,
+                    "token_agreement": round(c.token_agreement, 4),
+                    "max_logit_delta": round(c.max_logit_delta, 4),
+                    "error": c.error,
+                    "prompts": [asdict(p) for p in c.prompts],
+                }
+                for c in self.checks
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    training_ids: list[int]  # what the model saw in training for this conversation
+    served_text: str  # what Ollama renders from the Modelfile TEMPLATE (without BOS)
+
+
+def prepare_prompts(
+    tokenizer: Any, conversations: Sequence[Conversation], chat_format: ChatFormat
+) -> list[PreparedPrompt]:
+    """Training-side prompt tokens and the served prompt text for each conversation.
+
+    Without a chat template the prompt is the last message's content, encoded as plain text.
+    """
+    prepared = []
+    for conversation in conversations:
+        messages = [dict(m) for m in conversation]
+        if chat_format.from_template:
+            encoded = tokenizer.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=True
+            )
+            ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
+            prepared.append(PreparedPrompt(list(ids), render_like_ollama(chat_format, messages)))
+        else:
+            text = messages[-1]["content"]
+            prepared.append(PreparedPrompt(tokenizer(text)["input_ids"], text))
+    return prepared
+
+
+def eos_token_ids(model_dir: Path, tokenizer: Any) -> set[int]:
+    """Token ids that end generation: the generation config's, else the tokenizer's EOS."""
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id  # type: ignore[no-untyped-call]
+    except OSError:
+        eos = None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(int(i) for i in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+@dataclass(frozen=True)
+class Reference:
+    tokens: list[int]  # greedy continuation, up to and including EOS
+    logits: Any  # numpy array [len(tokens), vocab]: HF's logits before each token
+
+
+def reference_generations(
+    model_dir: Path, prompts: Sequence[list[int]], eos_ids: set[int], max_new_tokens: int
+) -> list[Reference]:
+    """Greedy continuations, with their logits, from the HF model in ``model_dir`` in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
+    pad = model.generation_config.pad_token_id
+    outputs = []
+    with torch.no_grad():
+        for ids in prompts:
+            input_ids = torch.tensor([ids], dtype=torch.long)
+            generated = model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(eos_ids),
+                pad_token_id=pad if pad is not None else min(eos_ids),
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
+            tokens = _until_eos(generated.sequences[0, len(ids) :].tolist(), eos_ids)
+            logits = torch.cat(generated.logits[: len(tokens)]).float().numpy()
+            outputs.append(Reference(tokens, logits))
+    return outputs
+
+
+def compare_with_gguf(
+    gguf_path: Path,
+    prompts: Sequence[PreparedPrompt],
+    references: Sequence[Reference],
+    eos_ids: set[int],
+    *,
+    tie_tolerance: float,
+    lora_path: Path | None = None,
+) -> list[PromptComparison]:
+    """Run one GGUF with llama.cpp on every prompt and compare it with the references."""
+    import numpy as np
+
+    llama_cpp: Any = import_llama_cpp()
+    longest = max(
+        (len(p.training_ids) + len(r.tokens) for p, r in zip(prompts, references, strict=True)),
+        default=0,
+    )
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_path),
+        lora_path=str(lora_path) if lora_path is not None else None,
+        n_ctx=max(128, longest + 8),
+        n_threads=os.cpu_count() or 1,
+        logits_all=True,  # teacher forcing reads the logits at every position
+        seed=0,
+        verbose=False,
+    )
+    try:
+        results = []
+        for index, (prompt, ref) in enumerate(zip(prompts, references, strict=True)):
+            served_ids = llm.tokenize(
+                prompt.served_text.encode("utf-8"), add_bos=True, special=True
+            )
+            tokens: list[int] = []
+            for token in llm.generate(
+                prompt.training_ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True
+            ):
+                tokens.append(int(token))
+                if token in eos_ids or len(tokens) >= max(1, len(ref.tokens)):
+                    break
+            matches = clear_mismatches = 0
+            max_delta = 0.0
+            if ref.tokens:
+                llm.reset()
+                llm.eval(prompt.training_ids + ref.tokens[:-1])
+                start = len(prompt.training_ids) - 1
+                scores = np.array(llm.scores[start : start + len(ref.tokens)], dtype=np.float32)
+                hf = ref.logits[:, : scores.shape[1]]
+                max_delta = float(np.abs(scores - hf).max())
+                for position, expected in enumerate(ref.tokens):
+                    chosen = int(scores[position].argmax())
+                    if chosen == expected:
+                        matches += 1
+                    elif hf[position, expected] - hf[position, chosen] > tie_tolerance:
+                        clear_mismatches += 1
+            text = llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+            results.append(
+                PromptComparison(
+                    prompt=index,
+                    served_prompt_matches=list(served_ids) == prompt.training_ids,
+                    reference_tokens=tuple(ref.tokens),
+                    gguf_tokens=tuple(tokens),
+                    matching_prefix=_common_prefix(ref.tokens, tokens),
+                    forced_matches=matches,
+                    forced_clear_mismatches=clear_mismatches,
+                    max_logit_delta=round(max_delta, 6),
+                    gguf_text=text,
+                )
+            )
+        return results
+    finally:
+        llm.close()
+
+
+def verify_ggufs(
+    reference_dir: Path,
+    ggufs: Sequence[tuple[str, str, Path]],
+    conversations: Sequence[Conversation],
+    *,
+    chat_format: ChatFormat,
+    max_new_tokens: int = 16,
+    strict_quantizations: Sequence[str] = ("f16",),
+    tie_tolerance: float = 0.05,
+    lora_path: Path | None = None,
+) -> VerificationReport:
+    """Load and run each ``(artifact name, quantization, path)`` and compare with ``reference_dir``.
+
+    ``lora_path``: an adapter GGUF applied on top of each file (when the base and adapter are
+    exported separately); ``reference_dir`` is then the HF model with the adapter merged.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(reference_dir))
+    prompts = prepare_prompts(tokenizer, conversations, chat_format)
+    eos_ids = eos_token_ids(reference_dir, tokenizer)
+    references = reference_generations(
+        reference_dir, [p.training_ids for p in prompts], eos_ids, max_new_tokens
+    )
+    checks = []
+    for name, quantization, path in ggufs:
+        strict = quantization in strict_quantizations
+        try:
+            comparisons = compare_with_gguf(
+                path, prompts, references, eos_ids, tie_tolerance=tie_tolerance, lora_path=lora_path
+            )
+        except Exception as e:  # llama.cpp raises ValueError/RuntimeError/OSError on bad files
+            checks.append(
+                GgufCheck(name, quantization, strict, error=f"llama.cpp could not run it: {e}")
+            )
+            continue
+        checks.append(GgufCheck(name, quantization, strict, tuple(comparisons)))
+    return VerificationReport(
+        max_new_tokens=max_new_tokens, tie_tolerance=tie_tolerance, checks=tuple(checks)
+    )
+
+
+def _until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
