@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from kubetune.api import constants as c
 from kubetune.operator.kube import KubeApi, load_client_config
@@ -57,6 +58,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     load_client_config()
     runtime.reconciler = FineTuneJobReconciler(KubeApi(), runtime.settings)
     runtime.stop.clear()
+    if runtime.settings.metrics_port:
+        start_http_server(runtime.settings.metrics_port)
     threading.Thread(target=_resync_loop, name="kubetune-resync", daemon=True).start()
 
 

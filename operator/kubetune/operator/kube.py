@@ -13,6 +13,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from kubetune.api import constants as c
+from kubetune.operator.metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,14 @@ class KubeApi:
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
-        self.requests = 0  # API requests made, for the scale benchmark
+
+    @staticmethod
+    def _count(verb: str, resource: str) -> None:
+        API_REQUESTS.labels(verb, resource).inc()
 
     def create_configmap(self, body: dict[str, Any]) -> None:
         """Create a ConfigMap; an existing one (from an earlier run) is left as is."""
-        self.requests += 1
+        self._count("create", "configmaps")
         try:
             self.core.create_namespaced_config_map(body["metadata"]["namespace"], body)
         except ApiException as exc:
@@ -47,7 +51,7 @@ class KubeApi:
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a Job, or return the existing one with that name."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        self.requests += 1
+        self._count("create", "jobs")
         try:
             created = self.batch.create_namespaced_job(ns, body)
         except ApiException as exc:
@@ -61,7 +65,7 @@ class KubeApi:
 
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Job, or None when it does not exist."""
-        self.requests += 1
+        self._count("get", "jobs")
         try:
             job = self.batch.read_namespaced_job(name, namespace)
         except ApiException as exc:
@@ -72,12 +76,12 @@ class KubeApi:
 
     def patch_job(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
         """Merge-patch a Job's spec."""
-        self.requests += 1
+        self._count("patch", "jobs")
         self.batch.patch_namespaced_job(name, namespace, {"spec": spec_patch})
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Replace-by-merge the status subresource (fields absent from `status` are nulled first)."""
-        self.requests += 1
+        self._count("patch", "finetunejobs/status")
         self.custom.patch_namespaced_custom_object_status(
             c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, {"status": status}
         )
@@ -106,7 +110,7 @@ class KubeApi:
             "count": 1,
             "reportingComponent": "kubetune-operator",
         }
-        self.requests += 1
+        self._count("create", "events")
         try:
             self.core.create_namespaced_event(meta["namespace"], event)
         except ApiException as exc:

@@ -29,6 +29,7 @@ class Settings:
       KUBETUNE_PROGRESS_INTERVAL   seconds between progress scrapes and resyncs (default 30)
       KUBETUNE_SCRAPE_TIMEOUT      seconds one scrape may take (default 2)
       KUBETUNE_GPU_TOLERATION      add a toleration for the `nvidia.com/gpu` taint to GPU pods (default true)
+      KUBETUNE_OPERATOR_METRICS_PORT  port of the operator's own /metrics (default 8080; 0 disables)
       KUBETUNE_TRAINER_COMMAND     JSON list replacing the trainer container's command, for images whose
                                    Python is not `python` (default ["python", "-m", "kubetune_trainer"])
     """
@@ -42,6 +43,7 @@ class Settings:
     scrape_timeout: float = 2.0
     gpu_toleration: bool = True
     trainer_command: tuple[str, ...] = ("python", "-m", "kubetune_trainer")
+    metrics_port: int = 8080
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,6 +59,7 @@ class Settings:
             scrape_timeout=float(os.environ.get("KUBETUNE_SCRAPE_TIMEOUT", "2")),
             gpu_toleration=_env_bool("KUBETUNE_GPU_TOLERATION", True),
             trainer_command=_trainer_command(),
+            metrics_port=int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080")),
         )
 
 

@@ -23,6 +23,7 @@ from kubetune.operator.builders.training_job import (
     mutable_job_fields,
 )
 from kubetune.operator.kube import KubeApi
+from kubetune.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from kubetune.operator.reconcile.status import Observed, compute_status, transition_events
 from kubetune.operator.settings import Settings
 
@@ -83,7 +84,8 @@ class FineTuneJobReconciler:
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             return FineTuneJobStatus.model_validate(body.get("status") or {})
-        with self._lock(meta["uid"]):
+        RECONCILES.inc()
+        with self._lock(meta["uid"]), RECONCILE_ERRORS.count_exceptions(), RECONCILE_SECONDS.time():
             return self._reconcile_locked(body, job, pods, progress)
 
     def _current_status(self, body: Mapping[str, Any]) -> FineTuneJobStatus:
