@@ -1,0 +1,133 @@
+"""How the operator copes with many FineTuneJobs at once, on the dev cluster.
+
+    .venv/bin/python bench/operator_scale.py --jobs 100 1000
+
+For each N: start a fresh dev cluster (real kube-apiserver, controller-manager, scheduler,
+etcd; kwok GPU nodes scaled so every trainer pod fits), start the operator, apply N
+FineTuneJobs at once, and print:
+  - seconds until every trainer Job exists,
+  - seconds until every FineTuneJob's status shows Running,
+  - the operator's peak RSS (VmHWM),
+  - Kubernetes API requests the reconcilers made per FineTuneJob (from the operator's /metrics).
+Targets on a 2-core machine: 1000 jobs -> every Job within 60 s, operator RSS under 300 MB.
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.test_finetunejob_controller import ensure_pvcs, install_crds
+
+from kubetune.api import constants as c
+from kubetune.devcluster import GPU_NODES, start_dev_cluster
+from kubetune.devcluster.simulation import GPUS_PER_NODE, _node
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reconciler_requests(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("kubetune_operator_api_requests_total{"))
+
+
+def run(n: int, workdir: Path) -> dict[str, Any]:
+    cluster = start_dev_cluster(workdir / f"cluster-{n}")
+    operator = None
+    try:
+        install_crds(cluster)
+        # The 6 standard nodes hold 110 pods each; add CPU nodes so every trainer pod fits.
+        core = cluster.core()
+        for i in range(n // 100 + 1):
+            core.create_node(_node(f"bench-cpu-{i}", {}, {"cpu": "64", "memory": "256Gi", "pods": "110"}))
+        ns = cluster.create_namespace("bench")
+        ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC, "models", "datasets")
+        port = free_port()
+        operator = OperatorProcess(cluster.kubeconfig, workdir / f"operator-{n}.log", {
+            "KUBETUNE_SCRAPE_PROGRESS": "false",
+            "KUBETUNE_OPERATOR_METRICS_PORT": str(port),
+            "KUBETUNE_PROGRESS_INTERVAL": "30",
+        })
+        operator.start()
+        time.sleep(3)  # let kopf list and watch before the burst
+        api = client.CustomObjectsApi(cluster.api_client())
+        batch = client.BatchV1Api(cluster.api_client())
+        # Every pod must fit somewhere: ask for GPUs only while the simulated nodes have them.
+        gpu_slots = len(GPU_NODES) * GPUS_PER_NODE
+
+        def create(i: int) -> None:
+            gpus = 1 if i < gpu_slots else 0
+            body = {"apiVersion": c.API_VERSION, "kind": c.FINETUNEJOB_KIND, "metadata": {"name": f"job-{i:05d}"},
+                    "spec": {"baseModel": {"uri": "pvc://models/m"}, "dataset": {"source": {"uri": "pvc://datasets/d.jsonl"}},
+                             "resources": {"gpus": gpus}}}
+            api.create_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, body)
+
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(create, range(n)))
+        applied = time.monotonic() - start
+        jobs_at = running_at = None
+        deadline = start + 600
+        while time.monotonic() < deadline and running_at is None:
+            operator.check_alive()
+            if jobs_at is None:
+                count = len(batch.list_namespaced_job(ns, label_selector=c.LABEL_FINETUNEJOB).items)
+                if count >= n:
+                    jobs_at = time.monotonic() - start
+            items = api.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL)["items"]
+            if sum(1 for i in items if (i.get("status") or {}).get("phase") == "Running") >= n:
+                running_at = time.monotonic() - start
+            time.sleep(0.5)
+        return {
+            "jobs": n,
+            "apply_s": round(applied, 1),
+            "all_jobs_created_s": round(jobs_at, 1) if jobs_at else "timeout",
+            "all_running_s": round(running_at, 1) if running_at else "timeout",
+            "operator_peak_rss_mb": round(peak_rss_mb(operator.process.pid), 1) if operator.process else None,
+            "api_requests_per_job": round(reconciler_requests(port) / n, 2),
+        }
+    finally:
+        if operator is not None:
+            operator.stop()
+        cluster.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[100, 1000])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
+        rows = [run(n, Path(tmp)) for n in args.jobs]
+    keys = list(rows[0])
+    print("  ".join(f"{k:>22}" for k in keys))
+    for row in rows:
+        print("  ".join(f"{row[k]!s:>22}" for k in keys))
+
+
+if __name__ == "__main__":
+    main()
