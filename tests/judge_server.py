@@ -45,6 +45,8 @@ class Reply:
     refusal: str | None = None
     """The message's `refusal` field."""
     finish_reason: str = "stop"
+    raw: bytes | None = None
+    """Send these bytes as the whole 200 body instead of a chat completion (a broken server)."""
     prompt_tokens: int = 50
     completion_tokens: int = 12
 
@@ -177,6 +179,9 @@ class FakeJudgeServer:
                 return True
 
             def _reply(self, body: dict[str, Any], reply: Reply) -> None:
+                if reply.raw is not None:
+                    self._send_bytes(200, reply.raw, reply.headers)
+                    return
                 if reply.status != 200:
                     code = "rate_limit_exceeded" if reply.status == 429 else "server_error"
                     self._send(
@@ -218,7 +223,11 @@ class FakeJudgeServer:
             def _send(
                 self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
             ) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+            def _send_bytes(
+                self, status: int, data: bytes, headers: dict[str, str] | None = None
+            ) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")

@@ -159,3 +159,19 @@ def test_retry_after_header_forms() -> None:
     assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({}) is None
+
+
+def test_broken_response_bodies_are_retried() -> None:
+    script = {
+        "case-not-json": [Reply(raw=b"<html>bad gateway</html>"), verdict(4)],
+        "case-not-a-completion": [Reply(raw=b'{"choices": "weird"}'), verdict(3)],
+        "case-no-choices": [Reply(raw=b'{"id": "x", "choices": []}'), verdict(2)],
+        "case-content-filter": [Reply(content=None, finish_reason="content_filter"), verdict(1)],
+    }
+    with FakeJudgeServer(script) as server:
+        judge = _judge(server, max_retries=1)
+        outcomes = judge.score_all([(m, "r", "a") for m in script])
+        judge.close()
+    assert [o.score for o in outcomes] == [4, 3, 2, 1]
+    assert all(o.attempts == 2 for o in outcomes)
+    assert all(server.counts[m] == 2 for m in script)

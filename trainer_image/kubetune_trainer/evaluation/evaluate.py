@@ -99,7 +99,7 @@ class EvaluationOutcome:
 
 def metrics_to_compute(spec: EvaluationSpec) -> list[str]:
     """The metrics asked for plus those a gate threshold needs."""
-    wanted = list(spec.metrics)
+    wanted: list[str] = list(spec.metrics)
     for attr, metric in _GATE_METRICS.items():
         if getattr(spec.gate, attr) is not None and metric not in wanted:
             wanted.append(metric)

@@ -60,12 +60,13 @@ def load_tokenizer(model_dir: Path, adapter_dir: Path | None) -> PreTrainedToken
 def _load_model(path: Path, device: str) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=_dtype(device), local_files_only=True
     )
     model.to(device)
     model.eval()
-    return model
+    loaded: PreTrainedModel = model
+    return loaded
 
 
 def iter_models(
@@ -83,7 +84,7 @@ def iter_models(
     if is_adapter_dir(adapter_dir):
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(
+        model: Any = PeftModel.from_pretrained(
             _load_model(model_dir, device), str(adapter_dir), is_trainable=False
         )
         model.eval()
@@ -151,7 +152,7 @@ def generate_answers(
     from transformers import GenerationConfig
 
     stop = _stop_ids(tokenizer, model)
-    config = GenerationConfig(
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
@@ -175,6 +176,6 @@ def generate_answers(
                 input_ids=input_ids, attention_mask=attention, generation_config=config
             )
         for row in out[:, width:]:
-            answers.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
+            answers.append(str(tokenizer.decode(row.tolist(), skip_special_tokens=True)).strip())
         log.debug("generated %d/%d answers", len(answers), len(examples))
     return answers

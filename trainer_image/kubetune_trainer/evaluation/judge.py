@@ -9,7 +9,8 @@ client's own retries are off (`max_retries=0`) so that one loop here decides wha
 - a reply that is not a strict verdict, or a refusal: asked again at once, with the bad reply
   and a reminder of the format appended to the conversation.
 
-Other errors (401, 403, 404, 400) are not retried. An answer still unscored after
+A 200 whose body is not JSON or not a chat completion is retried like a 5xx. Other errors
+(401, 403, 404, 400) are not retried. An answer still unscored after
 `max_retries` retries is returned as unscored with its last error; nothing raises. The API key
 goes to the client and nowhere else: errors are scrubbed of it before they are kept.
 """
@@ -161,8 +162,11 @@ class Judge:
                     log.warning("judge request failed (%s); retrying in %.1fs", error, wait)
                     self._sleep(wait)
                 continue
-            except openai.APIStatusError as exc:
-                error = self._scrub(f"HTTP {exc.status_code}: {exc.message}")
+            except openai.OpenAIError as exc:
+                status = getattr(exc, "status_code", None)
+                error = self._scrub(
+                    f"HTTP {status}: {exc}" if status else f"{type(exc).__name__}: {exc}"
+                )
                 log.warning("judge request failed and is not retried: %s", error)
                 break
             tokens += reply.tokens
@@ -200,7 +204,7 @@ class Judge:
         self._client.close()
 
     def _ask(self, messages: list[dict[str, str]]) -> _Reply:
-        """Send one request. Raises _Retryable, or APIStatusError for errors not worth a retry."""
+        """Send one request. Raises _Retryable, or OpenAIError for errors not worth a retry."""
         try:
             response = self._client.chat.completions.create(
                 model=self.spec.model,
@@ -220,17 +224,25 @@ class Judge:
             if exc.status_code in (408, 409) or exc.status_code >= 500:
                 raise _Retryable(f"HTTP {exc.status_code}: {exc.message}", None) from exc
             raise
-        usage = response.usage
-        used = (usage.prompt_tokens + usage.completion_tokens) if usage is not None else 0
+        except ValueError as exc:  # a 200 whose body is not JSON
+            raise _Retryable(f"unreadable response body: {exc}", None) from exc
+        usage = getattr(response, "usage", None)
+        used = int(getattr(usage, "prompt_tokens", 0) or 0) + int(
+            getattr(usage, "completion_tokens", 0) or 0
+        )
         with self._lock:
             self.tokens += used
-        if not response.choices:
-            return _Reply("", used, None)
-        choice = response.choices[0]
-        refusal = getattr(choice.message, "refusal", None)
-        if refusal or choice.finish_reason == "content_filter":
-            return _Reply("", used, refusal or "content filter")
-        return _Reply(choice.message.content or "", used, None)
+        try:
+            choice = response.choices[0]
+            refusal = getattr(choice.message, "refusal", None)
+            content = choice.message.content
+            finish_reason = choice.finish_reason
+        except (AttributeError, IndexError, KeyError, TypeError) as exc:
+            # The client does not validate response shapes: a broken server's 200 lands here.
+            raise _Retryable("response is not a chat completion", None) from exc
+        if refusal or finish_reason == "content_filter":
+            return _Reply("", used, str(refusal or "content filter"))
+        return _Reply(content if isinstance(content, str) else "", used, None)
 
     def _backoff_for(self, attempt: int) -> float:
         return float(min(BACKOFF_CAP_SECONDS, self._backoff * 2**attempt))
