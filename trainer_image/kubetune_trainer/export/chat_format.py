@@ -172,7 +172,7 @@ def render_like_ollama(fmt: ChatFormat, messages: Sequence[Message]) -> str:
 
 def ollama_template(fmt: ChatFormat) -> str:
     """The Go template (Ollama's TEMPLATE) for ``fmt``; see :func:`render_like_ollama`."""
-    branches = []
+    branches: list[str] = []
     for role in ROLES:
         if role not in fmt.turns:
             continue

@@ -190,7 +190,7 @@ def eos_token_ids(model_dir: Path, tokenizer: Any) -> set[int]:
 
     ids: set[int] = set()
     try:
-        eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id  # type: ignore[no-untyped-call]
+        eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
     except OSError:
         eos = None
     if isinstance(eos, int):
@@ -215,7 +215,7 @@ def reference_generations(
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()
     pad = model.generation_config.pad_token_id
     outputs = []
