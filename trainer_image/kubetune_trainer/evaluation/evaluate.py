@@ -145,6 +145,41 @@ def _general_score(rows: list[ExampleResult], role: str, use_judge: bool) -> flo
     return mean(r.scores[role]["rouge_l"] for r in rows)
 
 
+def _answer_with_each_model(
+    spec: EvaluationSpec,
+    *,
+    model_dir: Path,
+    adapter_dir: Path | None,
+    device: str,
+    sets: list[tuple[list[ExampleResult], list[str]]],
+    perplexity_on: tuple[list[ExampleResult], list[str]],
+) -> dict[str, list[AnswerLoss]]:
+    """Fill `row.answers[role]` for each (rows, roles) set, loading each model once, and return
+    the reference-answer losses of the `perplexity_on` rows for each of its roles."""
+    losses: dict[str, list[AnswerLoss]] = {}
+    roles = {role for rows, set_roles in sets if rows for role in set_roles}
+    if not roles:
+        return losses
+    tokenizer = load_tokenizer(model_dir, adapter_dir)
+    for role, model in iter_models(model_dir, adapter_dir, device, want_base=BASE in roles):
+        for rows, set_roles in sets:
+            if role not in set_roles or not rows:
+                continue
+            examples = [r.example for r in rows]
+            answers = generate_answers(
+                model, tokenizer, examples, max_new_tokens=spec.max_new_tokens, device=device
+            )
+            for row, answer in zip(rows, answers, strict=True):
+                row.answers[role] = answer
+        if perplexity_on[0] and role in perplexity_on[1]:
+            examples = [r.example for r in perplexity_on[0]]
+            losses[role] = answer_losses(model, tokenizer, examples, device=device)
+        log.info("%s model answered", role)
+        del model
+        gc.collect()
+    return losses
+
+
 def evaluate(
     spec: EvaluationSpec,
     *,
@@ -176,27 +211,14 @@ def evaluate(
 
     rows = [ExampleResult(i, ex) for i, ex in enumerate(examples)]
     general_rows = [ExampleResult(i, ex) for i, ex in enumerate(general)]
-    losses: dict[str, list[AnswerLoss]] = {}
-    tokenizer = load_tokenizer(model_dir, adapter_dir)
-    want_base = BASE in test_roles or BASE in general_roles
-    for role, model in iter_models(model_dir, adapter_dir, device, want_base):
-        if role in test_roles:
-            answers = generate_answers(
-                model, tokenizer, examples, max_new_tokens=spec.max_new_tokens, device=device
-            )
-            for row, answer in zip(rows, answers, strict=True):
-                row.answers[role] = answer
-            if "perplexity" in metrics:
-                losses[role] = answer_losses(model, tokenizer, examples, device=device)
-        if role in general_roles:
-            answers = generate_answers(
-                model, tokenizer, general, max_new_tokens=spec.max_new_tokens, device=device
-            )
-            for row, answer in zip(general_rows, answers, strict=True):
-                row.answers[role] = answer
-        log.info("%s model answered", role)
-        del model
-        gc.collect()
+    losses = _answer_with_each_model(
+        spec,
+        model_dir=model_dir,
+        adapter_dir=adapter_dir,
+        device=device,
+        sets=[(rows, test_roles), (general_rows, general_roles)],
+        perplexity_on=(rows if "perplexity" in metrics else [], test_roles),
+    )
 
     judge_tokens: int | None = None
     if spec.judge is not None:

@@ -160,10 +160,13 @@ def generate_answers(
         eos_token_id=stop or None,
     )
     pad = int(tokenizer.pad_token_id)
+    # Prompts longer than the context minus the answer budget keep their end (the question).
+    context = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 0)
+    keep = max(1, context - max_new_tokens) if context else None
     answers: list[str] = []
     for start in range(0, len(examples), batch_size):
         batch = [
-            encode(tokenizer, *render_prompt(tokenizer, ex))
+            encode(tokenizer, *render_prompt(tokenizer, ex))[-keep if keep else 0 :]
             for ex in examples[start : start + batch_size]
         ]
         width = max(len(ids) for ids in batch)
