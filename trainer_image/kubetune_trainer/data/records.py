@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Format = Literal["chat", "instruction", "completion", "preference"]
@@ -42,13 +42,13 @@ class RawRow:
 
 @dataclass
 class Record:
-    """A valid record in its normalised shape, with the origin used in every report line."""
+    """A valid record in its normalised shape, with the origin used in every report line;
+    ``general`` marks records of the general (mixing) data, ``tokens`` their training length."""
 
     loc: Location
     data: dict[str, Any]
     general: bool = False
     tokens: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
