@@ -43,6 +43,16 @@ DataUri = Annotated[
     ),
 ]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+MetricName = Literal["exact_match", "rouge_l", "bleu", "perplexity"]
+GgufType = Literal["f16", "q8_0", "q5_k_m", "q4_k_m"]
+
+
+def _all_metrics() -> list[MetricName]:
+    return ["exact_match", "rouge_l", "bleu", "perplexity"]
+
+
+def _default_gguf() -> list[GgufType]:
+    return ["q4_k_m"]
 Quantity = Annotated[
     str,
     Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"),
@@ -64,7 +74,7 @@ class BaseModelSpec(ApiModel):
     """The model to start from."""
 
     model_config = _cel(
-        "self.acceptLicense || !(self.uri.lowerAscii().contains('llama') || self.uri.lowerAscii().contains('gemma') || self.uri.lowerAscii().contains('mistral-large') || self.uri.lowerAscii().contains('codestral'))",
+        "self.acceptLicense || self.uri.startsWith('builtin://') || !(self.uri.lowerAscii().contains('llama') || self.uri.lowerAscii().contains('gemma') || self.uri.lowerAscii().contains('mistral-large') || self.uri.lowerAscii().contains('codestral'))",
         "acceptLicense: this model family is under a licence you must accept; set acceptLicense: true after reading it",
     )
 
@@ -84,8 +94,11 @@ class BaseModelSpec(ApiModel):
     """Secret holding a Hugging Face token for gated or private `hf://` models."""
 
     def requires_license(self) -> bool:
-        """True when the model's id names a family whose licence must be accepted."""
-        ident = self.uri.split("://", 1)[-1].lower()
+        """True when the model's id names a family whose licence must be accepted
+        (`builtin://` models are built locally from a config and carry no weights' licence)."""
+        scheme, _, ident = self.uri.lower().partition("://")
+        if scheme == "builtin":
+            return False
         return any(family in ident for family in LICENSED_FAMILIES)
 
 
@@ -271,9 +284,7 @@ class GateSpec(ApiModel):
 class EvaluationSpec(ApiModel):
     """How the fine-tuned model is evaluated on the held-out test split."""
 
-    metrics: Annotated[
-        list[Literal["exact_match", "rouge_l", "bleu", "perplexity"]], Field(max_length=8)
-    ] = Field(default_factory=lambda: ["exact_match", "rouge_l", "bleu", "perplexity"])
+    metrics: Annotated[list[MetricName], Field(max_length=8)] = Field(default_factory=_all_metrics)
     """Reference-based metrics to compute."""
     judge: JudgeSpec | None = None
     """Optional LLM-as-judge scoring (1–5 rubric against the reference)."""
@@ -308,9 +319,7 @@ class ExportSpec(ApiModel):
 
     merge: bool = True
     """Merge the adapter into the base reloaded in 16-bit and save merged safetensors."""
-    gguf: Annotated[list[Literal["f16", "q8_0", "q5_k_m", "q4_k_m"]], Field(max_length=4)] = Field(
-        default_factory=lambda: ["q4_k_m"]
-    )
+    gguf: Annotated[list[GgufType], Field(max_length=4)] = Field(default_factory=_default_gguf)
     """GGUF files to produce with llama.cpp's converter and quantizer (needs `merge`)."""
     adapter_gguf: bool = False
     """Also export the adapter alone as GGUF (for Ollama's ADAPTER)."""
