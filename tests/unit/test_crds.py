@@ -55,5 +55,5 @@ def test_finetunejob_crd_has_columns_status_and_immutability() -> None:
     assert {"baseModel", "dataset", "lora", "training", "method"} <= frozen
     assert not frozen & {"suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished"}
     assert spec["properties"]["lora"]["properties"]["r"]["default"] == 16
-    assert spec["properties"]["lora"]["default"] == {}
+    assert spec["properties"]["lora"]["default"] == {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}
     assert crd["spec"]["names"]["shortNames"] == ["ftj", "ftjob"]

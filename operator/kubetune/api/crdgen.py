@@ -28,8 +28,8 @@ _DROP_KEYS = {"title", "examples"}
 class _DefaultsFromFactories(GenerateJsonSchema):
     """Emit defaults for `default_factory` fields, so the apiserver defaults nested objects.
 
-    A nested model's default is written as `{}`: the apiserver then fills in its fields' own
-    defaults, which keeps the CRD short and the defaults in one place.
+    A nested model's default is written out whole (not `{}`): the apiserver checks a default
+    against the object's CEL rules before nested defaults are applied, so `{}` would fail them.
     """
 
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
@@ -38,7 +38,10 @@ class _DefaultsFromFactories(GenerateJsonSchema):
             return super().default_schema(schema)
         inner = self.generate_inner(schema["schema"])
         value = factory()  # type: ignore[call-arg]
-        inner["default"] = {} if isinstance(value, BaseModel) else copy.deepcopy(value)
+        if isinstance(value, BaseModel):
+            inner["default"] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        else:
+            inner["default"] = copy.deepcopy(value)
         return inner
 
 
