@@ -30,4 +30,4 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-go_wrapper_build etcd "$ETCD_VERSION" "$gomod" "-s -w" ./cmd/etcd
+go_wrapper_build etcd "$ETCD_VERSION" "$gomod" "-s -w" kubetune.local/build/etcd/cmd/etcd

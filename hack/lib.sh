@@ -55,7 +55,8 @@ go_wrapper_build() {
     echo "package tools"
     echo "import ("
     local pkg
-    for pkg in "$@"; do echo "	_ \"$pkg\""; done
+    # The wrapper's own packages (kubetune.local/...) are already seen by `go mod tidy`.
+    for pkg in "$@"; do [[ "$pkg" == kubetune.local/* ]] || echo "	_ \"$pkg\""; done
     echo ")"
   } >"$work/tools.go"
   info "$name $version: building $* (log: $log)"
@@ -69,10 +70,12 @@ go_wrapper_build() {
       && echo "go build $*" \
       && go build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@" \
       && for pkg in "$@"; do test -x "$tmp/$(basename "$pkg")" || exit 1; done \
+      && chmod 755 "$tmp" \
       && date -u +%FT%TZ >"$tmp/.complete" \
       && rm -rf "$dest" \
       && mv "$tmp" "$dest"
   ) >"$log" 2>&1 || {
+    rm -rf "$KUBETUNE_BIN_CACHE/.$name-$version."*
     tail -n 30 "$log" >&2
     die "build $name $version" "read $log; check that the Go proxy is reachable (GOPROXY=$(go env GOPROXY)) and that the versions in hack/versions.env exist there, then rerun hack/install-tools.sh"
   }

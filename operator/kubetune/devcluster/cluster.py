@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes import client
 
 from kubetune.devcluster import control_plane, kwok
-from kubetune.devcluster.local_runner import READY_FILE, local_pod_logs
+from kubetune.devcluster.kube import api_client_from_kubeconfig, create_unless_exists
+from kubetune.devcluster.local_pod_run import local_pod_logs
 from kubetune.devcluster.local_storage import storage_class_manifest
 from kubetune.devcluster.pki import (
     ADMIN_USER,
@@ -32,10 +32,11 @@ from kubetune.devcluster.pki import (
 )
 from kubetune.devcluster.processes import ComponentError, ManagedProcess
 from kubetune.devcluster.tools import Toolchain, find_toolchain
-from kubetune.devcluster.waiting import wait_until
+from kubetune.devcluster.waiting import WaitTimeout, wait_until
 
 T = TypeVar("T")
 INFO_FILE = "cluster.json"
+RUNNER_READY_FILE = "local-runner.ready"
 
 
 @dataclass
@@ -54,7 +55,7 @@ class DevCluster:
 
     def api_client(self) -> client.ApiClient:
         """A new admin ApiClient for this cluster (callers may close it)."""
-        return config.new_client_from_config(str(self.kubeconfig))
+        return api_client_from_kubeconfig(self.kubeconfig)
 
     def api_client_for_token(self, token: str) -> client.ApiClient:
         """An ApiClient that authenticates with ``token`` (e.g. a ServiceAccount's)."""
@@ -82,11 +83,7 @@ class DevCluster:
     def create_namespace(self, name: str, timeout: float = 30) -> str:
         """Create namespace ``name`` and wait for its ``default`` ServiceAccount (pods need it)."""
         core = self.core()
-        try:
-            core.create_namespace({"metadata": {"name": name}})
-        except ApiException as error:
-            if error.status != 409:
-                raise
+        create_unless_exists(core.create_namespace, {"metadata": {"name": name}})
         self.wait_for(lambda: core.read_namespaced_service_account("default", name),
                       timeout=timeout, what=f"ServiceAccount {name}/default")
         return name
@@ -135,6 +132,7 @@ def _start_local_runner(state_dir: Path, kubeconfig: Path) -> ManagedProcess:
     process = ManagedProcess("local-runner", [
         sys.executable, "-m", "kubetune.devcluster.local_runner",
         f"--kubeconfig={kubeconfig}", f"--state-dir={state_dir}",
+        f"--ready-file={state_dir / RUNNER_READY_FILE}",
     ], state_dir)
     process.start()
     return process
@@ -176,16 +174,19 @@ def start_dev_cluster(state_dir: Path) -> DevCluster:
 
         core = cluster.core()
         node_names = kwok.register_nodes(core)
-        _ensure(lambda: client.StorageV1Api(core.api_client).create_storage_class(
-            storage_class_manifest()))
+        create_unless_exists(client.StorageV1Api(core.api_client).create_storage_class,
+                             storage_class_manifest())
         control_plane.wait_controllers_healthy(manager, scheduler, ports, creds)
         kwok.wait_kwok_healthy(kwok_process, ports)
         kwok.wait_nodes_ready(core, node_names, kwok_process)
-        wait_until(lambda: runner.check_alive() or (state_dir / READY_FILE).exists(),
+        wait_until(lambda: _alive_and(runner, (state_dir / RUNNER_READY_FILE).exists),
                    timeout=30, what="the local runner to list pods")
         cluster.create_namespace("default")
+    except WaitTimeout as error:
+        cluster.stop(keep_state=True)  # keep the logs the message points to
+        raise ComponentError(f"dev cluster start: {error}; logs: {state_dir / 'logs'}") from error
     except BaseException:
-        cluster.stop(keep_state=True)  # keep logs for the error message's log paths
+        cluster.stop(keep_state=True)
         raise
     cluster.startup_seconds = time.monotonic() - started
     (state_dir / INFO_FILE).write_text(json.dumps({
@@ -195,9 +196,6 @@ def start_dev_cluster(state_dir: Path) -> DevCluster:
     return cluster
 
 
-def _ensure(create: Callable[[], object]) -> None:
-    try:
-        create()
-    except ApiException as error:
-        if error.status != 409:
-            raise
+def _alive_and(process: ManagedProcess, ready: Callable[[], bool]) -> bool:
+    process.check_alive()
+    return ready()

@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from kubetune.devcluster.control_plane import Ports, wait_healthy
+from kubetune.devcluster.kube import as_dict, create_unless_exists
 from kubetune.devcluster.processes import ManagedProcess
 from kubetune.devcluster.simulation import KWOK_MANAGED_LABEL, kwok_stages, node_manifests
 from kubetune.devcluster.tools import Toolchain
@@ -19,7 +19,7 @@ POD_CIDR = "10.244.0.0/16"
 NODE_LEASE_SECONDS = 40
 
 
-class _LiteralDumper(yaml.SafeDumper):
+class _LiteralDumper(yaml.SafeDumper):  # type: ignore[misc]
     """Dump multi-line strings (kwok's status templates) as readable literal blocks."""
 
 
@@ -68,11 +68,7 @@ def register_nodes(core: client.CoreV1Api) -> list[str]:
     """Create (or keep) every simulated node; return their names."""
     names = []
     for manifest in node_manifests():
-        try:
-            core.create_node(manifest)
-        except ApiException as error:
-            if error.status != 409:
-                raise
+        create_unless_exists(core.create_node, manifest)
         names.append(manifest["metadata"]["name"])
     return names
 
@@ -81,11 +77,11 @@ def wait_nodes_ready(core: client.CoreV1Api, names: list[str], process: ManagedP
                      timeout: float = 30) -> None:
     def all_ready() -> bool:
         process.check_alive()
-        ready = set()
-        for node in core.list_node(label_selector=f"{KWOK_MANAGED_LABEL}=true").items:
-            for condition in node.status.conditions or []:
-                if condition.type == "Ready" and condition.status == "True":
-                    ready.add(node.metadata.name)
+        nodes = as_dict(core.api_client, core.list_node(
+            label_selector=f"{KWOK_MANAGED_LABEL}=true"))["items"]
+        ready = {node["metadata"]["name"] for node in nodes
+                 if any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in node.get("status", {}).get("conditions", []))}
         return ready >= set(names)
 
     wait_until(all_ready, timeout=timeout, what=f"nodes {', '.join(names)} to be Ready")

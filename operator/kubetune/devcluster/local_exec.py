@@ -50,7 +50,8 @@ def prepare_and_exec(plan: dict[str, Any]) -> None:
             _bind(mount["source"], mount["target"], mount["read_only"])
         os.chdir(plan["cwd"])
     finally:
-        Path(plan["created_paths_file"]).write_text("".join(f"{p}\n" for p in created))
+        with Path(plan["created_paths_file"]).open("a") as listing:  # restarts append
+            listing.write("".join(f"{path}\n" for path in created))
     sys.stdout.flush()
     os.execvpe(plan["argv"][0], plan["argv"], plan["env"])
 

@@ -51,6 +51,19 @@ def pod_dir(state_dir: Path, namespace: str, name: str) -> Path:
     return state_dir / "pods" / namespace / name
 
 
+def local_pod_logs(state_dir: Path, namespace: str, name: str,
+                   container: str | None = None) -> str:
+    """Output of a pod's container on the local runner (the only container if not named)."""
+    folder = pod_dir(state_dir, namespace, name)
+    if container is None:
+        logs = sorted(folder.glob("*.log"))
+        if len(logs) != 1:
+            names = [path.stem for path in logs]
+            raise ValueError(f"pod {namespace}/{name} has logs for {names}: name a container")
+        return logs[0].read_text(errors="replace")
+    return (folder / f"{container}.log").read_text(errors="replace")
+
+
 class PodRun:
     """Runs one pod's containers until they end, the pod is deleted or the runner stops."""
 
@@ -89,28 +102,22 @@ class PodRun:
         self._stopping.set()
         with self._lock:
             processes = list(self._processes.values())
-        groups = [p.pid for p in processes if p.poll() is None]
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
+        live = [p for p in processes if p.poll() is None]
+        self._signal(live, signal.SIGTERM)
         deadline = time.monotonic() + min(grace, MAX_KILL_GRACE_SECONDS)
-        while time.monotonic() < deadline and any(self._alive(pgid) for pgid in groups):
+        while time.monotonic() < deadline and any(p.poll() is None for p in live):
             time.sleep(0.1)
-        for pgid in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        for process in processes:
+        self._signal(live, signal.SIGKILL)  # also whatever the container left in its group
+        for process in live:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)  # reap, so no zombie outlives the pod
         self._thread.join(timeout=MAX_KILL_GRACE_SECONDS)
 
     @staticmethod
-    def _alive(pgid: int) -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+    def _signal(processes: list[subprocess.Popen[bytes]], signum: int) -> None:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
 
     # -- the run thread -------------------------------------------------------------------
 
@@ -124,7 +131,13 @@ class PodRun:
         except Exception:
             log.exception("pod %s/%s: run failed", self.namespace, self.name)
         finally:
+            self._collect_created_paths()
             self.on_exit(self)
+
+    def _collect_created_paths(self) -> None:
+        for listing in sorted(self.dir.glob("*.created-paths")):
+            self.created_paths.extend(listing.read_text().split())
+            listing.unlink()
 
     def _patch(self, phase: str) -> None:
         if self._stopping.is_set() and phase in ("Succeeded", "Failed"):
@@ -182,9 +195,6 @@ class PodRun:
                 spec.get("terminationMessagePolicy", "File"))
         state.terminated = terminated_state(exit_code, message, state.started_at or now(),
                                             state.pid, reason)
-        created = self.dir / f"{state.name}.created-paths"
-        if created.exists():
-            self.created_paths.extend(created.read_text().split())
 
     def _should_restart(self, exit_code: int) -> bool:
         policy = self.pod["spec"].get("restartPolicy", "Always")

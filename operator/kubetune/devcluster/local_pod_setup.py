@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client import ApiException
+
+from kubetune.devcluster.kube import as_dict
 
 Pod = dict[str, Any]
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -151,11 +153,12 @@ def _projected(core: client.CoreV1Api, pod: Pod, folder: Path, volume: dict[str,
             }
             if ref.get("audience"):
                 spec["audiences"] = [ref["audience"]]
-            token = core.create_namespaced_service_account_token(
-                pod["spec"].get("serviceAccountName", "default"), namespace, {"spec": spec})
+            request = core.create_namespaced_service_account_token(
+                pod["spec"].get("serviceAccountName", "default"), namespace,
+                {"spec": spec})  # type: ignore[arg-type]  # the client takes dict bodies
             path = folder / ref["path"]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(token.status.token)
+            path.write_text(as_dict(core.api_client, request)["status"]["token"])
             path.chmod(mode)
         else:
             raise UnsupportedPodSpec(f"projected source {sorted(source)} is not supported")

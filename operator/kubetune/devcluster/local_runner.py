@@ -24,35 +24,23 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlparse
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
-from kubetune.devcluster.local_pod_run import PodRun, pod_dir
+from kubetune.devcluster.kube import api_client_from_kubeconfig, as_dict
+from kubetune.devcluster.local_pod_run import PodRun
 from kubetune.devcluster.local_storage import run_provisioner
 from kubetune.devcluster.simulation import LOCAL_NODE
 
 log = logging.getLogger("kubetune.devcluster.local_runner")
-READY_FILE = "local-runner.ready"
-
-
-def local_pod_logs(state_dir: Path, namespace: str, name: str,
-                   container: str | None = None) -> str:
-    """Output of a pod's container on the local runner (the only container if not named)."""
-    folder = pod_dir(state_dir, namespace, name)
-    if container is None:
-        logs = sorted(folder.glob("*.log"))
-        if len(logs) != 1:
-            names = [path.stem for path in logs]
-            raise ValueError(f"pod {namespace}/{name} has logs for {names}: name a container")
-        return logs[0].read_text(errors="replace")
-    return (folder / f"{container}.log").read_text(errors="replace")
 
 
 class LocalRunner:
     """Keeps one PodRun per live pod on the node; finishes deletions like the kubelet."""
 
     def __init__(self, core: client.CoreV1Api, state_dir: Path, node: str,
-                 apiserver: tuple[str, int]) -> None:
+                 apiserver: tuple[str, int], ready_file: Path | None = None) -> None:
         self.core = core
+        self.ready_file = ready_file
         self.state_dir = state_dir
         self.node = node
         self.apiserver = apiserver
@@ -63,19 +51,20 @@ class LocalRunner:
 
     def serve(self, stop: threading.Event) -> None:
         selector = f"spec.nodeName={self.node}"
-        sanitize = self.core.api_client.sanitize_for_serialization
+        api = self.core.api_client
         while not stop.is_set():
-            listing = self.core.list_pod_for_all_namespaces(field_selector=selector)
-            for pod in listing.items:
-                self.reconcile(sanitize(pod))
-            (self.state_dir / READY_FILE).touch()
-            stream = watch.Watch().stream(
+            listing = as_dict(api, self.core.list_pod_for_all_namespaces(field_selector=selector))
+            for pod in listing["items"]:
+                self.reconcile(pod)
+            if self.ready_file is not None:
+                self.ready_file.touch()  # tells the starter that pods are being watched
+            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
                 self.core.list_pod_for_all_namespaces, field_selector=selector,
-                resource_version=listing.metadata.resource_version, timeout_seconds=30)
+                resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=30)
             try:
                 for event in stream:
                     if event["type"] in ("ADDED", "MODIFIED"):
-                        self.reconcile(sanitize(event["object"]))
+                        self.reconcile(as_dict(api, event["object"]))
             except client.ApiException as error:
                 if error.status != 410:  # 410 Gone: resource version too old, list again
                     raise
@@ -102,9 +91,10 @@ class LocalRunner:
         if run is not None:
             run.kill(float(meta.get("deletionGracePeriodSeconds") or 0))
         with contextlib.suppress(client.ApiException):
-            self.core.delete_namespaced_pod(
-                meta["name"], meta["namespace"], grace_period_seconds=0,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"])))
+            # With a body, the apiserver ignores query parameters: the grace period goes in it.
+            options = client.V1DeleteOptions(
+                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=meta["uid"]))
+            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options)
         log.info("pod %s/%s: deleted", meta["namespace"], meta["name"])
 
     def _on_exit(self, run: PodRun) -> None:
@@ -145,14 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kubeconfig", required=True, type=Path)
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--node-name", default=LOCAL_NODE)
+    parser.add_argument("--ready-file", type=Path, help="touched once pods are watched")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # Commands resolve on PATH with this interpreter's bin first (the venv's python).
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-    api = config.new_client_from_config(str(args.kubeconfig))
+    api = api_client_from_kubeconfig(args.kubeconfig)
     core = client.CoreV1Api(api)
-    runner = LocalRunner(core, args.state_dir.resolve(), args.node_name, _apiserver_address(api))
+    runner = LocalRunner(core, args.state_dir.resolve(), args.node_name, _apiserver_address(api),
+                         args.ready_file)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

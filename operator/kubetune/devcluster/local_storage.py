@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
+from kubetune.devcluster.kube import Manifest, as_dict, create_unless_exists
 from kubetune.devcluster.local_pod_setup import claim_path
 
 STORAGE_CLASS = "kubetune-local"
@@ -24,7 +23,7 @@ PROVISIONER = "kubetune.dev/local-runner"
 log = logging.getLogger(__name__)
 
 
-def storage_class_manifest() -> dict[str, Any]:
+def storage_class_manifest() -> Manifest:
     return {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
@@ -38,49 +37,47 @@ def storage_class_manifest() -> dict[str, Any]:
     }
 
 
-def volume_for_claim(claim: client.V1PersistentVolumeClaim, state_dir: Path) -> dict[str, Any]:
+def volume_for_claim(claim: Manifest, state_dir: Path) -> Manifest:
     """A hostPath PV pre-bound to ``claim`` (pure; the caller creates it)."""
-    meta = claim.metadata
-    requests = (claim.spec.resources.requests or {}) if claim.spec.resources else {}
+    meta, spec = claim["metadata"], claim["spec"]
+    requests = spec.get("resources", {}).get("requests", {})
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
         "metadata": {
-            "name": f"pvc-{meta.uid}",
+            "name": f"pvc-{meta['uid']}",
             "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
         },
         "spec": {
             "capacity": {"storage": requests.get("storage", "1Gi")},
-            "accessModes": claim.spec.access_modes or ["ReadWriteOnce"],
+            "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": STORAGE_CLASS,
-            "volumeMode": claim.spec.volume_mode or "Filesystem",
-            "hostPath": {"path": str(claim_path(state_dir, meta.namespace, meta.name)),
+            "volumeMode": spec.get("volumeMode") or "Filesystem",
+            "hostPath": {"path": str(claim_path(state_dir, meta["namespace"], meta["name"])),
                          "type": "DirectoryOrCreate"},
             "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                         "namespace": meta.namespace, "name": meta.name, "uid": meta.uid},
+                         "namespace": meta["namespace"], "name": meta["name"],
+                         "uid": meta["uid"]},
         },
     }
 
 
 def provision_once(core: client.CoreV1Api, state_dir: Path) -> None:
     """Create volumes for pending claims of our class and delete released volumes."""
-    for claim in core.list_persistent_volume_claim_for_all_namespaces().items:
-        if (claim.spec.storage_class_name != STORAGE_CLASS or claim.spec.volume_name
-                or claim.status.phase != "Pending"):
+    claims = as_dict(core.api_client, core.list_persistent_volume_claim_for_all_namespaces())
+    for claim in claims["items"]:
+        spec, meta = claim["spec"], claim["metadata"]
+        if (spec.get("storageClassName") != STORAGE_CLASS or spec.get("volumeName")
+                or claim.get("status", {}).get("phase") != "Pending"):
             continue
-        claim_path(state_dir, claim.metadata.namespace, claim.metadata.name).mkdir(
-            parents=True, exist_ok=True)
-        try:
-            core.create_persistent_volume(volume_for_claim(claim, state_dir))
-        except ApiException as error:
-            if error.status != 409:
-                raise
-    for volume in core.list_persistent_volume().items:
-        annotations = volume.metadata.annotations or {}
+        claim_path(state_dir, meta["namespace"], meta["name"]).mkdir(parents=True, exist_ok=True)
+        create_unless_exists(core.create_persistent_volume, volume_for_claim(claim, state_dir))
+    for volume in as_dict(core.api_client, core.list_persistent_volume())["items"]:
+        annotations = volume["metadata"].get("annotations", {})
         if (annotations.get("pv.kubernetes.io/provisioned-by") == PROVISIONER
-                and volume.status.phase == "Released"):
-            core.delete_persistent_volume(volume.metadata.name)
+                and volume.get("status", {}).get("phase") == "Released"):
+            core.delete_persistent_volume(volume["metadata"]["name"])
 
 
 def run_provisioner(core: client.CoreV1Api, state_dir: Path, stop: threading.Event,

@@ -42,7 +42,7 @@ def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Toolchain:
-    """Absolute paths of every binary the dev cluster runs."""
+    """Absolute paths of every binary the dev cluster runs (helm is apart: find_helm)."""
 
     kube_apiserver: Path
     kube_controller_manager: Path
@@ -50,7 +50,6 @@ class Toolchain:
     kubectl: Path
     etcd: Path
     kwok: Path
-    helm: Path
     openssl: Path
     unshare: Path
     kubernetes_version: str
@@ -82,8 +81,17 @@ def find_toolchain() -> Toolchain:
         kubectl=_cached("kubernetes", k8s, "kubectl"),
         etcd=_cached("etcd", versions["ETCD_VERSION"], "etcd"),
         kwok=_cached("kwok", versions["KWOK_VERSION"], "kwok"),
-        helm=_cached("helm", versions["HELM_VERSION"], "helm"),
         openssl=_system("openssl", "openssl"),
         unshare=_system("unshare", "util-linux"),
         kubernetes_version=k8s,
     )
+
+
+def find_helm() -> Path:
+    """The pinned helm binary, or raise ToolchainError naming hack/install-tools.sh."""
+    return _cached("helm", read_versions()["HELM_VERSION"], "helm")
+
+
+def find_promtool() -> Path:
+    """Debian's promtool (package prometheus), or raise ToolchainError."""
+    return _system("promtool", "prometheus")
