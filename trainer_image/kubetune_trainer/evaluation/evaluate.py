@@ -139,10 +139,11 @@ def _model_scores(
     )
 
 
-def _general_score(rows: list[ExampleResult], role: str, use_judge: bool) -> float | None:
-    if use_judge:
-        return mean(float(s) if (s := r.judge[role].score) is not None else None for r in rows)
-    return mean(r.scores[role]["rouge_l"] for r in rows)
+def _per_example(rows: list[ExampleResult], role: str, metric: str) -> list[float | None]:
+    """One model's per-example judge score (`judge`) or ROUGE-L (`rouge_l`); None if unscored."""
+    if metric == "judge":
+        return [float(s) if (s := r.judge[role].score) is not None else None for r in rows]
+    return [r.scores[role]["rouge_l"] for r in rows]
 
 
 def _answer_with_each_model(
@@ -210,7 +211,7 @@ def evaluate(
     )
 
     rows = [ExampleResult(i, ex) for i, ex in enumerate(examples)]
-    general_rows = [ExampleResult(i, ex) for i, ex in enumerate(general)]
+    general_rows = [ExampleResult(i, ex) for i, ex in enumerate(general)] if general_roles else []
     losses = _answer_with_each_model(
         spec,
         model_dir=model_dir,
@@ -256,23 +257,18 @@ def evaluate(
     )
     drop: float | None = None
     if general_roles:
-        fine_tuned.general_score = _general_score(general_rows, FINE_TUNED, use_judge_general)
+        general_metric = "judge" if use_judge_general else "rouge_l"
+        fine_tuned.general_score = mean(_per_example(general_rows, FINE_TUNED, general_metric))
         assert base is not None
-        base.general_score = _general_score(general_rows, BASE, use_judge_general)
+        base.general_score = mean(_per_example(general_rows, BASE, general_metric))
         drop = forgetting_drop(base.general_score, fine_tuned.general_score)
 
     win_metric = "judge" if spec.judge is not None else "rouge_l"
     rate: float | None = None
     if BASE in test_roles:
-        if spec.judge is not None:
-            tuned_s = [
-                float(s) if (s := r.judge[FINE_TUNED].score) is not None else None for r in rows
-            ]
-            base_s = [float(s) if (s := r.judge[BASE].score) is not None else None for r in rows]
-        else:
-            tuned_s = [r.scores[FINE_TUNED]["rouge_l"] for r in rows]
-            base_s = [r.scores[BASE]["rouge_l"] for r in rows]
-        rate = win_rate(tuned_s, base_s)
+        rate = win_rate(
+            _per_example(rows, FINE_TUNED, win_metric), _per_example(rows, BASE, win_metric)
+        )
 
     summary = EvaluationSummary(
         examples=len(rows),
