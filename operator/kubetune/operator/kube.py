@@ -79,12 +79,13 @@ class KubeApi:
         self._count("patch", "jobs")
         self.batch.patch_namespaced_job(name, namespace, {"spec": spec_patch})
 
-    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Replace-by-merge the status subresource (fields absent from `status` are nulled first)."""
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> int:
+        """Merge-patch the status subresource; returns the object's new resourceVersion."""
         self._count("patch", "finetunejobs/status")
-        self.custom.patch_namespaced_custom_object_status(
+        patched = self.custom.patch_namespaced_custom_object_status(
             c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, {"status": status}
         )
+        return int(patched["metadata"]["resourceVersion"])
 
     def post_event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on `owner`; failures are logged, never raised (events are best effort)."""

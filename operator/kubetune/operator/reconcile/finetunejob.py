@@ -60,7 +60,8 @@ class FineTuneJobReconciler:
         self.clock = clock
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        # The last status this process wrote, per uid: the watch may lag behind our own patch.
+        # The last status this process wrote, per uid, with the resourceVersion the patch got:
+        # events and index snapshots older than that carry a stale status.
         self._written: dict[str, tuple[int, dict[str, Any]]] = {}
 
     def _lock(self, uid: str) -> threading.Lock:
@@ -92,7 +93,7 @@ class FineTuneJobReconciler:
         raw = dict(body.get("status") or {})
         written = self._written.get(body["metadata"]["uid"])
         rv = int(body["metadata"].get("resourceVersion") or 0)
-        if written is not None and written[0] > rv:
+        if written is not None and written[0] > rv:  # resourceVersions of one object are etcd revisions
             raw = written[1]
         try:
             return FineTuneJobStatus.model_validate(raw)
@@ -131,8 +132,8 @@ class FineTuneJobReconciler:
         if new != current:
             wire = new.to_wire()
             patch = {k: None for k in current.to_wire() if k not in wire} | wire
-            self.api.patch_finetunejob_status(ns, name, patch)
-            self._written[meta["uid"]] = (int(meta.get("resourceVersion") or 0) + 1, wire)
+            version = self.api.patch_finetunejob_status(ns, name, patch)
+            self._written[meta["uid"]] = (version, wire)
             owner = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(meta)}
             for event in transition_events(current, new):
                 self.api.post_event(owner, event.type, event.reason, event.message)
