@@ -280,6 +280,24 @@ def test_separate_base_and_adapter_gguf(
     assert result.verification.check("f16").token_agreement == 1.0
 
 
+def test_a_gguf_of_another_model_fails_strict_verification(
+    exported: ExportResult, models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The check has teeth: the base model's f16 GGUF (no adapter) against the merged reference."""
+    from transformers import AutoTokenizer
+
+    from kubetune_trainer.export.llamacpp import convert_hf_to_gguf
+
+    base_dir, _ = models
+    base_gguf = convert_hf_to_gguf(base_dir, tmp_path / "base-f16.gguf")
+    fmt = chat_format_from_tokenizer(AutoTokenizer.from_pretrained(exported.out_dir / "merged"))
+    report = verify_ggufs(
+        exported.out_dir / "merged", [("gguf-f16", "f16", base_gguf)], PROMPTS, chat_format=fmt
+    )
+    assert not report.passed
+    assert "picks another token than the HF model" in report.problems[0]
+
+
 def test_missing_converter_fails_fast_with_the_fix(
     models: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -85,15 +85,16 @@ def export_model(
     adapter_gguf: bool = False,
     verify_prompts: Sequence[Conversation] = (),
     max_new_tokens: int = 16,
-    tie_tolerance: float = 0.05,
+    tie_tolerance: float = 0.01,
     merge_dtype: MergeDtype | None = None,
     llama_cpp_dir: Path | None = None,
 ) -> ExportResult:
     """Export ``base_model_dir`` (+ the LoRA ``adapter_dir``) to ``out_dir``; see the module doc.
 
     ``verify_prompts``: conversations (lists of ``{"role", "content"}``) to compare greedy
-    outputs on; default :data:`DEFAULT_VERIFY_PROMPTS`. ``tie_tolerance``: HF top-2 logit gap
-    under which an f16 file may pick the other token (see :mod:`~kubetune_trainer.export.verify`).
+    outputs on; default :data:`DEFAULT_VERIFY_PROMPTS`. ``tie_tolerance``: HF top-2 logit gap, as
+    a fraction of the logit range, under which an f16 file may pick the other token (see
+    :mod:`~kubetune_trainer.export.verify`).
 
     Raises ``ValueError`` for an unknown quantization or ``merge=False`` without an adapter,
     :class:`~kubetune_trainer.export.llamacpp.LlamaCppError` when llama.cpp's tools are missing
