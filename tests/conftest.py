@@ -24,7 +24,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     from kubetune.devcluster import ComponentError, ToolchainError, start_dev_cluster
 
     try:
-        dev_cluster = start_dev_cluster(tmp_path_factory.mktemp("devcluster"))
+        dev_cluster = start_dev_cluster(tmp_path_factory.mktemp("devcluster"), die_with_parent=True)
     except ToolchainError as error:
         pytest.fail(f"dev cluster: {error}", pytrace=False)
     except ComponentError as error:

@@ -3,8 +3,11 @@ kwok-simulated GPU nodes driven by pod annotations, and the local pod runner."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +22,14 @@ from kubetune.devcluster import (
     LOCAL_RUNNER_LABEL,
     MESSAGE_ANNOTATION,
     OUTCOME_ANNOTATION,
+    ComponentError,
     DevCluster,
+    ToolchainError,
     local_pod_toleration,
+    start_dev_cluster,
 )
+from kubetune.devcluster.control_plane import Ports, start_etcd
+from kubetune.devcluster.tools import find_toolchain
 
 pytestmark = pytest.mark.cluster
 
@@ -295,3 +303,23 @@ def test_local_runner_kills_deleted_pods(cluster: DevCluster, namespace: str) ->
 
     cluster.wait_for(gone, timeout=30, what="the deleted pod to disappear")
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_missing_binaries_fail_with_the_install_hint(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ToolchainError, match=r"run hack/install-tools\.sh"):
+        start_dev_cluster(tmp_path / "state")
+
+
+def test_port_clash_names_the_component_and_the_fix(tmp_path: Path) -> None:
+    tools = find_toolchain()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = dataclasses.replace(Ports.pick(), etcd_client=taken.getsockname()[1])
+        with pytest.raises(ComponentError) as raised:
+            start_etcd(tools, tmp_path, ports)
+    message = str(raised.value)
+    assert "etcd exited" in message
+    assert "port is taken" in message

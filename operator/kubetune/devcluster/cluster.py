@@ -128,18 +128,22 @@ class DevCluster:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def _start_local_runner(state_dir: Path, kubeconfig: Path) -> ManagedProcess:
+def _start_local_runner(state_dir: Path, kubeconfig: Path,
+                        die_with_parent: bool) -> ManagedProcess:
     process = ManagedProcess("local-runner", [
         sys.executable, "-m", "kubetune.devcluster.local_runner",
         f"--kubeconfig={kubeconfig}", f"--state-dir={state_dir}",
         f"--ready-file={state_dir / RUNNER_READY_FILE}",
-    ], state_dir)
+    ], state_dir, die_with_parent=die_with_parent)
     process.start()
     return process
 
 
-def start_dev_cluster(state_dir: Path) -> DevCluster:
+def start_dev_cluster(state_dir: Path, *, die_with_parent: bool = False) -> DevCluster:
     """Start a dev cluster whose files all live in ``state_dir`` (created; must be unused).
+
+    With ``die_with_parent`` every process is killed by the kernel when the calling process
+    dies (test sessions); without it the cluster outlives its starter (``cluster.sh up``).
 
     Raises ToolchainError (missing binaries: run hack/install-tools.sh) or ComponentError
     (a component died or did not become healthy; the message names it, its log and a fix).
@@ -161,15 +165,18 @@ def start_dev_cluster(state_dir: Path) -> DevCluster:
     admin = kubeconfig_for(ADMIN_USER, "kubeconfig")
     cluster = DevCluster(state_dir, admin, server, creds.ca_cert, tools)
     try:
-        cluster.processes.append(control_plane.start_etcd(tools, state_dir, ports))
-        cluster.processes.append(control_plane.start_apiserver(tools, state_dir, ports, creds))
+        tied = {"die_with_parent": die_with_parent}
+        cluster.processes.append(control_plane.start_etcd(tools, state_dir, ports, **tied))
+        cluster.processes.append(
+            control_plane.start_apiserver(tools, state_dir, ports, creds, **tied))
         manager = control_plane.start_controller_manager(
             tools, state_dir, ports, creds,
-            kubeconfig_for(CONTROLLER_MANAGER_USER, "controller-manager.kubeconfig"))
+            kubeconfig_for(CONTROLLER_MANAGER_USER, "controller-manager.kubeconfig"), **tied)
         scheduler = control_plane.start_scheduler(
-            tools, state_dir, ports, creds, kubeconfig_for(SCHEDULER_USER, "scheduler.kubeconfig"))
-        kwok_process = kwok.start_kwok(tools, state_dir, ports, admin)
-        runner = _start_local_runner(state_dir, admin)
+            tools, state_dir, ports, creds,
+            kubeconfig_for(SCHEDULER_USER, "scheduler.kubeconfig"), **tied)
+        kwok_process = kwok.start_kwok(tools, state_dir, ports, admin, **tied)
+        runner = _start_local_runner(state_dir, admin, die_with_parent)
         cluster.processes += [manager, scheduler, kwok_process, runner]
 
         core = cluster.core()
@@ -180,7 +187,7 @@ def start_dev_cluster(state_dir: Path) -> DevCluster:
         kwok.wait_kwok_healthy(kwok_process, ports)
         kwok.wait_nodes_ready(core, node_names, kwok_process)
         wait_until(lambda: _alive_and(runner, (state_dir / RUNNER_READY_FILE).exists),
-                   timeout=30, what="the local runner to list pods")
+                   timeout=30, what="the local runner to list pods", fatal=(ComponentError,))
         cluster.create_namespace("default")
     except WaitTimeout as error:
         cluster.stop(keep_state=True)  # keep the logs the message points to

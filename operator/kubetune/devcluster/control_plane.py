@@ -58,7 +58,8 @@ def wait_healthy(process: ManagedProcess, url: str, *, timeout: float, expect: s
         return expect in _get(url, ca_cert, token)
 
     try:
-        wait_until(probe, timeout=timeout, what=f"{process.name} at {url}", interval=0.1)
+        wait_until(probe, timeout=timeout, what=f"{process.name} at {url}", interval=0.1,
+                   fatal=(ComponentError,))
     except WaitTimeout as error:
         process.check_alive()  # a crash explains itself better than a timeout
         raise ComponentError(
@@ -66,7 +67,8 @@ def wait_healthy(process: ManagedProcess, url: str, *, timeout: float, expect: s
         ) from error
 
 
-def start_etcd(tools: Toolchain, state_dir: Path, ports: Ports) -> ManagedProcess:
+def start_etcd(tools: Toolchain, state_dir: Path, ports: Ports, *,
+               die_with_parent: bool = False) -> ManagedProcess:
     client = f"http://127.0.0.1:{ports.etcd_client}"
     peer = f"http://127.0.0.1:{ports.etcd_peer}"
     process = ManagedProcess("etcd", [
@@ -80,14 +82,15 @@ def start_etcd(tools: Toolchain, state_dir: Path, ports: Ports) -> ManagedProces
         f"--initial-cluster=kubetune={peer}",
         "--unsafe-no-fsync=true",  # throwaway data: speed over durability
         "--log-level=warn",
-    ], state_dir)
+    ], state_dir, die_with_parent=die_with_parent)
     process.start()
     wait_healthy(process, f"{client}/health", timeout=30, expect='"health":"true"')
     return process
 
 
 def start_apiserver(tools: Toolchain, state_dir: Path, ports: Ports,
-                    creds: Credentials) -> ManagedProcess:
+                    creds: Credentials, *,
+                    die_with_parent: bool = False) -> ManagedProcess:
     process = ManagedProcess("kube-apiserver", [
         str(tools.kube_apiserver),
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
@@ -109,7 +112,7 @@ def start_apiserver(tools: Toolchain, state_dir: Path, ports: Ports,
         "--allow-privileged=true",
         "--profiling=false",
         "--v=1",
-    ], state_dir)
+    ], state_dir, die_with_parent=die_with_parent)
     process.start()
     wait_healthy(process, f"https://127.0.0.1:{ports.apiserver}/readyz", timeout=60,
                  expect="ok", ca_cert=creds.ca_cert, token=creds.tokens[ADMIN_USER])
@@ -117,7 +120,8 @@ def start_apiserver(tools: Toolchain, state_dir: Path, ports: Ports,
 
 
 def start_controller_manager(tools: Toolchain, state_dir: Path, ports: Ports,
-                             creds: Credentials, kubeconfig: Path) -> ManagedProcess:
+                             creds: Credentials, kubeconfig: Path, *,
+                             die_with_parent: bool = False) -> ManagedProcess:
     process = ManagedProcess("kube-controller-manager", [
         str(tools.kube_controller_manager),
         f"--kubeconfig={kubeconfig}",
@@ -135,13 +139,14 @@ def start_controller_manager(tools: Toolchain, state_dir: Path, ports: Ports,
         "--kube-api-qps=100",
         "--kube-api-burst=200",
         "--v=1",
-    ], state_dir)
+    ], state_dir, die_with_parent=die_with_parent)
     process.start()
     return process
 
 
 def start_scheduler(tools: Toolchain, state_dir: Path, ports: Ports,
-                    creds: Credentials, kubeconfig: Path) -> ManagedProcess:
+                    creds: Credentials, kubeconfig: Path, *,
+                    die_with_parent: bool = False) -> ManagedProcess:
     process = ManagedProcess("kube-scheduler", [
         str(tools.kube_scheduler),
         f"--kubeconfig={kubeconfig}",
@@ -151,7 +156,7 @@ def start_scheduler(tools: Toolchain, state_dir: Path, ports: Ports,
         f"--tls-private-key-file={creds.serving_key}",
         "--leader-elect=false",
         "--v=1",
-    ], state_dir)
+    ], state_dir, die_with_parent=die_with_parent)
     process.start()
     return process
 

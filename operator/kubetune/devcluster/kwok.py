@@ -10,7 +10,7 @@ from kubernetes import client
 
 from kubetune.devcluster.control_plane import Ports, wait_healthy
 from kubetune.devcluster.kube import as_dict, create_unless_exists
-from kubetune.devcluster.processes import ManagedProcess
+from kubetune.devcluster.processes import ComponentError, ManagedProcess
 from kubetune.devcluster.simulation import KWOK_MANAGED_LABEL, kwok_stages, node_manifests
 from kubetune.devcluster.tools import Toolchain
 from kubetune.devcluster.waiting import wait_until
@@ -43,8 +43,8 @@ def write_kwok_config(path: Path) -> Path:
     return path
 
 
-def start_kwok(tools: Toolchain, state_dir: Path, ports: Ports,
-               kubeconfig: Path) -> ManagedProcess:
+def start_kwok(tools: Toolchain, state_dir: Path, ports: Ports, kubeconfig: Path, *,
+               die_with_parent: bool = False) -> ManagedProcess:
     config = write_kwok_config(state_dir / "kwok.yaml")
     process = ManagedProcess("kwok", [
         str(tools.kwok),
@@ -55,7 +55,7 @@ def start_kwok(tools: Toolchain, state_dir: Path, ports: Ports,
         f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
         f"--cidr={POD_CIDR}",
         "--node-ip=127.0.0.1",
-    ], state_dir)
+    ], state_dir, die_with_parent=die_with_parent)
     process.start()
     return process
 
@@ -84,4 +84,5 @@ def wait_nodes_ready(core: client.CoreV1Api, names: list[str], process: ManagedP
                         for c in node.get("status", {}).get("conditions", []))}
         return ready >= set(names)
 
-    wait_until(all_ready, timeout=timeout, what=f"nodes {', '.join(names)} to be Ready")
+    wait_until(all_ready, timeout=timeout, what=f"nodes {', '.join(names)} to be Ready",
+               fatal=(ComponentError,))

@@ -40,6 +40,7 @@ from kubetune.devcluster.local_pod_status import (
     terminated_state,
     termination_message,
 )
+from kubetune.devcluster.processes import kill_when_parent_dies
 
 log = logging.getLogger(__name__)
 MAX_KILL_GRACE_SECONDS = 10.0
@@ -176,7 +177,8 @@ class PodRun:
                 "--", sys.executable, local_exec.__file__, str(plan_file)]
         with (self.dir / f"{state.name}.log").open("ab") as output:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=kill_when_parent_dies)
         with self._lock:
             self._processes[state.name] = process
         state.pid, state.started_at, state.terminated = process.pid, now(), None

@@ -8,6 +8,7 @@ it spawned, and its pid is recorded in ``<state-dir>/pids/<name>.pid`` so that
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -22,6 +23,18 @@ from kubetune.devcluster.waiting import wait_until
 
 class ComponentError(RuntimeError):
     """A component failed to start or died; the message names it, its log and a fix."""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def kill_when_parent_dies() -> None:
+    """In a child before exec: the kernel SIGKILLs it when the parent process dies.
+
+    Used for clusters owned by a test session, so that even a killed pytest leaves no strays.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -53,6 +66,7 @@ class ManagedProcess:
     argv: Sequence[str]
     state_dir: Path
     env: Mapping[str, str] | None = None
+    die_with_parent: bool = False
     popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -75,6 +89,7 @@ class ManagedProcess:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     env=dict(self.env) if self.env is not None else None,
+                    preexec_fn=kill_when_parent_dies if self.die_with_parent else None,
                 )
             except OSError as error:
                 raise ComponentError(

@@ -19,10 +19,12 @@ def wait_until(
     timeout: float,
     what: str,
     interval: float = 0.2,
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``probe`` until it returns something other than None/False; return that value.
 
-    Exceptions raised by ``probe`` count as "not yet" and the last one is reported on timeout.
+    Exceptions raised by ``probe`` count as "not yet" and the last one is reported on timeout,
+    except those in ``fatal`` (e.g. "the process died"), which end the wait at once.
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -32,6 +34,8 @@ def wait_until(
             if value is not None and value is not False:
                 return value
             last = value
+        except fatal:
+            raise
         except Exception as error:  # a probe may fail while a component is still starting
             last = error
         if time.monotonic() >= deadline:
