@@ -254,6 +254,25 @@ def test_corrupt_gguf_fails_verification(exported: ExportResult, tmp_path: Path)
     assert "could not run it" in report.problems[0]
 
 
+def test_raw_text_prompts_and_conversations_with_their_answer(exported: ExportResult) -> None:
+    """The trainer passes test records: raw strings, or chats that may end with the answer."""
+    from transformers import AutoTokenizer
+
+    fmt = chat_format_from_tokenizer(AutoTokenizer.from_pretrained(exported.out_dir / "merged"))
+    prompts = [
+        "Plain text, no chat template.",
+        [*PROMPTS[0], {"role": "assistant", "content": "I am."}],
+    ]
+    ggufs = [("gguf-f16", "f16", exported.out_dir / "model-f16.gguf")]
+    report = verify_ggufs(exported.out_dir / "merged", ggufs, prompts, chat_format=fmt)
+    assert report.passed, report.problems
+    [check] = report.checks
+    assert (
+        check.prompts[1].reference_tokens
+        == exported.verification.check("f16").prompts[0].reference_tokens
+    )
+
+
 def test_tampered_file_is_caught_by_the_manifest(exported: ExportResult, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(exported.out_dir, copy)

@@ -39,7 +39,7 @@ from kubetune_trainer.export.merge import MergeDtype, merge_adapter
 from kubetune_trainer.export.modelfile import render_modelfile
 from kubetune_trainer.export.verify import (
     DEFAULT_VERIFY_PROMPTS,
-    Conversation,
+    Prompt,
     VerificationReport,
     verify_ggufs,
 )
@@ -83,7 +83,7 @@ def export_model(
     *,
     merge: bool = True,
     adapter_gguf: bool = False,
-    verify_prompts: Sequence[Conversation] = (),
+    verify_prompts: Sequence[Prompt] = (),
     max_new_tokens: int = 16,
     tie_tolerance: float = 0.01,
     merge_dtype: MergeDtype | None = None,
@@ -91,8 +91,9 @@ def export_model(
 ) -> ExportResult:
     """Export ``base_model_dir`` (+ the LoRA ``adapter_dir``) to ``out_dir``; see the module doc.
 
-    ``verify_prompts``: conversations (lists of ``{"role", "content"}``) to compare greedy
-    outputs on; default :data:`DEFAULT_VERIFY_PROMPTS`. ``tie_tolerance``: HF top-2 logit gap, as
+    ``verify_prompts``: conversations (lists of ``{"role", "content"}``; a trailing assistant
+    answer is dropped) or raw-text strings to compare greedy outputs on; default
+    :data:`DEFAULT_VERIFY_PROMPTS`. ``tie_tolerance``: HF top-2 logit gap, as
     a fraction of the logit range, under which an f16 file may pick the other token (see
     :mod:`~kubetune_trainer.export.verify`).
 

@@ -33,6 +33,7 @@ from kubetune_trainer.export.chat_format import ChatFormat, render_like_ollama
 from kubetune_trainer.export.llamacpp import import_llama_cpp
 
 Conversation = Sequence[Mapping[str, str]]
+Prompt = str | Conversation  # a conversation for the chat template, or raw text
 
 DEFAULT_VERIFY_PROMPTS: tuple[list[dict[str, str]], ...] = (
     [{"role": "user", "content": "Hello! Who are you?"}],
@@ -166,15 +167,25 @@ class PreparedPrompt:
 
 
 def prepare_prompts(
-    tokenizer: Any, conversations: Sequence[Conversation], chat_format: ChatFormat
+    tokenizer: Any, prompts: Sequence[Prompt], chat_format: ChatFormat
 ) -> list[PreparedPrompt]:
-    """Training-side prompt tokens and the served prompt text for each conversation.
+    """Training-side prompt tokens and the served prompt text for each prompt.
 
-    Without a chat template the prompt is the last message's content, encoded as plain text.
+    A conversation is rendered with the chat template (trailing assistant messages, i.e. the
+    expected answer, are dropped: the model is asked for it); a string is raw text, encoded as
+    it is, as trl treats non-conversational records and Ollama serves ``raw`` prompts. Without
+    a chat template a conversation's last message is used as raw text.
     """
     prepared = []
-    for conversation in conversations:
-        messages = [dict(m) for m in conversation]
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            prepared.append(PreparedPrompt(list(tokenizer(prompt)["input_ids"]), prompt))
+            continue
+        messages = [dict(m) for m in prompt]
+        while messages and messages[-1].get("role") == "assistant":
+            messages.pop()
+        if not messages:
+            raise ValueError("a verification prompt needs at least one non-assistant message")
         if chat_format.from_template:
             encoded = tokenizer.apply_chat_template(
                 messages, tokenize=True, add_generation_prompt=True
@@ -183,7 +194,7 @@ def prepare_prompts(
             prepared.append(PreparedPrompt(list(ids), render_like_ollama(chat_format, messages)))
         else:
             text = messages[-1]["content"]
-            prepared.append(PreparedPrompt(tokenizer(text)["input_ids"], text))
+            prepared.append(PreparedPrompt(list(tokenizer(text)["input_ids"]), text))
     return prepared
 
 
@@ -320,7 +331,7 @@ def compare_with_gguf(
 def verify_ggufs(
     reference_dir: Path,
     ggufs: Sequence[tuple[str, str, Path]],
-    conversations: Sequence[Conversation],
+    conversations: Sequence[Prompt],
     *,
     chat_format: ChatFormat,
     max_new_tokens: int = 16,
