@@ -26,6 +26,7 @@ def make_adapter(base_dir: Path, out_dir: Path, rank: int, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(seed)  # lora_A's initialisation
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base_dir),
         LoraConfig(
