@@ -6,10 +6,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 step "etcd $ETCD_VERSION"
-if tool_ready etcd "$ETCD_VERSION"; then
-  info "cached in $(tool_dir etcd "$ETCD_VERSION")"
-  exit 0
-fi
 gomod="module kubetune.local/build/etcd
 
 go 1.23.0

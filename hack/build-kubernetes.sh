@@ -47,7 +47,7 @@ k8s_ldflags() {
 
 step "kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
 if tool_ready kubernetes "$KUBERNETES_VERSION"; then
-  info "cached in $(tool_dir kubernetes "$KUBERNETES_VERSION")"
+  info "kubernetes $KUBERNETES_VERSION: cached in $(tool_dir kubernetes "$KUBERNETES_VERSION")"
   exit 0
 fi
 require_go

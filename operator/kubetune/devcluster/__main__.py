@@ -12,14 +12,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from kubetune.devcluster.cluster import INFO_FILE, start_dev_cluster
+from kubetune.devcluster.cluster import INFO_FILE, STOP_ORDER, start_dev_cluster
 from kubetune.devcluster.processes import ComponentError, stop_recorded_processes
 from kubetune.devcluster.tools import REPO_ROOT, ToolchainError
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubetune" / "cluster"
-# Stop clients before the servers they talk to.
-STOP_ORDER = ["local-runner", "kwok", "kube-scheduler", "kube-controller-manager",
-              "kube-apiserver", "etcd"]
 
 
 def up(state_dir: Path) -> int:

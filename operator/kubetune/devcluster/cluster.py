@@ -37,6 +37,9 @@ from kubetune.devcluster.waiting import WaitTimeout, wait_until
 T = TypeVar("T")
 INFO_FILE = "cluster.json"
 RUNNER_READY_FILE = "local-runner.ready"
+# Stop clients before the servers they talk to.
+STOP_ORDER = ("local-runner", "kwok", "kube-scheduler", "kube-controller-manager",
+              "kube-apiserver", "etcd")
 
 
 @dataclass
@@ -50,6 +53,7 @@ class DevCluster:
     tools: Toolchain
     processes: list[ManagedProcess] = field(default_factory=list)
     startup_seconds: float = 0.0
+    startup_timings: dict[str, float] = field(default_factory=dict)  # step -> s since start
 
     # -- clients -------------------------------------------------------------------------
 
@@ -121,7 +125,7 @@ class DevCluster:
 
     def stop(self, keep_state: bool = False) -> None:
         """Stop every process (local runner first, etcd last); delete the state dir."""
-        for process in reversed(self.processes):
+        for process in sorted(self.processes, key=lambda p: STOP_ORDER.index(p.name)):
             process.stop()
         self.processes.clear()
         if not keep_state:
@@ -164,11 +168,21 @@ def start_dev_cluster(state_dir: Path, *, die_with_parent: bool = False) -> DevC
 
     admin = kubeconfig_for(ADMIN_USER, "kubeconfig")
     cluster = DevCluster(state_dir, admin, server, creds.ca_cert, tools)
+    timings = cluster.startup_timings
+
+    def mark(step: str) -> None:
+        timings[step] = round(time.monotonic() - started, 2)
+
     try:
+        # The runner first: its Python start-up overlaps the control plane's (it retries).
+        runner = _start_local_runner(state_dir, admin, die_with_parent)
+        cluster.processes.append(runner)
         tied = {"die_with_parent": die_with_parent}
         cluster.processes.append(control_plane.start_etcd(tools, state_dir, ports, **tied))
+        mark("etcd healthy")
         cluster.processes.append(
             control_plane.start_apiserver(tools, state_dir, ports, creds, **tied))
+        mark("kube-apiserver ready")
         manager = control_plane.start_controller_manager(
             tools, state_dir, ports, creds,
             kubeconfig_for(CONTROLLER_MANAGER_USER, "controller-manager.kubeconfig"), **tied)
@@ -176,19 +190,23 @@ def start_dev_cluster(state_dir: Path, *, die_with_parent: bool = False) -> DevC
             tools, state_dir, ports, creds,
             kubeconfig_for(SCHEDULER_USER, "scheduler.kubeconfig"), **tied)
         kwok_process = kwok.start_kwok(tools, state_dir, ports, admin, **tied)
-        runner = _start_local_runner(state_dir, admin, die_with_parent)
-        cluster.processes += [manager, scheduler, kwok_process, runner]
+        cluster.processes += [manager, scheduler, kwok_process]
 
         core = cluster.core()
         node_names = kwok.register_nodes(core)
         create_unless_exists(client.StorageV1Api(core.api_client).create_storage_class,
                              storage_class_manifest())
-        control_plane.wait_controllers_healthy(manager, scheduler, ports, creds)
+        # Everything starts at once; these waits overlap.
         kwok.wait_kwok_healthy(kwok_process, ports)
         kwok.wait_nodes_ready(core, node_names, kwok_process)
+        mark("nodes Ready")
         wait_until(lambda: _alive_and(runner, (state_dir / RUNNER_READY_FILE).exists),
                    timeout=30, what="the local runner to list pods", fatal=(ComponentError,))
-        cluster.create_namespace("default")
+        mark("local runner watching")
+        cluster.create_namespace("default")  # proves the controller manager works
+        mark("default ServiceAccount")
+        control_plane.wait_controllers_healthy(manager, scheduler, ports, creds)
+        mark("controller-manager and scheduler healthy")
     except WaitTimeout as error:
         cluster.stop(keep_state=True)  # keep the logs the message points to
         raise ComponentError(f"dev cluster start: {error}; logs: {state_dir / 'logs'}") from error
@@ -198,7 +216,7 @@ def start_dev_cluster(state_dir: Path, *, die_with_parent: bool = False) -> DevC
     cluster.startup_seconds = time.monotonic() - started
     (state_dir / INFO_FILE).write_text(json.dumps({
         "kubeconfig": str(admin), "server": server,
-        "startup_seconds": round(cluster.startup_seconds, 1),
+        "startup_seconds": round(cluster.startup_seconds, 1), "startup_timings": timings,
     }, indent=1))
     return cluster
 

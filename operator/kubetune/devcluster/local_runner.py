@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlparse
 
+import urllib3
 from kubernetes import client, watch
 
 from kubetune.devcluster.kube import api_client_from_kubeconfig, as_dict
@@ -50,24 +51,35 @@ class LocalRunner:
         self.lock = threading.Lock()
 
     def serve(self, stop: threading.Event) -> None:
+        """List and watch the node's pods until ``stop``; retry while the apiserver is away."""
+        while not stop.is_set():
+            try:
+                self._list_and_watch(stop)
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                log.info("apiserver not reachable (%s); retrying", error)
+                stop.wait(0.5)
+            except client.ApiException as error:
+                if error.status not in (410, 429, 500, 503):  # 410: resource version too old
+                    raise
+                log.info("apiserver answered %s; listing again", error.status)
+                stop.wait(0.5)
+
+    def _list_and_watch(self, stop: threading.Event) -> None:
         selector = f"spec.nodeName={self.node}"
         api = self.core.api_client
-        while not stop.is_set():
-            listing = as_dict(api, self.core.list_pod_for_all_namespaces(field_selector=selector))
-            for pod in listing["items"]:
-                self.reconcile(pod)
-            if self.ready_file is not None:
-                self.ready_file.touch()  # tells the starter that pods are being watched
-            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                self.core.list_pod_for_all_namespaces, field_selector=selector,
-                resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=30)
-            try:
-                for event in stream:
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self.reconcile(as_dict(api, event["object"]))
-            except client.ApiException as error:
-                if error.status != 410:  # 410 Gone: resource version too old, list again
-                    raise
+        listing = as_dict(api, self.core.list_pod_for_all_namespaces(field_selector=selector))
+        for pod in listing["items"]:
+            self.reconcile(pod)
+        if self.ready_file is not None:
+            self.ready_file.touch()  # tells the starter that pods are being watched
+        stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+            self.core.list_pod_for_all_namespaces, field_selector=selector,
+            resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=30)
+        for event in stream:
+            if stop.is_set():
+                return
+            if event["type"] in ("ADDED", "MODIFIED"):
+                self.reconcile(as_dict(api, event["object"]))
 
     def reconcile(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
