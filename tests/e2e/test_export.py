@@ -317,6 +317,22 @@ def test_a_gguf_of_another_model_fails_strict_verification(
     assert "picks another token than the HF model" in report.problems[0]
 
 
+def test_only_quantized_requested_still_checks_f16_then_drops_it(
+    llama_cpp_ready: None, models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, _ = models  # no adapter: the base model is exported as it is
+    result = export_model(base, None, tmp_path / "out", ["q4_k_m"], verify_prompts=PROMPTS[:1])
+    assert {a.name for a in result.artifacts} == {"gguf-q4_k_m", "modelfile-q4_k_m"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "manifest.json",
+        "model-q4_k_m.gguf",
+        "q4_k_m.Modelfile",
+    ]
+    # f16 was made from the HF weights and checked strictly before it was deleted.
+    assert [c.quantization for c in result.verification.checks] == ["f16", "q4_k_m"]
+    assert result.verification.check("f16").strict
+
+
 def test_missing_converter_fails_fast_with_the_fix(
     models: tuple[Path, Path], tmp_path: Path
 ) -> None:
