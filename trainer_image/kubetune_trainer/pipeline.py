@@ -229,8 +229,9 @@ def _export(run: _Run, base_dir: Path, trained: Path, kind: str, test_records: l
     examples, _ = to_eval_examples(test_records, limit=3)
     verify_prompts = [e.messages if e.messages is not None else e.text for e in examples]
     out_dir = run.workdir / EXPORT_DIR
+    # A LoRA job exports base + adapter (merged in 16-bit); a full job exports its own model.
     result = export_model(
-        base_dir,
+        base_dir if kind == "adapter" else trained,
         trained if kind == "adapter" else None,
         out_dir,
         list(spec.export.gguf),
@@ -251,10 +252,8 @@ def _export(run: _Run, base_dir: Path, trained: Path, kind: str, test_records: l
                 quantization=artifact.quantization,
             )
         )
-    manifest = out_dir / "manifest.json"
-    if manifest.is_file():
-        run.add_artifact(manifest, "manifest")
-        run.manifest_uri = run.uri(manifest)
+    run.add_artifact(result.manifest_path, "manifest")
+    run.manifest_uri = run.uri(result.manifest_path)
 
 
 def _forgetting_records(spec: FineTuneJobSpec, base_dir: Path | None) -> list[dict[str, Any]]:
@@ -278,9 +277,13 @@ def _forgetting_records(spec: FineTuneJobSpec, base_dir: Path | None) -> list[di
 
 def _quiet_libraries() -> None:
     """Our progress line and stage lines replace the libraries' progress bars in the log."""
+    import warnings
+
     import datasets
     import transformers
 
+    # transformers 5 renames (gradient -> activation checkpointing) warned from inside trl/peft.
+    warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning)
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
