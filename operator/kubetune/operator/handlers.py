@@ -51,7 +51,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=c.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events are enough; no per-handler noise
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     runtime.settings = Settings.from_env()
@@ -107,9 +107,21 @@ def trainer_pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> N
 # ---------------------------------------------------------------------------------------------
 
 
+_META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
+              "deletionTimestamp", "labels", "annotations", "ownerReferences")
+
+
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
-    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.metadata),
-            "spec": dict(body.spec), "status": dict(body.status)}
+    """What the reconciler reads of an object. Indexes hold one per FineTuneJob, Job and pod,
+    so metadata is trimmed (managedFields alone is often half an object)."""
+    meta = body.metadata
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in _META_KEYS if k in meta},
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
 
 
 def _capture(kwargs: dict[str, Any]) -> None:
