@@ -285,6 +285,28 @@ def test_local_runner_reports_failures_from_logs(cluster: DevCluster, namespace:
     assert terminated.message.strip() == "boom: bad config"
 
 
+RETRY_ONCE = """
+import pathlib, sys
+attempts = pathlib.Path("/scratch/attempts")
+done = int(attempts.read_text()) if attempts.exists() else 0
+attempts.write_text(str(done + 1))
+sys.exit(0 if done else 1)
+"""
+
+
+def test_local_runner_restarts_on_failure(cluster: DevCluster, namespace: str) -> None:
+    pod = _local_pod("flaky", RETRY_ONCE, volumeMounts=[{"name": "scratch",
+                                                         "mountPath": "/scratch"}])
+    pod["spec"]["restartPolicy"] = "OnFailure"
+    pod["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    cluster.core().create_namespaced_pod(namespace, pod)
+    done = cluster.wait_for_pod_phase(namespace, "flaky", "Succeeded", "Failed", timeout=60)
+    status = done.status.container_statuses[0]
+    assert done.status.phase == "Succeeded"
+    assert status.restart_count == 1
+    assert status.last_state.terminated.exit_code == 1
+
+
 def test_local_runner_kills_deleted_pods(cluster: DevCluster, namespace: str) -> None:
     core = cluster.core()
     core.create_namespaced_pod(namespace, _local_pod("sleeper", "import time; time.sleep(600)"))

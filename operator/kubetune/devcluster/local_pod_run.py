@@ -198,9 +198,11 @@ class PodRun:
         state.terminated = terminated_state(exit_code, message, state.started_at or now(),
                                             state.pid, reason)
 
-    def _should_restart(self, exit_code: int) -> bool:
-        policy = self.pod["spec"].get("restartPolicy", "Always")
-        return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+    def _should_restart(self, exit_code: int, init: bool) -> bool:
+        policy: str = self.pod["spec"].get("restartPolicy", "Always")
+        if init or policy == "OnFailure":  # init containers only ever restart on failure
+            return policy != "Never" and exit_code != 0
+        return policy == "Always"
 
     def _restart(self, state: ContainerState, init: bool, volumes: dict[str, Path]) -> None:
         backoff = min(2.0 ** state.restart_count, MAX_RESTART_BACKOFF_SECONDS)
@@ -220,9 +222,10 @@ class PodRun:
                 code = process.poll()
                 if code is None:
                     continue
-                self._finish_container(state, init, code if code >= 0 else 128 - code)
+                exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128+N
+                self._finish_container(state, init, exit_code)
                 changed = True
-                if self._should_restart(state.terminated["exitCode"]):  # type: ignore[index]
+                if self._should_restart(exit_code, init):
                     self._patch(phase)
                     self._restart(state, init, volumes)
             if changed:
