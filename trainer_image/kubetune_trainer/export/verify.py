@@ -225,17 +225,23 @@ class Reference:
 def reference_generations(
     model_dir: Path, prompts: Sequence[list[int]], eos_ids: set[int], max_new_tokens: int
 ) -> list[Reference]:
-    """Greedy continuations, with their logits, from the HF model in ``model_dir`` in float32."""
+    """Greedy continuations, with their logits, from the HF model in ``model_dir`` in float32.
+
+    On the GPU when there is one (the trainer pod's), else on CPU.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(
+        device
+    )
     model.eval()
     pad = model.generation_config.pad_token_id
     outputs = []
     with torch.no_grad():
         for ids in prompts:
-            input_ids = torch.tensor([ids], dtype=torch.long)
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
             generated = model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -247,7 +253,7 @@ def reference_generations(
                 return_dict_in_generate=True,
             )
             tokens = _until_eos(generated.sequences[0, len(ids) :].tolist(), eos_ids)
-            logits = torch.cat(generated.logits[: len(tokens)]).float().numpy()
+            logits = torch.cat(generated.logits[: len(tokens)]).float().cpu().numpy()
             outputs.append(Reference(tokens, logits))
     return outputs
 
