@@ -233,10 +233,8 @@ def reference_generations(
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(
-        device
-    )
-    model.eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.to(device).eval()
     pad = model.generation_config.pad_token_id
     outputs = []
     with torch.no_grad():
