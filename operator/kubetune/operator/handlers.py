@@ -1,16 +1,20 @@
-"""kopf entry point: decorators only, each handing off to the reconcile functions.
+"""kopf entry point: decorators only. Run with `kubetune operator`.
 
-Run with `kubetune operator` (or `kopf run -m kubetune.operator.handlers`).
+Every watch event of a FineTuneJob, its trainer Job or its pods only adds the FineTuneJob's
+key to a work queue (`workqueue.py`); worker threads reconcile each key from kopf's indexes,
+which kopf fills before any handler runs. So a burst of events costs one reconcile per object,
+and a restarted operator sees every child before it decides anything.
 
 No kopf timers or daemons: they would put a finalizer on every FineTuneJob. A resync thread
-reconciles running jobs every KUBETUNE_PROGRESS_INTERVAL seconds instead, so a missed event
-never stalls a resource and live progress keeps flowing into status.
+re-queues unfinished jobs every KUBETUNE_PROGRESS_INTERVAL seconds instead (and scrapes live
+progress), so a missed event never stalls a resource.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Hashable
 from typing import Any
 
 import kopf
@@ -21,22 +25,27 @@ from kubetune.operator.kube import KubeApi, load_client_config
 from kubetune.operator.progress import scrape_progress
 from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler
 from kubetune.operator.settings import Settings
+from kubetune.operator.workqueue import WorkQueue, start_workers
 
 log = logging.getLogger("kubetune.operator")
 
 CHILD_SELECTOR = {c.LABEL_FINETUNEJOB: kopf.PRESENT}
+INDEX_NAMES = ("finetunejobs", "trainer_jobs", "trainer_pods")
 
 
 class _Runtime:
-    """What the handlers share: settings, the reconciler, and the kopf indexes (captured
-    from the first handler call, since the resync thread is not a handler)."""
+    """What the handlers and the worker threads share."""
 
     settings: Settings
     reconciler: FineTuneJobReconciler
 
     def __init__(self) -> None:
+        self.queue = WorkQueue()
+        # kopf hands its indexes to handlers only; the first handler call captures them here.
         self.indexes: dict[str, kopf.Index[Any, Any]] = {}
+        self.ready = threading.Event()
         self.stop = threading.Event()
+        self.scrape_due: set[Hashable] = set()
 
 
 runtime = _Runtime()
@@ -44,14 +53,13 @@ runtime = _Runtime()
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """kopf settings under our own API group; the reconciler and the resync thread."""
+    """kopf settings under our own API group; the reconciler, its workers and the resync."""
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=c.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events are enough; no per-handler noise
-    settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     runtime.settings = Settings.from_env()
@@ -60,12 +68,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     runtime.stop.clear()
     if runtime.settings.metrics_port:
         start_http_server(runtime.settings.metrics_port)
+    start_workers(runtime.queue, _process, runtime.settings.workers)
     threading.Thread(target=_resync_loop, name="kubetune-resync", daemon=True).start()
 
 
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
     runtime.stop.set()
+    runtime.queue.shutdown()
 
 
 @kopf.index(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
@@ -84,28 +94,27 @@ def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any)
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
-def finetunejob_changed(event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+async def finetunejob_changed(event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
     _capture(kwargs)
     if event["type"] == "DELETED":
         runtime.reconciler.forget(body.metadata.uid or "")
         return
-    _reconcile(namespace, name, _snapshot(body))
+    runtime.queue.add((namespace, name))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_SELECTOR)
-def trainer_job_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+async def trainer_job_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
     _capture(kwargs)
-    _reconcile(namespace, labels[c.LABEL_FINETUNEJOB])
+    runtime.queue.add((namespace, labels[c.LABEL_FINETUNEJOB]))
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_SELECTOR)
-def trainer_pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+async def trainer_pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
     _capture(kwargs)
-    _reconcile(namespace, labels[c.LABEL_FINETUNEJOB])
+    runtime.queue.add((namespace, labels[c.LABEL_FINETUNEJOB]))
 
 
 # ---------------------------------------------------------------------------------------------
-
 
 _META_KEYS = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
               "deletionTimestamp", "labels", "annotations", "ownerReferences")
@@ -125,8 +134,9 @@ def _snapshot(body: kopf.Body) -> dict[str, Any]:
 
 
 def _capture(kwargs: dict[str, Any]) -> None:
-    if not runtime.indexes:
-        runtime.indexes = {k: kwargs[k] for k in ("finetunejobs", "trainer_jobs", "trainer_pods")}
+    if not runtime.ready.is_set():
+        runtime.indexes = {k: kwargs[k] for k in INDEX_NAMES}
+        runtime.ready.set()
 
 
 def _first(index: kopf.Index[Any, Any], key: Any) -> Any:
@@ -134,31 +144,30 @@ def _first(index: kopf.Index[Any, Any], key: Any) -> Any:
     return next(iter(store), None) if store is not None else None
 
 
-def _reconcile(namespace: str, name: str, body: dict[str, Any] | None = None, scrape: bool = False) -> None:
+def _process(key: Hashable) -> None:
+    """Reconcile one FineTuneJob from the indexes (a worker thread)."""
+    runtime.ready.wait()
     idx = runtime.indexes
-    body = body or _first(idx["finetunejobs"], (namespace, name))
+    body = _first(idx["finetunejobs"], key)
     if body is None:
-        return  # a child whose FineTuneJob is gone: garbage collection removes it
-    job = _first(idx["trainer_jobs"], (namespace, name))
-    pods = list(idx["trainer_pods"].get((namespace, name)) or [])
+        return  # deleted: garbage collection removes its children
+    job = _first(idx["trainer_jobs"], key)
+    pods = list(idx["trainer_pods"].get(key) or [])
     progress = None
-    if scrape and runtime.settings.scrape_progress:
+    if key in runtime.scrape_due and runtime.settings.scrape_progress:
+        runtime.scrape_due.discard(key)
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         if running:
             progress = scrape_progress(running[-1], runtime.settings.scrape_timeout)
-    try:
-        runtime.reconciler.reconcile(body, job, pods, progress)
-    except Exception:
-        log.exception("reconcile of %s/%s failed; the next event or resync retries", namespace, name)
+    runtime.reconciler.reconcile(body, job, pods, progress)
 
 
 def _resync_loop() -> None:
-    """Reconcile every unfinished FineTuneJob periodically (and scrape running trainers)."""
+    """Re-queue every unfinished FineTuneJob periodically, asking for a progress scrape."""
     while not runtime.stop.wait(runtime.settings.progress_interval):
-        if not runtime.indexes:
+        if not runtime.ready.is_set():
             continue
         for key, store in list(runtime.indexes["finetunejobs"].items()):
-            for body in list(store):
-                if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                    continue
-                _reconcile(key[0], key[1], None, scrape=True)
+            if any((b.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for b in store):
+                runtime.scrape_due.add(key)
+                runtime.queue.add(key)

@@ -29,6 +29,7 @@ class Settings:
       KUBETUNE_PROGRESS_INTERVAL   seconds between progress scrapes and resyncs (default 30)
       KUBETUNE_SCRAPE_TIMEOUT      seconds one scrape may take (default 2)
       KUBETUNE_GPU_TOLERATION      add a toleration for the `nvidia.com/gpu` taint to GPU pods (default true)
+      KUBETUNE_WORKERS             reconcile worker threads (default 8)
       KUBETUNE_OPERATOR_METRICS_PORT  port of the operator's own /metrics (default 8080; 0 disables)
       KUBETUNE_TRAINER_COMMAND     JSON list replacing the trainer container's command, for images whose
                                    Python is not `python` (default ["python", "-m", "kubetune_trainer"])
@@ -44,6 +45,7 @@ class Settings:
     gpu_toleration: bool = True
     trainer_command: tuple[str, ...] = ("python", "-m", "kubetune_trainer")
     metrics_port: int = 8080
+    workers: int = 8
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,6 +62,7 @@ class Settings:
             gpu_toleration=_env_bool("KUBETUNE_GPU_TOLERATION", True),
             trainer_command=_trainer_command(),
             metrics_port=int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080")),
+            workers=int(os.environ.get("KUBETUNE_WORKERS", "8")),
         )
 
 
