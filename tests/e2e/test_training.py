@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec
+from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TrainerResult
 from kubetune_trainer.models import ResolvedModel, is_4bit, load_model, load_tokenizer, resolve_base_model
 from kubetune_trainer.progress import parse_progress_line
 from kubetune_trainer.train.config import lora_config, sft_config
@@ -176,7 +176,12 @@ def _write_job(tmp_path: Path, records: list[dict[str, Any]], training: dict[str
 
 
 def _trainer(spec: Path, workdir: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_TERMINATION_LOG": str(workdir.parent / "termination-log")}
+    env = {
+        **os.environ,
+        "KUBETUNE_METRICS_PORT": "0",
+        "KUBETUNE_TERMINATION_LOG": str(workdir.parent / "termination-log"),
+        "KUBETUNE_ARTIFACTS_URI": "pvc://kubetune-artifacts/ml/job-1",
+    }
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "kubetune_trainer", "run", "--spec", str(spec), "--workdir", str(workdir)],
@@ -219,8 +224,14 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(tmp_path: Path) -> None
     assert state["global_step"] == 14
     logged = [e["step"] for e in state["log_history"] if "loss" in e]
     assert logged[0] <= step < logged[-1]  # history from before the kill was restored
-    result = json.loads((workdir / "result.json").read_text())
-    assert result["phase"] == "Succeeded" and result["gate"]["passed"] is False
+    result = TrainerResult.model_validate_json((workdir / "result.json").read_text())
+    assert result.phase == "Succeeded" and result.gate is not None and result.gate.passed is False
+    assert {a.name for a in result.artifacts} >= {"adapter", "predictions.jsonl"}  # export skipped
+    adapter = next(a for a in result.artifacts if a.name == "adapter")
+    assert adapter.uri == "pvc://kubetune-artifacts/ml/job-1/adapter"
+    message = (tmp_path / "termination-log").read_text()
+    assert len(message.encode()) <= 4096
+    assert TrainerResult.from_termination_message(message).phase == "Succeeded"
 
 
 def test_the_model_visibly_learns_a_held_out_task(tmp_path: Path, base: ResolvedModel, tokenizer: Any) -> None:
