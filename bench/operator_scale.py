@@ -69,7 +69,6 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC, "models", "datasets")
         port = free_port()
         operator = OperatorProcess(cluster.kubeconfig, workdir / f"operator-{n}.log", {
-            "KUBETUNE_SCRAPE_PROGRESS": "false",
             "KUBETUNE_OPERATOR_METRICS_PORT": str(port),
             "KUBETUNE_PROGRESS_INTERVAL": "30",
         })
