@@ -29,12 +29,11 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.operator_process import OperatorProcess
-from tests.integration.test_finetunejob_controller import ensure_pvcs, install_crds
-
 from kubetune.api import constants as c
 from kubetune.devcluster import GPU_NODES, start_dev_cluster
 from kubetune.devcluster.simulation import GPUS_PER_NODE, _node
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.test_finetunejob_controller import ensure_pvcs, install_crds
 
 
 def free_port() -> int:

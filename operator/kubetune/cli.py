@@ -17,11 +17,13 @@ from pydantic import ValidationError
 
 from kubetune.api import constants as c
 from kubetune.api.crdgen import render_all
+from kubetune.api.docgen import render_reference
 from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.modeldeployment import ModelDeployment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "helm" / "kubetune" / "crds")
+REFERENCE = REPO_ROOT / "docs" / "reference.md"
 
 _MODELS: dict[str, type[FineTuneJob] | type[ModelDeployment]] = {
     c.FINETUNEJOB_KIND: FineTuneJob,
@@ -85,6 +87,14 @@ def _cmd_crds(args: argparse.Namespace) -> int:
             directory.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
             print(f"wrote {target}")
+    if not args.out:
+        reference = render_reference()
+        if args.check:
+            if not REFERENCE.is_file() or REFERENCE.read_text() != reference:
+                stale.append(str(REFERENCE))
+        else:
+            REFERENCE.write_text(reference)
+            print(f"wrote {REFERENCE}")
     if stale:
         print("out of date (run `kubetune crds`): " + ", ".join(stale), file=sys.stderr)
         return 1
@@ -102,8 +112,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(p, file=sys.stderr)
         return 2
     try:
-        from kubetune_trainer.local import run_local
         from rich.console import Console
+
+        from kubetune_trainer.local import run_local
     except ImportError as exc:
         print(f"kubetune run needs the trainer extra: pip install 'kubetune[trainer]' ({exc})", file=sys.stderr)
         return 2
@@ -144,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("files", nargs="+")
     val.set_defaults(func=_cmd_validate)
 
-    crds = sub.add_parser("crds", help="generate the CRDs from the API models")
+    crds = sub.add_parser("crds", help="generate the CRDs (and docs/reference.md) from the API models")
     crds.add_argument("--out", help="write to this folder instead of crds/ and the chart")
     crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     crds.set_defaults(func=_cmd_crds)
