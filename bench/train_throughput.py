@@ -1,0 +1,258 @@
+"""Training throughput and peak memory: kubetune's training path vs a plain transformers Trainer.
+
+    .venv/bin/python bench/train_throughput.py                                  # CPU, tiny model, lora
+    .venv/bin/python bench/train_throughput.py --method qlora --steps 20
+    .venv/bin/python bench/train_throughput.py --device cuda --size 1b --method qlora --steps 30
+
+"ours" is `kubetune_trainer.train.run.train_model` (trl's SFTTrainer, our config, progress
+callback, checkpoints every `--save-every` steps); "baseline" is `transformers.Trainer` on a
+`peft.get_peft_model` model with the chat text tokenised by hand and the same batch size, steps,
+learning rate, dtype, 4-bit settings and gradient checkpointing. Both train on the same records
+and count the same thing: non-padding input tokens per second of `train()`. Each side runs in its
+own process so peak memory is its own: RSS high-water mark (VmHWM) on CPU,
+`torch.cuda.max_memory_allocated` on GPU. Models are built from a config (random weights, no
+download): `tiny` = the builtin tiny Llama (hidden 256, 2 layers), `small` = hidden 512,
+4 layers, `1b` = a TinyLlama-1.1B-shaped model (hidden 2048, 22 layers, vocab 32000).
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 256, "intermediate_size": 512, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2},
+    "small": {"hidden_size": 512, "intermediate_size": 1536, "num_layers": 4, "num_heads": 8, "num_kv_heads": 4},
+    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_layers": 22, "num_heads": 32, "num_kv_heads": 4},
+}
+
+
+def records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Chat records of a few dozen tokens each, like a support-routing dataset."""
+    rng = random.Random(seed)
+    words = ["order", "invoice", "parcel", "password", "refund", "app", "crash", "login", "delivery", "charge", "screen", "account"]
+    out = []
+    for i in range(n):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(12, 40)))
+        out.append(
+            {"messages": [{"role": "user", "content": f"Ticket {i}: {text}"}, {"role": "assistant", "content": rng.choice(words)}]}
+        )
+    return out
+
+
+def build_model(size: str, root: Path) -> Path:
+    """A model folder of `size` with the tiny SentencePiece tokenizer (vocab widened for `1b`)."""
+    from kubetune_trainer.tiny_model import build_tiny_llama
+
+    out = root / f"model-{size}"
+    if (out / "config.json").is_file():
+        return out
+    corpus = [json.dumps(r) for r in records(200)]
+    build_tiny_llama(out, corpus, **SIZES[size])
+    if size == "1b":
+        # A realistic vocabulary for the embedding and LM head; the tokenizer only uses its first ids.
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(out)
+        model.resize_token_embeddings(32000)
+        model.save_pretrained(out)
+    return out
+
+
+def spec_for(args: argparse.Namespace) -> Any:
+    from kubetune.api.finetunejob import FineTuneJobSpec
+
+    return FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "file://model"},
+            "method": args.method,
+            "dataset": {"source": {"uri": "file://data.jsonl"}},
+            "lora": {"r": 16, "alpha": 32},
+            "quantization": {"type": "nf4", "doubleQuant": True, "computeDtype": args.compute_dtype},
+            "training": {
+                "maxSteps": args.steps,
+                "batchSize": args.batch_size,
+                "gradientAccumulationSteps": 1,
+                "learningRate": 2e-4,
+                "maxLength": args.max_length,
+                "evalSteps": args.save_every,
+                "gradientCheckpointing": args.gradient_checkpointing,
+            },
+            "resources": {"gpus": 1 if args.device == "cuda" else 0},
+        }
+    )
+
+
+def run_ours(args: argparse.Namespace, model_dir: Path, workdir: Path) -> dict[str, Any]:
+    from kubetune_trainer.models import ResolvedModel, load_tokenizer
+    from kubetune_trainer.train.run import train_model
+
+    base = ResolvedModel(uri="file://model", path=model_dir)
+    tokenizer = load_tokenizer(base)
+    outcome = train_model(
+        spec_for(args), base, tokenizer, records(args.records), [], workdir, data_format="chat", device=args.device
+    )
+    return {"tokens_per_second": outcome.tokens_per_second, "steps": outcome.global_step}
+
+
+def run_baseline(args: argparse.Namespace, model_dir: Path, workdir: Path) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    on_gpu = args.device == "cuda"
+    half = torch.bfloat16 if on_gpu else torch.float32
+    kwargs: dict[str, Any] = {"device_map": {"": args.device}, "dtype": half}
+    if args.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, args.compute_dtype),
+        )
+    if args.method == "full":
+        kwargs["dtype"] = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    model.config.use_cache = False
+    if args.method != "full":
+        model = get_peft_model(
+            model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+        )
+        if args.gradient_checkpointing:
+            model.enable_input_require_grads()
+
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records(args.records)]
+    data = Dataset.from_dict({"text": texts}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length, add_special_tokens=False),
+        batched=True,
+        remove_columns=["text"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=str(workdir),
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=2e-4,
+            logging_steps=max(1, args.steps // 10),
+            save_strategy="steps",
+            save_steps=args.save_every,
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=not on_gpu,
+            bf16=on_gpu,
+            gradient_checkpointing=args.gradient_checkpointing,
+            include_num_input_tokens_seen="non_padding",
+            seed=42,
+        ),
+        train_dataset=data,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+    started = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - started
+    return {"tokens_per_second": trainer.state.num_input_tokens_seen / seconds, "steps": trainer.state.global_step}
+
+
+def peak_memory_mib(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: argparse.Namespace) -> None:
+    os.environ.setdefault("KUBETUNE_METRICS_PORT", "0")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = run_ours if args.child == "ours" else run_baseline
+        figures = runner(args, Path(args.model_dir), Path(tmp))
+    figures["peak_memory_mib"] = peak_memory_mib(args.device)
+    print("RESULT " + json.dumps(figures), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
+    parser.add_argument("--compute-dtype", choices=["bfloat16", "float16", "float32"], default=None)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--records", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval (ours) / save_steps (baseline)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "baseline"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.compute_dtype is None:
+        args.compute_dtype = "bfloat16" if args.device == "cuda" else "float32"
+    if args.child:
+        child(args)
+        return
+
+    cache = Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune") / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    model_dir = build_model(args.size, cache)
+    print(
+        f"model {args.size} ({model_dir}), method {args.method}, device {args.device}, steps {args.steps}, "
+        f"batch {args.batch_size}, maxLength {args.max_length}, gradient checkpointing {args.gradient_checkpointing}, "
+        f"compute dtype {args.compute_dtype if args.method == 'qlora' else '-'}"
+    )
+    results: dict[str, dict[str, Any]] = {}
+    passthrough = [a for a in sys.argv[1:]]
+    for side in ("baseline", "ours"):
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--child", side, "--model-dir", str(model_dir),
+             "--compute-dtype", args.compute_dtype],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"{side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            sys.exit(1)
+        results[side] = json.loads(lines[-1].removeprefix("RESULT "))
+        results[side]["wall_s"] = time.monotonic() - started
+
+    ours, base = results["ours"], results["baseline"]
+    memory = "peak GPU MiB (max_memory_allocated)" if args.device == "cuda" else "peak RSS MiB (VmHWM)"
+    print(f"{'':<38}{'baseline':>12}{'kubetune':>12}{'ratio':>8}")
+    for key, label in (("tokens_per_second", "tokens/s (non-padding, train())"), ("peak_memory_mib", memory)):
+        b, o = float(base[key] or 0), float(ours[key] or 0)
+        print(f"{label:<38}{b:>12.1f}{o:>12.1f}{(o / b if b else float('nan')):>8.2f}")
+    print(f"{'steps':<38}{base['steps']:>12}{ours['steps']:>12}")
+    print(f"{'process wall s (load + train)':<38}{base['wall_s']:>12.1f}{ours['wall_s']:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()
