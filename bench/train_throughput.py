@@ -30,21 +30,57 @@ from pathlib import Path
 from typing import Any
 
 SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 256, "intermediate_size": 512, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2},
-    "small": {"hidden_size": 512, "intermediate_size": 1536, "num_layers": 4, "num_heads": 8, "num_kv_heads": 4},
-    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_layers": 22, "num_heads": 32, "num_kv_heads": 4},
+    "tiny": {
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+    },
+    "small": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_layers": 4,
+        "num_heads": 8,
+        "num_kv_heads": 4,
+    },
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_layers": 22,
+        "num_heads": 32,
+        "num_kv_heads": 4,
+    },
 }
 
 
 def records(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """Chat records of a few dozen tokens each, like a support-routing dataset."""
     rng = random.Random(seed)
-    words = ["order", "invoice", "parcel", "password", "refund", "app", "crash", "login", "delivery", "charge", "screen", "account"]
+    words = [
+        "order",
+        "invoice",
+        "parcel",
+        "password",
+        "refund",
+        "app",
+        "crash",
+        "login",
+        "delivery",
+        "charge",
+        "screen",
+        "account",
+    ]
     out = []
     for i in range(n):
         text = " ".join(rng.choice(words) for _ in range(rng.randint(12, 40)))
         out.append(
-            {"messages": [{"role": "user", "content": f"Ticket {i}: {text}"}, {"role": "assistant", "content": rng.choice(words)}]}
+            {
+                "messages": [
+                    {"role": "user", "content": f"Ticket {i}: {text}"},
+                    {"role": "assistant", "content": rng.choice(words)},
+                ]
+            }
         )
     return out
 
@@ -77,7 +113,11 @@ def spec_for(args: argparse.Namespace) -> Any:
             "method": args.method,
             "dataset": {"source": {"uri": "file://data.jsonl"}},
             "lora": {"r": 16, "alpha": 32},
-            "quantization": {"type": "nf4", "doubleQuant": True, "computeDtype": args.compute_dtype},
+            "quantization": {
+                "type": "nf4",
+                "doubleQuant": True,
+                "computeDtype": args.compute_dtype,
+            },
             "training": {
                 "maxSteps": args.steps,
                 "batchSize": args.batch_size,
@@ -99,7 +139,14 @@ def run_ours(args: argparse.Namespace, model_dir: Path, workdir: Path) -> dict[s
     base = ResolvedModel(uri="file://model", path=model_dir)
     tokenizer = load_tokenizer(base)
     outcome = train_model(
-        spec_for(args), base, tokenizer, records(args.records), [], workdir, data_format="chat", device=args.device
+        spec_for(args),
+        base,
+        tokenizer,
+        records(args.records),
+        [],
+        workdir,
+        data_format="chat",
+        device=args.device,
     )
     return {"tokens_per_second": outcome.tokens_per_second, "steps": outcome.global_step}
 
@@ -134,14 +181,25 @@ def run_baseline(args: argparse.Namespace, model_dir: Path, workdir: Path) -> di
     model.config.use_cache = False
     if args.method != "full":
         model = get_peft_model(
-            model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+            model,
+            LoraConfig(
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.05,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
         )
         if args.gradient_checkpointing:
             model.enable_input_require_grads()
 
-    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records(args.records)]
+    texts = [
+        tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records(args.records)
+    ]
     data = Dataset.from_dict({"text": texts}).map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=args.max_length, add_special_tokens=False),
+        lambda b: tokenizer(
+            b["text"], truncation=True, max_length=args.max_length, add_special_tokens=False
+        ),
         batched=True,
         remove_columns=["text"],
     )
@@ -169,7 +227,10 @@ def run_baseline(args: argparse.Namespace, model_dir: Path, workdir: Path) -> di
     started = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - started
-    return {"tokens_per_second": trainer.state.num_input_tokens_seen / seconds, "steps": trainer.state.global_step}
+    return {
+        "tokens_per_second": trainer.state.num_input_tokens_seen / seconds,
+        "steps": trainer.state.global_step,
+    }
 
 
 def peak_memory_mib(device: str) -> float:
@@ -207,10 +268,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval (ours) / save_steps (baseline)")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=1000,
+        help="checkpoint interval (ours) / save_steps (baseline)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True
+    )
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--child", choices=["ours", "baseline"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["ours", "baseline"], default=None, help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.compute_dtype is None:
         args.compute_dtype = "bfloat16" if args.device == "cuda" else "float32"
@@ -231,8 +301,17 @@ def main() -> None:
     for side in ("baseline", "ours"):
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--child", side, "--model-dir", str(model_dir),
-             "--compute-dtype", args.compute_dtype],
+            [
+                sys.executable,
+                __file__,
+                *passthrough,
+                "--child",
+                side,
+                "--model-dir",
+                str(model_dir),
+                "--compute-dtype",
+                args.compute_dtype,
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -245,9 +324,14 @@ def main() -> None:
         results[side]["wall_s"] = time.monotonic() - started
 
     ours, base = results["ours"], results["baseline"]
-    memory = "peak GPU MiB (max_memory_allocated)" if args.device == "cuda" else "peak RSS MiB (VmHWM)"
+    memory = (
+        "peak GPU MiB (max_memory_allocated)" if args.device == "cuda" else "peak RSS MiB (VmHWM)"
+    )
     print(f"{'':<38}{'baseline':>12}{'kubetune':>12}{'ratio':>8}")
-    for key, label in (("tokens_per_second", "tokens/s (non-padding, train())"), ("peak_memory_mib", memory)):
+    for key, label in (
+        ("tokens_per_second", "tokens/s (non-padding, train())"),
+        ("peak_memory_mib", memory),
+    ):
         b, o = float(base[key] or 0), float(ours[key] or 0)
         print(f"{label:<38}{b:>12.1f}{o:>12.1f}{(o / b if b else float('nan')):>8.2f}")
     print(f"{'steps':<38}{base['steps']:>12}{ours['steps']:>12}")

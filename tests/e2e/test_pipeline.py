@@ -32,7 +32,9 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainerResult
     return result, workdir, out.getvalue()
 
 
-def test_example_succeeds_and_the_model_learns(example_run: tuple[TrainerResult, Path, str]) -> None:
+def test_example_succeeds_and_the_model_learns(
+    example_run: tuple[TrainerResult, Path, str],
+) -> None:
     result, _, output = example_run
     assert result.phase == "Succeeded", f"{result.reason}: {result.message}\n{output[-4000:]}"
     assert result.stage == "done"
@@ -42,10 +44,16 @@ def test_example_succeeds_and_the_model_learns(example_run: tuple[TrainerResult,
     assert ev.base.exact_match is not None and ev.base.exact_match <= 0.1
     assert ev.fine_tuned.exact_match is not None and ev.fine_tuned.exact_match >= 0.6
     assert result.gate is not None and result.gate.passed, result.gate
-    assert result.diagnosis is not None and result.diagnosis.verdict in ("healthy", "unstable", "overfitting")
+    assert result.diagnosis is not None and result.diagnosis.verdict in (
+        "healthy",
+        "unstable",
+        "overfitting",
+    )
 
 
-def test_artifacts_are_listed_with_size_and_sha256(example_run: tuple[TrainerResult, Path, str]) -> None:
+def test_artifacts_are_listed_with_size_and_sha256(
+    example_run: tuple[TrainerResult, Path, str],
+) -> None:
     result, workdir, _ = example_run
     by_name = {a.name: a for a in result.artifacts}
     assert {"model-f16.gguf", "model-q4_k_m.gguf", "adapter", "manifest.json"} <= set(by_name)
@@ -76,7 +84,14 @@ def test_result_json_and_termination_message(example_run: tuple[TrainerResult, P
 def test_summary_tells_where_everything_is(example_run: tuple[TrainerResult, Path, str]) -> None:
     _, workdir, output = example_run
     flat = " ".join(output.split())
-    for text in ("Succeeded", "exact match", "model-q4_k_m.gguf", "diagnosis", "gate", str(workdir)):
+    for text in (
+        "Succeeded",
+        "exact match",
+        "model-q4_k_m.gguf",
+        "diagnosis",
+        "gate",
+        str(workdir),
+    ):
         assert text in flat, text
 
 
@@ -85,6 +100,8 @@ def test_run_local_rejects_a_file_without_a_finetunejob(tmp_path: Path) -> None:
     path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     with pytest.raises(LocalRunError, match="no FineTuneJob"):
         load_finetunejob(path)
-    path.write_text("apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\nspec: {method: lora}\n")
+    path.write_text(
+        "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\nspec: {method: lora}\n"
+    )
     with pytest.raises(LocalRunError, match="baseModel"):
         load_finetunejob(path)

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TrainerResult
-from kubetune_trainer.models import ResolvedModel, is_4bit, load_model, load_tokenizer, resolve_base_model
+from kubetune_trainer.models import (
+    ResolvedModel,
+    is_4bit,
+    load_model,
+    load_tokenizer,
+    resolve_base_model,
+)
 from kubetune_trainer.progress import parse_progress_line
 from kubetune_trainer.train.config import lora_config, sft_config
 from kubetune_trainer.train.run import TrainOutcome, latest_checkpoint, train_model
@@ -42,7 +48,14 @@ def chat_records(n: int, seed: int) -> list[dict[str, Any]]:
     out = []
     for _ in range(n):
         question, answer = ticket(rng)
-        out.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     return out
 
 
@@ -98,7 +111,9 @@ def assert_adapter(outcome: TrainOutcome) -> None:
     assert (out / "adapter_config.json").is_file()
     assert (out / "adapter_model.safetensors").is_file()
     assert (out / "tokenizer_config.json").is_file()
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == outcome.global_step
+    assert (
+        json.loads((out / "trainer_state.json").read_text())["global_step"] == outcome.global_step
+    )
 
 
 def test_sft_config_masks_prompts(tmp_path: Path) -> None:
@@ -115,8 +130,13 @@ def test_sft_config_masks_prompts(tmp_path: Path) -> None:
     assert lora_config(make_spec(method="full")) is None
 
 
-def test_qlora_trains_a_4bit_base_on_cpu(tmp_path: Path, base: ResolvedModel, tokenizer: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = make_spec(method="qlora", quantization={"type": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"})
+def test_qlora_trains_a_4bit_base_on_cpu(
+    tmp_path: Path, base: ResolvedModel, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = make_spec(
+        method="qlora",
+        quantization={"type": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"},
+    )
     model = load_model(base, spec, device="cpu")
     assert is_4bit(model), "bitsandbytes fell back to 16-bit"
     q_proj = model.model.layers[0].self_attn.q_proj
@@ -124,26 +144,57 @@ def test_qlora_trains_a_4bit_base_on_cpu(tmp_path: Path, base: ResolvedModel, to
     assert q_proj.weight.numel() * 2 == q_proj.in_features * q_proj.out_features
     del model
 
-    outcome = train_model(spec, base, tokenizer, chat_records(32, 1), chat_records(8, 2), tmp_path, data_format="chat", device="cpu")
+    outcome = train_model(
+        spec,
+        base,
+        tokenizer,
+        chat_records(32, 1),
+        chat_records(8, 2),
+        tmp_path,
+        data_format="chat",
+        device="cpu",
+    )
     assert_adapter(outcome)
     assert outcome.global_step == 4
     assert any("eval_loss" in e for e in outcome.log_history)
-    lines = [parse_progress_line(line) for line in capsys.readouterr().out.splitlines() if line.startswith("progress ")]
+    lines = [
+        parse_progress_line(line)
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("progress ")
+    ]
     assert lines and lines[-1] is not None and lines[-1].step == 4 and lines[-1].total_steps == 4
     assert lines[-1].loss is not None and lines[-1].tokens_per_second
 
 
-def test_lora_stops_early_and_keeps_the_best_checkpoint(tmp_path: Path, base: ResolvedModel, tokenizer: Any) -> None:
+def test_lora_stops_early_and_keeps_the_best_checkpoint(
+    tmp_path: Path, base: ResolvedModel, tokenizer: Any
+) -> None:
     # A threshold no improvement can meet: the second evaluation counts as "no better", so
     # patience 1 stops the run at step 4 of 20.
-    spec = make_spec(training={"maxSteps": 20, "earlyStopping": {"enabled": True, "patience": 1, "threshold": 100.0}})
-    outcome = train_model(spec, base, tokenizer, chat_records(48, 3), chat_records(8, 4), tmp_path, data_format="chat", device="cpu")
+    spec = make_spec(
+        training={
+            "maxSteps": 20,
+            "earlyStopping": {"enabled": True, "patience": 1, "threshold": 100.0},
+        }
+    )
+    outcome = train_model(
+        spec,
+        base,
+        tokenizer,
+        chat_records(48, 3),
+        chat_records(8, 4),
+        tmp_path,
+        data_format="chat",
+        device="cpu",
+    )
     assert_adapter(outcome)
     assert outcome.stopped_early and outcome.global_step == 4
     evals = [(e["eval_loss"], e["step"]) for e in outcome.log_history if "eval_loss" in e]
     best_loss, best_step = min(evals)
     assert outcome.best_eval_loss == pytest.approx(best_loss)
-    assert outcome.best_checkpoint is not None and outcome.best_checkpoint.endswith(f"checkpoint-{best_step}")
+    assert outcome.best_checkpoint is not None and outcome.best_checkpoint.endswith(
+        f"checkpoint-{best_step}"
+    )
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
     assert 1 <= len(checkpoints) <= 2 and f"checkpoint-{best_step}" in checkpoints
     # A second call finds the finished outcome and does not train again.
@@ -152,8 +203,21 @@ def test_lora_stops_early_and_keeps_the_best_checkpoint(tmp_path: Path, base: Re
 
 
 def test_dpo_with_lora(tmp_path: Path, base: ResolvedModel, tokenizer: Any) -> None:
-    spec = make_spec(objective="dpo", dataset={"source": {"uri": "file://p.jsonl"}, "format": "preference"}, training={"dpoBeta": 0.1})
-    outcome = train_model(spec, base, tokenizer, preference_records(32, 5), preference_records(8, 6), tmp_path, data_format="preference", device="cpu")
+    spec = make_spec(
+        objective="dpo",
+        dataset={"source": {"uri": "file://p.jsonl"}, "format": "preference"},
+        training={"dpoBeta": 0.1},
+    )
+    outcome = train_model(
+        spec,
+        base,
+        tokenizer,
+        preference_records(32, 5),
+        preference_records(8, 6),
+        tmp_path,
+        data_format="preference",
+        device="cpu",
+    )
     assert_adapter(outcome)
     losses = [e["loss"] for e in outcome.log_history if "loss" in e]
     assert losses and abs(losses[0] - 0.6931) < 0.05  # DPO starts at log(2): policy == reference
@@ -163,11 +227,20 @@ def test_dpo_with_lora(tmp_path: Path, base: ResolvedModel, tokenizer: Any) -> N
 def _write_job(tmp_path: Path, records: list[dict[str, Any]], training: dict[str, Any]) -> Path:
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     spec = make_spec(
-        dataset={"source": {"uri": f"file://{tmp_path / 'data.jsonl'}"}, "split": {"validation": 0.1, "test": 0.1}},
+        dataset={
+            "source": {"uri": f"file://{tmp_path / 'data.jsonl'}"},
+            "split": {"validation": 0.1, "test": 0.1},
+        },
         dataPolicy={"dedup": "none"},
         training=training,
         # A gate that cannot pass, and export skipped when it fails: this test is about training.
-        evaluation={"metrics": ["perplexity"], "maxExamples": 4, "maxNewTokens": 4, "compareWithBase": False, "gate": {"maxPerplexity": 1.0001}},
+        evaluation={
+            "metrics": ["perplexity"],
+            "maxExamples": 4,
+            "maxNewTokens": 4,
+            "compareWithBase": False,
+            "gate": {"maxPerplexity": 1.0001},
+        },
         export={"onGateFailure": "skip"},
     )
     path = tmp_path / "spec.json"
@@ -184,7 +257,16 @@ def _trainer(spec: Path, workdir: Path, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "kubetune_trainer", "run", "--spec", str(spec), "--workdir", str(workdir)],
+            [
+                sys.executable,
+                "-m",
+                "kubetune_trainer",
+                "run",
+                "--spec",
+                str(spec),
+                "--workdir",
+                str(workdir),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -234,21 +316,34 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(tmp_path: Path) -> None
     assert TrainerResult.from_termination_message(message).phase == "Succeeded"
 
 
-def test_the_model_visibly_learns_a_held_out_task(tmp_path: Path, base: ResolvedModel, tokenizer: Any) -> None:
+def test_the_model_visibly_learns_a_held_out_task(
+    tmp_path: Path, base: ResolvedModel, tokenizer: Any
+) -> None:
     from kubetune_trainer.evaluation.examples import to_eval_examples
     from kubetune_trainer.evaluation.generation import generate_answers, iter_models
 
     spec = make_spec(
         lora={"r": 16, "alpha": 32},
-        training={"maxSteps": 50, "batchSize": 8, "evalSteps": 10, "learningRate": 2e-3, "warmupRatio": 0.05, "gradientCheckpointing": False},
+        training={
+            "maxSteps": 50,
+            "batchSize": 8,
+            "evalSteps": 10,
+            "learningRate": 2e-3,
+            "warmupRatio": 0.05,
+            "gradientCheckpointing": False,
+        },
     )
     train, validation, test = chat_records(160, 10), chat_records(16, 11), chat_records(20, 12)
-    outcome = train_model(spec, base, tokenizer, train, validation, tmp_path, data_format="chat", device="cpu")
+    outcome = train_model(
+        spec, base, tokenizer, train, validation, tmp_path, data_format="chat", device="cpu"
+    )
     examples, _ = to_eval_examples(test)
     exact = {}
     for role, model in iter_models(base.path, Path(outcome.output_dir), "cpu", want_base=True):
         answers = generate_answers(model, tokenizer, examples, max_new_tokens=6, device="cpu")
-        exact[role] = sum(a == e.reference for a, e in zip(answers, examples, strict=True)) / len(examples)
+        exact[role] = sum(a == e.reference for a, e in zip(answers, examples, strict=True)) / len(
+            examples
+        )
     assert exact["base"] <= 0.1
     assert exact["fine_tuned"] >= 0.8, exact
     assert outcome.diagnosis_model().verdict == "healthy"

@@ -25,7 +25,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def chat(user: str, answer: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -60,10 +62,28 @@ def test_bad_spec_json_is_failed_invalid_spec_with_camel_case_paths(tmp_path: Pa
         )
     )
     log = tmp_path / "termination-log"
-    assert main(["run", "--spec", str(spec), "--workdir", str(tmp_path / "work"), "--termination-log", str(log)]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "--spec",
+                str(spec),
+                "--workdir",
+                str(tmp_path / "work"),
+                "--termination-log",
+                str(log),
+            ]
+        )
+        == 1
+    )
     result = TrainerResult.from_termination_message(log.read_text())
     assert (result.phase, result.reason, result.stage) == ("Failed", "InvalidSpec", "data")
-    for path in ("baseModel.uri", "training.learningRate", "training.earlyStopping.patience", "bogusField"):
+    for path in (
+        "baseModel.uri",
+        "training.learningRate",
+        "training.earlyStopping.patience",
+        "bogusField",
+    ):
         assert path in result.message
     assert "Traceback" not in result.message
     saved = json.loads((tmp_path / "work" / "result.json").read_text())
@@ -74,18 +94,46 @@ def test_spec_that_is_not_json(tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text("baseModel: {uri: hf://x}")  # YAML, not the JSON the operator mounts
     log = tmp_path / "log"
-    assert main(["run", "--spec", str(spec), "--workdir", str(tmp_path / "w"), "--termination-log", str(log)]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "--spec",
+                str(spec),
+                "--workdir",
+                str(tmp_path / "w"),
+                "--termination-log",
+                str(log),
+            ]
+        )
+        == 1
+    )
     result = TrainerResult.from_termination_message(log.read_text())
     assert result.reason == "InvalidSpec" and "not JSON" in result.message
 
 
 def test_missing_spec_file(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    assert main(["run", "--spec", str(tmp_path / "nope.json"), "--workdir", str(tmp_path / "w"), "--termination-log", str(log)]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "--spec",
+                str(tmp_path / "nope.json"),
+                "--workdir",
+                str(tmp_path / "w"),
+                "--termination-log",
+                str(log),
+            ]
+        )
+        == 1
+    )
     assert "not found" in TrainerResult.from_termination_message(log.read_text()).message
 
 
-def test_whole_finetunejob_object_is_accepted_as_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_whole_finetunejob_object_is_accepted_as_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kubetune_trainer.__main__ import load_spec
 
     path = tmp_path / "job.json"
@@ -95,7 +143,10 @@ def test_whole_finetunejob_object_is_accepted_as_spec(tmp_path: Path, monkeypatc
                 "apiVersion": "kubetune.dev/v1alpha1",
                 "kind": "FineTuneJob",
                 "metadata": {"name": "x"},
-                "spec": {"baseModel": {"uri": "pvc://models/m"}, "dataset": {"source": {"uri": "file://d.jsonl"}}},
+                "spec": {
+                    "baseModel": {"uri": "pvc://models/m"},
+                    "dataset": {"source": {"uri": "file://d.jsonl"}},
+                },
             }
         )
     )
@@ -108,10 +159,28 @@ def test_whole_finetunejob_object_is_accepted_as_spec(tmp_path: Path, monkeypatc
 def test_licence_without_accept_license_is_an_invalid_spec(tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(
-        json.dumps({"baseModel": {"uri": "hf://meta-llama/Llama-3.1-8B"}, "dataset": {"source": {"uri": "file://d.jsonl"}}})
+        json.dumps(
+            {
+                "baseModel": {"uri": "hf://meta-llama/Llama-3.1-8B"},
+                "dataset": {"source": {"uri": "file://d.jsonl"}},
+            }
+        )
     )
     log = tmp_path / "log"
-    assert main(["run", "--spec", str(spec), "--workdir", str(tmp_path / "w"), "--termination-log", str(log)]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "--spec",
+                str(spec),
+                "--workdir",
+                str(tmp_path / "w"),
+                "--termination-log",
+                str(log),
+            ]
+        )
+        == 1
+    )
     result = TrainerResult.from_termination_message(log.read_text())
     assert result.reason == "InvalidSpec"
     assert "acceptLicense" in result.message
@@ -128,7 +197,9 @@ def test_licence_check_comes_before_any_download(monkeypatch: pytest.MonkeyPatch
         models.resolve_base_model(BaseModelSpec(uri="hf://google/gemma-2-2b"))
 
 
-def test_hf_download_uses_revision_and_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_hf_download_uses_revision_and_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import huggingface_hub
 
     calls: list[dict[str, Any]] = []
@@ -140,19 +211,39 @@ def test_hf_download_uses_revision_and_token(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     resolved = models.resolve_base_model(
-        BaseModelSpec(uri="hf://google/gemma-2-2b", revision="abc123", accept_license=True, trust_remote_code=True)
+        BaseModelSpec(
+            uri="hf://google/gemma-2-2b",
+            revision="abc123",
+            accept_license=True,
+            trust_remote_code=True,
+        )
     )
     assert resolved.path == tmp_path and resolved.trust_remote_code is True
     assert calls[0]["repo_id"] == "google/gemma-2-2b"
     assert calls[0]["revision"] == "abc123" and calls[0]["token"] == "hf_secret"
 
 
-def test_pipeline_fails_on_licence_before_reading_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_fails_on_licence_before_reading_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The operator's validation normally stops this spec; the trainer checks again.
     spec = FineTuneJobSpec.model_validate(
-        {"baseModel": {"uri": "hf://org/plain-model"}, "dataset": {"source": {"uri": "file://missing.jsonl"}}}
+        {
+            "baseModel": {"uri": "hf://org/plain-model"},
+            "dataset": {"source": {"uri": "file://missing.jsonl"}},
+        }
     )
-    spec = spec.model_copy(update={"base_model": BaseModelSpec.model_construct(uri="hf://meta-llama/Llama-3.1-8B", accept_license=False, revision=None, trust_remote_code=False, token_secret_ref=None)})
+    spec = spec.model_copy(
+        update={
+            "base_model": BaseModelSpec.model_construct(
+                uri="hf://meta-llama/Llama-3.1-8B",
+                accept_license=False,
+                revision=None,
+                trust_remote_code=False,
+                token_secret_ref=None,
+            )
+        }
+    )
     _forbid_model_loading(monkeypatch)
     result = run_pipeline(spec, tmp_path / "work")
     assert (result.phase, result.reason, result.stage) == ("Failed", "LicenseNotAccepted", "data")
@@ -160,14 +251,16 @@ def test_pipeline_fails_on_licence_before_reading_anything(tmp_path: Path, monke
 
 
 def test_missing_local_model_folder(tmp_path: Path) -> None:
-    with pytest.raises(models.ModelError, match="config.json"):
+    with pytest.raises(models.ModelError, match=r"config\.json"):
         models.resolve_base_model(BaseModelSpec(uri="file://no-such-model"), base_dir=tmp_path)
 
 
 # --- data policy --------------------------------------------------------------------------------
 
 
-def test_data_policy_failure_stops_before_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_policy_failure_stops_before_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows = [chat(f"Ticket {i}: where is my parcel number {i}?", "shipping") for i in range(30)]
     rows.append(chat("Here is my key AKIAIOSFODNN7EXAMPLE, please check it", "account"))
     write_jsonl(tmp_path / "data.jsonl", rows)
@@ -181,7 +274,9 @@ def test_data_policy_failure_stops_before_the_model(tmp_path: Path, monkeypatch:
     _forbid_model_loading(monkeypatch)
     import kubetune_trainer.train.run as train_run
 
-    monkeypatch.setattr(train_run, "train_model", lambda *a, **k: pytest.fail("training must not start"))
+    monkeypatch.setattr(
+        train_run, "train_model", lambda *a, **k: pytest.fail("training must not start")
+    )
     result = run_pipeline(spec, tmp_path / "work", base_dir=tmp_path)
     assert (result.phase, result.reason, result.stage) == ("Failed", "DataPolicyFailed", "data")
     assert "data.jsonl:31" in result.message
@@ -191,9 +286,14 @@ def test_data_policy_failure_stops_before_the_model(tmp_path: Path, monkeypatch:
     assert (tmp_path / "work" / "data" / "report.json").is_file()
 
 
-def test_missing_dataset_is_data_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_dataset_is_data_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = FineTuneJobSpec.model_validate(
-        {"baseModel": {"uri": "builtin://tiny-llama", "acceptLicense": True}, "dataset": {"source": {"uri": "file://nope.jsonl"}}}
+        {
+            "baseModel": {"uri": "builtin://tiny-llama", "acceptLicense": True},
+            "dataset": {"source": {"uri": "file://nope.jsonl"}},
+        }
     )
     _forbid_model_loading(monkeypatch)
     result = run_pipeline(spec, tmp_path / "work", base_dir=tmp_path)
@@ -206,7 +306,12 @@ def test_missing_dataset_is_data_unavailable(tmp_path: Path, monkeypatch: pytest
 
 def _spec(**training: Any) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(
-        {"baseModel": {"uri": "pvc://m/x"}, "method": "lora", "dataset": {"source": {"uri": "file://d"}}, "training": training}
+        {
+            "baseModel": {"uri": "pvc://m/x"},
+            "method": "lora",
+            "dataset": {"source": {"uri": "file://d"}},
+            "training": training,
+        }
     )
 
 
@@ -217,7 +322,9 @@ def test_out_of_memory_suggests_qlora_smaller_batch_shorter_length() -> None:
     reason, message = describe_failure(exc, "train", _spec(batchSize=8, maxLength=4096))
     assert reason == "OutOfMemory"
     assert "qlora" in message and "batchSize" in message and "maxLength" in message
-    reason, _ = describe_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory"), "train", _spec())
+    reason, _ = describe_failure(
+        RuntimeError("DefaultCPUAllocator: can't allocate memory"), "train", _spec()
+    )
     assert reason == "OutOfMemory"
 
 
@@ -231,7 +338,16 @@ def test_unexpected_error_names_stage_without_traceback() -> None:
 def test_module_entry_point_runs(tmp_path: Path) -> None:
     env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(tmp_path / "log")}
     proc = subprocess.run(
-        [sys.executable, "-m", "kubetune_trainer", "run", "--spec", str(tmp_path / "none.json"), "--workdir", str(tmp_path / "w")],
+        [
+            sys.executable,
+            "-m",
+            "kubetune_trainer",
+            "run",
+            "--spec",
+            str(tmp_path / "none.json"),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -239,4 +355,7 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 1, proc.stderr
-    assert TrainerResult.from_termination_message((tmp_path / "log").read_text()).reason == "InvalidSpec"
+    assert (
+        TrainerResult.from_termination_message((tmp_path / "log").read_text()).reason
+        == "InvalidSpec"
+    )

@@ -78,7 +78,15 @@ def test_progress_module_does_not_import_torch() -> None:
 def test_gauges_round_trip_through_exposition() -> None:
     metrics = ProgressMetrics.create(port=None)
     assert parse_progress_metrics(metrics.exposition()) == Progress()  # all unknown at first
-    want = Progress(step=3, total_steps=10, percent=30, loss=2.5, eval_loss=2.7, learning_rate=1e-4, eta_seconds=9)
+    want = Progress(
+        step=3,
+        total_steps=10,
+        percent=30,
+        loss=2.5,
+        eval_loss=2.7,
+        learning_rate=1e-4,
+        eta_seconds=9,
+    )
     metrics.update(want)
     assert parse_progress_metrics(metrics.exposition()) == want
 
@@ -115,7 +123,16 @@ def test_busy_port_is_not_fatal(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_progress_line_round_trip() -> None:
-    p = Progress(step=12, total_steps=40, percent=30, epoch=0.6, loss=1.2345, learning_rate=2e-4, tokens_per_second=812.5, eta_seconds=35)
+    p = Progress(
+        step=12,
+        total_steps=40,
+        percent=30,
+        epoch=0.6,
+        loss=1.2345,
+        learning_rate=2e-4,
+        tokens_per_second=812.5,
+        eta_seconds=35,
+    )
     line = format_progress_line(p)
     assert line.startswith("progress step=12/40 ")
     assert "eval_loss=nan" in line and "tokens_per_s=812.5" in line and "eta_s=35" in line
@@ -125,7 +142,12 @@ def test_progress_line_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("env", "port"),
-    [({}, 9400), ({"KUBETUNE_METRICS_PORT": "9500"}, 9500), ({"KUBETUNE_METRICS_PORT": "0"}, None), ({"KUBETUNE_METRICS_PORT": "disabled"}, None)],
+    [
+        ({}, 9400),
+        ({"KUBETUNE_METRICS_PORT": "9500"}, 9500),
+        ({"KUBETUNE_METRICS_PORT": "0"}, None),
+        ({"KUBETUNE_METRICS_PORT": "disabled"}, None),
+    ],
 )
 def test_metrics_port_from_env(env: dict[str, str], port: int | None) -> None:
     assert metrics_port_from_env(env) == port

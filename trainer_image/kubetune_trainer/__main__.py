@@ -45,7 +45,9 @@ def load_spec(path: Path) -> FineTuneJobSpec:
 
 
 def invalid_spec_result(message: str) -> TrainerResult:
-    return TrainerResult(phase="Failed", reason=c.Reason.INVALID_SPEC, message=message, stage="data")
+    return TrainerResult(
+        phase="Failed", reason=c.Reason.INVALID_SPEC, message=message, stage="data"
+    )
 
 
 def default_termination_log() -> Path | None:
@@ -75,8 +77,10 @@ def run(spec_path: Path, workdir: Path, termination_log: Path | None) -> Trainer
     try:
         spec = load_spec(spec_path)
     except FileNotFoundError:
-        result = invalid_spec_result(f"spec file {spec_path} not found: the operator mounts it at "
-                                     f"{c.SPEC_MOUNT_DIR}/{c.SPEC_FILE_NAME}")
+        result = invalid_spec_result(
+            f"spec file {spec_path} not found: the operator mounts it at "
+            f"{c.SPEC_MOUNT_DIR}/{c.SPEC_FILE_NAME}"
+        )
     except json.JSONDecodeError as exc:
         result = invalid_spec_result(f"{spec_path} is not JSON: {exc}")
     except ValidationError as exc:
@@ -103,11 +107,17 @@ def run(spec_path: Path, workdir: Path, termination_log: Path | None) -> Trainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kubetune_trainer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kubetune_trainer", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run_cmd = sub.add_parser("run", help="run the pipeline for a FineTuneJob spec")
-    run_cmd.add_argument("--spec", type=Path, required=True, help="FineTuneJob spec JSON (as the operator mounts it)")
-    run_cmd.add_argument("--workdir", type=Path, required=True, help="folder for checkpoints and artifacts")
+    run_cmd.add_argument(
+        "--spec", type=Path, required=True, help="FineTuneJob spec JSON (as the operator mounts it)"
+    )
+    run_cmd.add_argument(
+        "--workdir", type=Path, required=True, help="folder for checkpoints and artifacts"
+    )
     run_cmd.add_argument(
         "--termination-log",
         type=Path,

@@ -14,7 +14,14 @@ from typing import Any
 
 import yaml
 from rich.console import Console, Group
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from kubetune.api import constants as c
@@ -39,16 +46,21 @@ def load_finetunejob(yaml_path: Path) -> FineTuneJob:
             from pydantic import ValidationError
 
             try:
-                return FineTuneJob.model_validate({k: v for k, v in doc.items() if k != "apiVersion"})
+                return FineTuneJob.model_validate(
+                    {k: v for k, v in doc.items() if k != "apiVersion"}
+                )
             except ValidationError as exc:
                 problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                    for e in exc.errors()
                 )
                 raise LocalRunError(f"{yaml_path}: {problems}") from exc
     raise LocalRunError(f"{yaml_path}: no {c.FINETUNEJOB_KIND} document in this file")
 
 
-def run_local(yaml_path: Path, *, workdir: Path | None = None, console: Console | None = None) -> TrainerResult:
+def run_local(
+    yaml_path: Path, *, workdir: Path | None = None, console: Console | None = None
+) -> TrainerResult:
     """Run the FineTuneJob in `yaml_path` here; `workdir` defaults to
     `./kubetune-runs/<metadata.name>`. Raises LocalRunError for a file without a valid job;
     a job that fails returns a Failed result (and the summary says why)."""
@@ -81,10 +93,20 @@ def run_local(yaml_path: Path, *, workdir: Path | None = None, console: Console 
             loss = "" if progress.loss is None else f"loss {progress.loss:.4f}"
             eval_loss = "" if progress.eval_loss is None else f"  eval {progress.eval_loss:.4f}"
             eta = "" if progress.eta_seconds is None else f"  eta {progress.eta_seconds}s"
-            bar.update(task, stage=stage, total=progress.total_steps, completed=progress.step, description=loss + eval_loss + eta)
+            bar.update(
+                task,
+                stage=stage,
+                total=progress.total_steps,
+                completed=progress.step,
+                description=loss + eval_loss + eta,
+            )
 
-        result = run_pipeline(job.spec, workdir, base_dir=yaml_path.resolve().parent, on_progress=on_progress)
-        bar.update(task, stage="done" if result.phase == "Succeeded" else "failed", total=1, completed=1)
+        result = run_pipeline(
+            job.spec, workdir, base_dir=yaml_path.resolve().parent, on_progress=on_progress
+        )
+        bar.update(
+            task, stage="done" if result.phase == "Succeeded" else "failed", total=1, completed=1
+        )
     console.print(summary(result, workdir))
     return result
 
@@ -116,7 +138,9 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
     """The end-of-run report: what happened at each stage and where the artifacts are."""
     parts: list[Any] = []
     if result.phase == "Failed":
-        parts.append(f"[bold red]Failed[/] in stage {result.stage}: {result.reason}\n{result.message}")
+        parts.append(
+            f"[bold red]Failed[/] in stage {result.stage}: {result.reason}\n{result.message}"
+        )
     else:
         parts.append("[bold green]Succeeded[/]")
 
@@ -136,14 +160,25 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
         overview.add_row(
             "training",
             f"{figures['global_step']} steps in {figures['seconds']:.0f}s"
-            + (f" (resumed at step {figures['resumed_from_step']})" if figures.get("resumed_from_step") else "")
+            + (
+                f" (resumed at step {figures['resumed_from_step']})"
+                if figures.get("resumed_from_step")
+                else ""
+            )
             + f"; train loss {_num(figures.get('final_train_loss'))}, eval loss {_num(figures.get('last_eval_loss'))}"
             + f" (best {_num(figures.get('best_eval_loss'))})"
-            + (f"; {figures['tokens_per_second']:.0f} tokens/s" if figures.get("tokens_per_second") else ""),
+            + (
+                f"; {figures['tokens_per_second']:.0f} tokens/s"
+                if figures.get("tokens_per_second")
+                else ""
+            ),
         )
     if result.diagnosis is not None:
         dg = result.diagnosis
-        overview.add_row("diagnosis", f"{dg.verdict}: {dg.message}" + (f"\n→ {dg.suggestion}" if dg.suggestion else ""))
+        overview.add_row(
+            "diagnosis",
+            f"{dg.verdict}: {dg.message}" + (f"\n→ {dg.suggestion}" if dg.suggestion else ""),
+        )
     if result.gate is not None:
         colour = "green" if result.gate.passed else "red"
         verdict = "passed" if result.gate.passed else "failed"
@@ -183,7 +218,12 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
         table.add_column("size", justify="right")
         table.add_column("sha256", overflow="fold")
         for a in result.artifacts:
-            table.add_row(a.name, a.kind + (f" {a.quantization}" if a.quantization else ""), _size(a.size_bytes), a.sha256)
+            table.add_row(
+                a.name,
+                a.kind + (f" {a.quantization}" if a.quantization else ""),
+                _size(a.size_bytes),
+                a.sha256,
+            )
         parts.append(table)
     parts.append(f"Everything is in {workdir} (result: {workdir / 'result.json'})")
     if result.manifest_uri:

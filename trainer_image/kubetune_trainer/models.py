@@ -93,7 +93,11 @@ def resolve_base_model(
         if not (path / "config.json").is_file():
             raise ModelError(
                 f"baseModel.uri: {spec.uri} -> {path} is not a Hugging Face model folder (no config.json); "
-                + ("check that the claim is mounted and the path inside it" if scheme == "pvc" else "check the path")
+                + (
+                    "check that the claim is mounted and the path inside it"
+                    if scheme == "pvc"
+                    else "check the path"
+                )
             )
         return ResolvedModel(uri=spec.uri, path=path, trust_remote_code=spec.trust_remote_code)
     if scheme == "builtin":
@@ -129,7 +133,16 @@ def _download_hf(repo_id: str, revision: str | None, download_dir: Path | None) 
             token=token,
             local_dir=str(download_dir) if download_dir is not None else None,
             # Weights in safetensors and the tokenizer; skip duplicate formats of the same weights.
-            ignore_patterns=["*.pth", "*.pt", "*.bin", "*.msgpack", "*.h5", "*.onnx", "original/*", "*.gguf"],
+            ignore_patterns=[
+                "*.pth",
+                "*.pt",
+                "*.bin",
+                "*.msgpack",
+                "*.h5",
+                "*.onnx",
+                "original/*",
+                "*.gguf",
+            ],
         )
     except Exception as exc:  # huggingface_hub raises a family of HTTP/OS errors
         hint = (
@@ -175,7 +188,7 @@ def quantization_config(spec: FineTuneJobSpec) -> BitsAndBytesConfig | None:
     from transformers import BitsAndBytesConfig
 
     q = spec.quantization
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type=q.type,
         bnb_4bit_use_double_quant=q.double_quant,
@@ -188,7 +201,9 @@ def load_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(model.path), trust_remote_code=model.trust_remote_code
+        )
     except Exception as exc:
         raise ModelError(f"baseModel.uri: cannot load the tokenizer of {model.uri}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -196,12 +211,17 @@ def load_tokenizer(model: ResolvedModel) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(model: ResolvedModel, spec: FineTuneJobSpec, *, device: str | None = None) -> PreTrainedModel:
+def load_model(
+    model: ResolvedModel, spec: FineTuneJobSpec, *, device: str | None = None
+) -> PreTrainedModel:
     """The base model, loaded as `spec.method` needs it, on `device` (default: GPU if any)."""
     from transformers import AutoModelForCausalLM
 
     device = device or training_device()
-    kwargs: dict[str, Any] = {"trust_remote_code": model.trust_remote_code, "device_map": {"": device}}
+    kwargs: dict[str, Any] = {
+        "trust_remote_code": model.trust_remote_code,
+        "device_map": {"": device},
+    }
     bnb = quantization_config(spec)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
@@ -216,8 +236,12 @@ def load_model(model: ResolvedModel, spec: FineTuneJobSpec, *, device: str | Non
     except Exception as exc:
         if "out of memory" in str(exc).lower():
             raise
-        raise ModelError(f"baseModel.uri: cannot load {model.uri} for {spec.method}: {exc}") from exc
-    loaded.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
+        raise ModelError(
+            f"baseModel.uri: cannot load {model.uri} for {spec.method}: {exc}"
+        ) from exc
+    loaded.config.use_cache = (
+        False  # the KV cache is useless in training and clashes with checkpointing
+    )
     return loaded
 
 
@@ -228,4 +252,4 @@ def is_4bit(model: Any) -> bool:
         import bitsandbytes as bnb
     except ImportError:  # pragma: no cover - bitsandbytes is pinned in the trainer image
         return False
-    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())  # type: ignore[attr-defined]

@@ -81,7 +81,9 @@ class _Run:
             return f"{self.artifacts_uri.rstrip('/')}/{rel}"
         return f"file://{path.resolve()}"
 
-    def add_artifact(self, path: Path, kind: str, *, name: str | None = None, quantization: str | None = None) -> None:
+    def add_artifact(
+        self, path: Path, kind: str, *, name: str | None = None, quantization: str | None = None
+    ) -> None:
         from kubetune_trainer.export.manifest import sha256_dir, sha256_file, size_of
 
         if not path.exists():
@@ -89,7 +91,7 @@ class _Run:
         self.artifacts.append(
             Artifact(
                 name=name or path.name,
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 uri=self.uri(path),
                 size_bytes=size_of(path),
                 sha256=sha256_dir(path) if path.is_dir() else sha256_file(path),
@@ -97,7 +99,9 @@ class _Run:
             )
         )
 
-    def finish(self, phase: Literal["Succeeded", "Failed"], reason: str = "", message: str = "") -> TrainerResult:
+    def finish(
+        self, phase: Literal["Succeeded", "Failed"], reason: str = "", message: str = ""
+    ) -> TrainerResult:
         result = TrainerResult(
             phase=phase,
             reason=reason,
@@ -135,7 +139,7 @@ def run_pipeline(
     run = _Run(spec=spec, workdir=workdir, artifacts_uri=artifacts_uri, on_progress=on_progress)
     try:
         _run_stages(run, base_dir, metrics)
-    except BaseException as exc:  # noqa: BLE001 - every failure must become a result
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         traceback.print_exc(file=sys.stderr)
@@ -147,7 +151,12 @@ def run_pipeline(
 
 def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
     from kubetune_trainer.data import prepare_dataset
-    from kubetune_trainer.models import check_license, is_builtin, load_tokenizer, resolve_base_model
+    from kubetune_trainer.models import (
+        check_license,
+        is_builtin,
+        load_tokenizer,
+        resolve_base_model,
+    )
 
     spec, workdir = run.spec, run.workdir
     _quiet_libraries()
@@ -193,7 +202,9 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
     )
     run.result["diagnosis"] = outcome.diagnosis_model()
     trained = Path(outcome.output_dir)
-    run.add_artifact(trained, "adapter" if outcome.kind == "adapter" else "merged", name=trained.name)
+    run.add_artifact(
+        trained, "adapter" if outcome.kind == "adapter" else "merged", name=trained.name
+    )
     _free_memory()
 
     run.enter("evaluate")
@@ -221,13 +232,17 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
     _export(run, base.path, trained, outcome.kind, data.test)
 
 
-def _export(run: _Run, base_dir: Path, trained: Path, kind: str, test_records: list[dict[str, Any]]) -> None:
+def _export(
+    run: _Run, base_dir: Path, trained: Path, kind: str, test_records: list[dict[str, Any]]
+) -> None:
     from kubetune_trainer.evaluation.examples import to_eval_examples
     from kubetune_trainer.export import export_model
 
     spec = run.spec
     examples, _ = to_eval_examples(test_records, limit=3)
-    verify_prompts = [e.messages if e.messages is not None else e.text for e in examples]
+    verify_prompts: list[str | list[dict[str, str]]] = [
+        e.messages if e.messages is not None else (e.text or "") for e in examples
+    ]
     out_dir = run.workdir / EXPORT_DIR
     # A LoRA job exports base + adapter (merged in 16-bit); a full job exports its own model.
     result = export_model(
@@ -239,13 +254,18 @@ def _export(run: _Run, base_dir: Path, trained: Path, kind: str, test_records: l
         adapter_gguf=spec.export.adapter_gguf,
         verify_prompts=verify_prompts,
     )
-    kinds = {"merged-safetensors": "merged", "gguf": "gguf", "adapter-gguf": "adapter-gguf", "modelfile": "modelfile"}
+    kinds = {
+        "merged-safetensors": "merged",
+        "gguf": "gguf",
+        "adapter-gguf": "adapter-gguf",
+        "modelfile": "modelfile",
+    }
     for artifact in result.artifacts:
         path = out_dir / artifact.path
         run.artifacts.append(
             Artifact(
                 name=path.name,
-                kind=kinds.get(artifact.kind, "other"),  # type: ignore[arg-type]
+                kind=kinds.get(artifact.kind, "other"),
                 uri=run.uri(path),
                 size_bytes=artifact.size_bytes,
                 sha256=artifact.sha256,
@@ -283,10 +303,12 @@ def _quiet_libraries() -> None:
     import transformers
 
     # transformers 5 renames (gradient -> activation checkpointing) warned from inside trl/peft.
-    warnings.filterwarnings("ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
+    )
     datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
 
 
 def _free_memory() -> None:
@@ -315,7 +337,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         pass
     text = str(exc).lower()
-    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+    return (
+        "out of memory" in text
+        or "can't allocate memory" in text
+        or "cannot allocate memory" in text
+    )
 
 
 def oom_advice(spec: FineTuneJobSpec) -> str:
@@ -343,7 +369,10 @@ def describe_failure(exc: BaseException, stage: str, spec: FineTuneJobSpec) -> t
     from kubetune_trainer.models import LicenseNotAcceptedError, ModelError
 
     if isinstance(exc, DataPolicyError):
-        return c.Reason.DATA_POLICY, f"{exc} (see data/report.json; or set dataPolicy.action to drop or flag)"
+        return (
+            c.Reason.DATA_POLICY,
+            f"{exc} (see data/report.json; or set dataPolicy.action to drop or flag)",
+        )
     if isinstance(exc, DataValidationError):
         return REASON_INVALID_DATA, str(exc)
     if isinstance(exc, DataSourceError):

@@ -30,7 +30,10 @@ GAUGES: Mapping[str, tuple[str, str]] = {
     "kubetune_train_loss": ("loss", "Latest training loss."),
     "kubetune_eval_loss": ("eval_loss", "Latest validation loss."),
     "kubetune_learning_rate": ("learning_rate", "Current learning rate."),
-    "kubetune_tokens_per_second": ("tokens_per_second", "Training throughput in tokens per second."),
+    "kubetune_tokens_per_second": (
+        "tokens_per_second",
+        "Training throughput in tokens per second.",
+    ),
     "kubetune_eta_seconds": ("eta_seconds", "Estimated seconds until training ends."),
 }
 _INT_FIELDS = ("step", "total_steps", "eta_seconds")
@@ -47,7 +50,7 @@ def progress_from_values(values: Mapping[str, float | None]) -> Progress:
         value = _finite(value)
         if value is None:
             continue
-        fields[name] = int(round(value)) if name in _INT_FIELDS else float(value)
+        fields[name] = round(value) if name in _INT_FIELDS else float(value)
     step = int(fields.get("step") or 0)
     total = fields.get("total_steps")
     percent = 0
@@ -62,7 +65,7 @@ def progress_from_values(values: Mapping[str, float | None]) -> Progress:
         eval_loss=fields.get("eval_loss"),
         learning_rate=fields.get("learning_rate"),
         tokens_per_second=fields.get("tokens_per_second"),
-        eta_seconds=int(fields["eta_seconds"]) if fields.get("eta_seconds") is not None else None,
+        eta_seconds=int(eta) if (eta := fields.get("eta_seconds")) is not None else None,
     )
 
 
@@ -113,10 +116,10 @@ def parse_progress_line(line: str) -> Progress | None:
     values: dict[str, float | None] = {}
 
     def num(text: str | None) -> float | None:
-        if text in (None, "?", "nan"):
+        if text is None or text in ("?", "nan"):
             return None
         try:
-            return float(text)  # type: ignore[arg-type]
+            return float(text)
         except ValueError:
             return None
 
@@ -174,7 +177,10 @@ class ProgressMetrics:
                 start_http_server(port, registry=registry)
                 served = port
             except OSError as exc:
-                print(f"metrics: cannot serve on port {port}: {exc}; progress is only logged", file=log or sys.stderr)
+                print(
+                    f"metrics: cannot serve on port {port}: {exc}; progress is only logged",
+                    file=log or sys.stderr,
+                )
         return cls(registry=registry, gauges=gauges, port=served)
 
     def update(self, progress: Progress) -> None:

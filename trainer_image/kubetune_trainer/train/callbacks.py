@@ -47,7 +47,9 @@ class ProgressCallback(TrainerCallback):
         self._start_time = self._last_time = now
         self._start_step = state.global_step
         self._start_tokens = self._last_tokens = int(state.num_input_tokens_seen or 0)
-        self.progress = self._with(state, step=state.global_step, total_steps=state.max_steps or None)
+        self.progress = self._with(
+            state, step=state.global_step, total_steps=state.max_steps or None
+        )
         self._publish(print_line=False)
 
     def on_step_end(
@@ -77,7 +79,9 @@ class ProgressCallback(TrainerCallback):
                 updates["learning_rate"] = float(logs["learning_rate"])
             tokens = int(state.num_input_tokens_seen or 0)
             if self._last_time is not None and now > self._last_time and tokens > self._last_tokens:
-                updates["tokens_per_second"] = (tokens - self._last_tokens) / (now - self._last_time)
+                updates["tokens_per_second"] = (tokens - self._last_tokens) / (
+                    now - self._last_time
+                )
             self._last_time, self._last_tokens = now, tokens
         self.progress = self._with(state, **updates)
         self._publish(print_line=is_train_log)
@@ -103,7 +107,7 @@ class ProgressCallback(TrainerCallback):
         if self._start_time is None or done <= 0 or not state.max_steps:
             return None
         per_step = (time.monotonic() - self._start_time) / done
-        return max(0, int(round(per_step * (state.max_steps - state.global_step))))
+        return max(0, round(per_step * (state.max_steps - state.global_step)))
 
     def _with(self, state: TrainerState, **updates: Any) -> Progress:
         total = state.max_steps or self.progress.total_steps

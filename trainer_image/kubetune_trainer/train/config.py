@@ -90,7 +90,7 @@ def training_arguments(
 
 def sft_config(spec: FineTuneJobSpec, workdir: Path, *, data_format: str, **kwargs: Any) -> Any:
     """SFTConfig: loss on the assistant turns (chat) or the completion (prompt/completion)."""
-    from trl import SFTConfig
+    from trl import SFTConfig  # type: ignore[attr-defined]
 
     chat = data_format in ("chat", "instruction", "messages")
     return SFTConfig(
@@ -103,7 +103,7 @@ def sft_config(spec: FineTuneJobSpec, workdir: Path, *, data_format: str, **kwar
 
 def dpo_config(spec: FineTuneJobSpec, workdir: Path, **kwargs: Any) -> Any:
     """DPOConfig with `training.dpoBeta`."""
-    from trl import DPOConfig
+    from trl import DPOConfig  # type: ignore[attr-defined]
 
     return DPOConfig(**training_arguments(spec, workdir, **kwargs), beta=spec.training.dpo_beta)
 

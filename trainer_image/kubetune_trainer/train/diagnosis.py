@@ -16,6 +16,7 @@ Verdicts, checked in this order:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,7 +35,7 @@ Curve = list[tuple[int, float]]
 
 
 def _curve(history: Iterable[Mapping[str, Any]], key: str) -> Curve:
-    points = []
+    points: Curve = []
     for entry in history:
         if key in entry and entry[key] is not None:
             points.append((int(entry.get("step", len(points))), float(entry[key])))
@@ -69,7 +70,7 @@ def _oscillates(values: Sequence[float]) -> bool:
     mean = sum(values) / len(values)
     if mean <= 0:
         return False
-    diffs = [b - a for a, b in zip(values, values[1:], strict=False)]
+    diffs = [b - a for a, b in itertools.pairwise(values)]
     big = [abs(d) / mean > OSCILLATION_SIZE for d in diffs]
     flips = sum(
         1 for i in range(len(diffs) - 1) if diffs[i] * diffs[i + 1] < 0 and big[i] and big[i + 1]
@@ -84,7 +85,12 @@ def diagnose(log_history: Sequence[Mapping[str, Any]]) -> Diagnosis:
     if not train and not evals:
         return Diagnosis(verdict="unknown", message="no losses were logged", suggestion="")
 
-    bad = [(name, s) for name, curve in (("train", train), ("eval", evals)) for s, v in curve if not math.isfinite(v)]
+    bad = [
+        (name, s)
+        for name, curve in (("train", train), ("eval", evals))
+        for s, v in curve
+        if not math.isfinite(v)
+    ]
     if bad:
         name, step = bad[0]
         return Diagnosis(
@@ -99,11 +105,17 @@ def diagnose(log_history: Sequence[Mapping[str, Any]]) -> Diagnosis:
 
     if len(evals) >= 3 and train:
         best = min(range(len(evals)), key=lambda i: eval_values[i])
-        rise = (eval_values[-1] - eval_values[best]) / eval_values[best] if eval_values[best] > 0 else 0.0
+        rise = (
+            (eval_values[-1] - eval_values[best]) / eval_values[best]
+            if eval_values[best] > 0
+            else 0.0
+        )
         after = eval_values[best:]
         rising = len(after) >= 2 and after[-1] >= 0.98 * max(after[1:])
         best_step = evals[best][0]
-        train_then = _loss_at(list(zip([s for s, _ in train], train_values, strict=True)), best_step)
+        train_then = _loss_at(
+            list(zip([s for s, _ in train], train_values, strict=True)), best_step
+        )
         if rise > OVERFIT_RISE and rising and train_values[-1] < train_then:
             return Diagnosis(
                 verdict="overfitting",
@@ -150,7 +162,11 @@ def diagnose(log_history: Sequence[Mapping[str, Any]]) -> Diagnosis:
     if len(train_values) >= 2:
         parts.append(f"train loss {train_values[0]:.4f} -> {train_values[-1]:.4f}")
     if eval_values:
-        parts.append(f"eval loss {eval_values[0]:.4f} -> {eval_values[-1]:.4f} (best {min(eval_values):.4f})")
+        parts.append(
+            f"eval loss {eval_values[0]:.4f} -> {eval_values[-1]:.4f} (best {min(eval_values):.4f})"
+        )
     else:
         parts.append("no validation split, so overfitting was not checked")
-    return Diagnosis(verdict="healthy", message="losses fell steadily: " + ", ".join(parts), suggestion="")
+    return Diagnosis(
+        verdict="healthy", message="losses fell steadily: " + ", ".join(parts), suggestion=""
+    )

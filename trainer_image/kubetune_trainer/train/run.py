@@ -61,7 +61,11 @@ class TrainOutcome:
         return outcome if Path(outcome.output_dir).is_dir() else None
 
     def diagnosis_model(self) -> Diagnosis:
-        return Diagnosis.model_validate(self.diagnosis) if self.diagnosis else diagnose(self.log_history)
+        return (
+            Diagnosis.model_validate(self.diagnosis)
+            if self.diagnosis
+            else diagnose(self.log_history)
+        )
 
 
 def latest_checkpoint(workdir: Path) -> Path | None:
@@ -128,7 +132,7 @@ def train_model(
         )
 
     if spec.objective == "dpo":
-        from trl import DPOTrainer
+        from trl import DPOTrainer  # type: ignore[attr-defined]
 
         trainer: Any = DPOTrainer(
             model=model,
@@ -140,7 +144,7 @@ def train_model(
             callbacks=callbacks,
         )
     else:
-        from trl import SFTTrainer
+        from trl import SFTTrainer  # type: ignore[attr-defined]
 
         trainer = SFTTrainer(
             model=model,
