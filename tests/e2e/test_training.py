@@ -177,12 +177,13 @@ def test_lora_stops_early_and_keeps_the_best_checkpoint(
             "earlyStopping": {"enabled": True, "patience": 1, "threshold": 100.0},
         }
     )
+    train, validation = chat_records(48, 3), chat_records(8, 4)
     outcome = train_model(
         spec,
         base,
         tokenizer,
-        chat_records(48, 3),
-        chat_records(8, 4),
+        train,
+        validation,
         tmp_path,
         data_format="chat",
         device="cpu",
@@ -197,9 +198,19 @@ def test_lora_stops_early_and_keeps_the_best_checkpoint(
     )
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
     assert 1 <= len(checkpoints) <= 2 and f"checkpoint-{best_step}" in checkpoints
-    # A second call finds the finished outcome and does not train again.
-    again = train_model(spec, base, tokenizer, [], [], tmp_path, data_format="chat", device="cpu")
+    # A second call with the same settings and data finds the outcome and does not train again;
+    # other settings (an edited YAML in the same `kubetune run` workdir) start over.
+    finished = (tmp_path / "train_outcome.json").stat().st_mtime_ns
+    again = train_model(
+        spec, base, tokenizer, train, validation, tmp_path, data_format="chat", device="cpu"
+    )
     assert again.global_step == outcome.global_step
+    assert (tmp_path / "train_outcome.json").stat().st_mtime_ns == finished
+    edited = make_spec(training={"maxSteps": 2})
+    fresh = train_model(
+        edited, base, tokenizer, train, validation, tmp_path, data_format="chat", device="cpu"
+    )
+    assert fresh.global_step == 2 and fresh.resumed_from_step is None
 
 
 def test_dpo_with_lora(tmp_path: Path, base: ResolvedModel, tokenizer: Any) -> None:

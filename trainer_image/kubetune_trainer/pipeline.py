@@ -174,7 +174,7 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
     base = resolve_base_model(
         spec.base_model,
         base_dir=base_dir,
-        download_dir=workdir / "base-model" if spec.base_model.uri.startswith("hf://") else None,
+        download_dir=None,  # the Hugging Face cache: a base model is no job artifact
         corpus=corpus,
     )
     tokenizer = load_tokenizer(base)

@@ -12,6 +12,7 @@ Failed result with advice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -27,6 +28,7 @@ from kubetune_trainer.train.config import CHECKPOINTS_DIR, dpo_config, lora_conf
 from kubetune_trainer.train.diagnosis import diagnose
 
 OUTCOME_FILE = "train_outcome.json"
+FINGERPRINT_FILE = "train_fingerprint.txt"
 
 
 @dataclass
@@ -68,6 +70,50 @@ class TrainOutcome:
         )
 
 
+def training_fingerprint(
+    spec: FineTuneJobSpec, train_records: list[dict[str, Any]], eval_records: list[dict[str, Any]]
+) -> str:
+    """sha256 of what decides the trained weights: model, method, settings and the data."""
+    digest = hashlib.sha256()
+    decisive = spec.model_dump(
+        mode="json",
+        include={"base_model", "method", "objective", "lora", "quantization", "training"},
+        exclude={"base_model": {"token_secret_ref"}},
+    )
+    digest.update(json.dumps(decisive, sort_keys=True).encode())
+    for record in (*train_records, {"--": "eval"}, *eval_records):
+        digest.update(json.dumps(record, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def discard_stale_state(workdir: Path, fingerprint: str) -> None:
+    """Remove checkpoints and outputs of a training with other settings or data.
+
+    A pod's workdir belongs to one immutable spec, so this only matters for `kubetune run`,
+    whose default workdir is reused when the YAML is edited and run again.
+    """
+    marker = workdir / FINGERPRINT_FILE
+    if marker.is_file() and marker.read_text().strip() == fingerprint:
+        return
+    if marker.is_file():
+        print(
+            f"training settings or data changed since the last run in {workdir}: starting over",
+            flush=True,
+        )
+        for path in (
+            workdir / CHECKPOINTS_DIR,
+            workdir / OUTCOME_FILE,
+            workdir / "adapter",
+            workdir / "model",
+        ):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint + "\n")
+
+
 def latest_checkpoint(workdir: Path) -> Path | None:
     """The newest complete `checkpoint-N` folder under `workdir/checkpoints`."""
     root = workdir / CHECKPOINTS_DIR
@@ -98,8 +144,11 @@ def train_model(
 
     `data_format` is the prepared data's format (chat/instruction/completion/preference): it
     decides assistant-only vs completion-only loss. A run whose checkpoints exist resumes from
-    the latest; a run whose outcome file exists returns it without training again.
+    the latest; a run whose outcome file exists returns it without training again. Both only
+    when they were made by the same training settings and data (a fingerprint is kept beside
+    them); otherwise they are removed and training starts over.
     """
+    discard_stale_state(workdir, training_fingerprint(spec, train_records, eval_records))
     done = TrainOutcome.load(workdir)
     if done is not None:
         return done
