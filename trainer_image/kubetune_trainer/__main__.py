@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,24 @@ def run(spec_path: Path, workdir: Path, termination_log: Path | None) -> Trainer
     except ValidationError as exc:
         result = invalid_spec_result(format_validation_error(exc))
     else:
-        from kubetune_trainer.pipeline import run_pipeline
-        from kubetune_trainer.progress import ProgressMetrics, metrics_port_from_env
+        try:
+            from kubetune_trainer.pipeline import run_pipeline
+            from kubetune_trainer.progress import ProgressMetrics, metrics_port_from_env
 
-        metrics = ProgressMetrics.create(metrics_port_from_env())
+            metrics = ProgressMetrics.create(metrics_port_from_env())
+        except Exception as exc:  # a broken image or environment: still leave a result
+            traceback.print_exc()
+            result = TrainerResult(
+                phase="Failed",
+                reason=c.Reason.TRAINER_FAILED,
+                message=f"the trainer could not start: {type(exc).__name__}: {exc}",
+                stage="data",
+            )
+            print(result.message, file=sys.stderr)
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "result.json").write_text(json.dumps(result.to_wire(), indent=2) + "\n")
+            write_termination_log(result, termination_log)
+            return result
         result = run_pipeline(
             spec,
             workdir,
