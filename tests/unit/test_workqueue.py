@@ -62,3 +62,12 @@ def test_workers_never_overlap_on_one_key_and_survive_errors() -> None:
     assert not overlaps
     assert "last" in processed and "boom" in processed
     assert len(processed) < 600  # bursts collapsed
+
+
+def test_urgent_keys_go_first_even_if_already_queued() -> None:
+    queue = WorkQueue()
+    queue.add("status-refresh")
+    queue.add("new-job")
+    queue.add("new-job", urgent=True)
+    queue.add("another-new", urgent=True)
+    assert [queue.get(), queue.get(), queue.get()] == ["new-job", "another-new", "status-refresh"]

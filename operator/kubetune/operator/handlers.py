@@ -51,14 +51,27 @@ class _Runtime:
 runtime = _Runtime()
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds a deep-copied "diff base" of every object on every event, for create/update
+    handlers to diff against. We register none (reconcile is level-triggered), so it was pure
+    cost: a quarter of the operator's CPU with 1000 FineTuneJobs. Nothing is built or stored."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """kopf settings under our own API group; the reconciler, its workers and the resync."""
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=c.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.posting.level = logging.WARNING  # our own Events are enough; no per-handler noise
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -83,14 +96,23 @@ def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[A
     return {(namespace, name): _snapshot(body)}
 
 
+# A child's change enqueues its FineTuneJob straight from the index function: one kopf
+# invocation per event instead of two. (Keys enqueued before the indexes are captured wait
+# in the queue: workers start once the first FineTuneJob event has handed the indexes over.)
+
+
 @kopf.index("batch", "v1", "jobs", labels=CHILD_SELECTOR)
 def trainer_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _snapshot(body)}
+    key = (namespace, labels[c.LABEL_FINETUNEJOB])
+    runtime.queue.add(key)
+    return {key: _snapshot(body)}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD_SELECTOR)
 def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels[c.LABEL_FINETUNEJOB]): _snapshot(body)}
+    key = (namespace, labels[c.LABEL_FINETUNEJOB])
+    runtime.queue.add(key)
+    return {key: _snapshot(body)}
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
@@ -99,19 +121,9 @@ async def finetunejob_changed(event: kopf.RawEvent, namespace: str, name: str, b
     if event["type"] == "DELETED":
         runtime.reconciler.forget(body.metadata.uid or "")
         return
-    runtime.queue.add((namespace, name))
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_SELECTOR)
-async def trainer_job_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    _capture(kwargs)
-    runtime.queue.add((namespace, labels[c.LABEL_FINETUNEJOB]))
-
-
-@kopf.on.event("", "v1", "pods", labels=CHILD_SELECTOR)
-async def trainer_pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    _capture(kwargs)
-    runtime.queue.add((namespace, labels[c.LABEL_FINETUNEJOB]))
+    # A job without a trainer Job yet goes first: creating children before refreshing statuses.
+    status = body.get("status") or {}
+    runtime.queue.add((namespace, name), urgent=not status.get("jobName") and not status.get("phase"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,15 @@ def load_client_config() -> None:
 def _json(response: Any) -> dict[str, Any]:
     """The body of a raw response. Reconcilers ask for raw responses (`_preload_content=False`):
     the client's model deserialisation costs more CPU than the request itself."""
-    return json.loads(response.data)  # type: ignore[no-any-return]
+    return json.loads(_drain(response))  # type: ignore[no-any-return]
+
+
+def _drain(response: Any) -> bytes:
+    """Read a raw response whole, which hands its connection back to the pool. An unread one
+    keeps it, and the next request pays for a new TLS handshake."""
+    data: bytes = response.data
+    response.release_conn()
+    return data
 
 
 class KubeApi:
@@ -50,7 +58,7 @@ class KubeApi:
         """Create a ConfigMap; an existing one (from an earlier run) is left as is."""
         self._count("create", "configmaps")
         try:
-            self.core.create_namespaced_config_map(body["metadata"]["namespace"], body, _preload_content=False)
+            _drain(self.core.create_namespaced_config_map(body["metadata"]["namespace"], body, _preload_content=False))
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -84,7 +92,7 @@ class KubeApi:
     def patch_job(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
         """Merge-patch a Job's spec."""
         self._count("patch", "jobs")
-        self.batch.patch_namespaced_job(name, namespace, {"spec": spec_patch}, _preload_content=False)
+        _drain(self.batch.patch_namespaced_job(name, namespace, {"spec": spec_patch}, _preload_content=False))
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> int:
         """Merge-patch the status subresource; returns the object's new resourceVersion."""
@@ -120,6 +128,6 @@ class KubeApi:
         }
         self._count("create", "events")
         try:
-            self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+            _drain(self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False))
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)

@@ -22,28 +22,34 @@ class WorkQueue:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._queue: deque[Hashable] = deque()
+        self._urgent: deque[Hashable] = deque()  # served first: objects whose children are missing
         self._dirty: set[Hashable] = set()  # queued, or re-added while in flight
         self._processing: set[Hashable] = set()
         self._shutdown = False
 
-    def add(self, key: Hashable) -> None:
-        """Ask for `key` to be processed (again) soon."""
+    def add(self, key: Hashable, *, urgent: bool = False) -> None:
+        """Ask for `key` to be processed (again) soon; `urgent` keys go before the others."""
         with self._cond:
-            if key in self._dirty or self._shutdown:
+            if self._shutdown:
+                return
+            if key in self._dirty:
+                if urgent and key in self._queue:
+                    self._queue.remove(key)
+                    self._urgent.append(key)
                 return
             self._dirty.add(key)
             if key not in self._processing:
-                self._queue.append(key)
+                (self._urgent if urgent else self._queue).append(key)
                 self._cond.notify()
 
     def get(self) -> Hashable | None:
         """The next key to process (blocks); None once the queue is shut down."""
         with self._cond:
-            while not self._queue and not self._shutdown:
+            while not self._queue and not self._urgent and not self._shutdown:
                 self._cond.wait()
             if self._shutdown:
                 return None
-            key = self._queue.popleft()
+            key = self._urgent.popleft() if self._urgent else self._queue.popleft()
             self._dirty.discard(key)
             self._processing.add(key)
             return key
@@ -58,7 +64,7 @@ class WorkQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._queue)
+            return len(self._queue) + len(self._urgent)
 
     def shutdown(self) -> None:
         with self._cond:
