@@ -54,14 +54,3 @@ def local_path(uri: str, base_dir: Path | None = None) -> Path:
 def configmap_path(ref: ConfigMapKeyRef) -> Path:
     """Path of a mounted ConfigMap key."""
     return configmap_root() / ref.name / ref.key
-
-
-def pvc_claims(uris: list[str | None]) -> list[str]:
-    """Claims named by `pvc://` URIs, in first-seen order (the operator mounts each one)."""
-    claims: list[str] = []
-    for uri in uris:
-        if uri and uri.startswith("pvc://"):
-            claim = uri[len("pvc://") :].split("/", 1)[0]
-            if claim and claim not in claims:
-                claims.append(claim)
-    return claims
