@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.constants import PERMANENT_FAILURE_EXIT_CODE
 from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TrainerResult
 from kubetune_trainer import models
 from kubetune_trainer.__main__ import main
@@ -74,7 +75,7 @@ def test_bad_spec_json_is_failed_invalid_spec_with_camel_case_paths(tmp_path: Pa
                 str(log),
             ]
         )
-        == 1
+        == PERMANENT_FAILURE_EXIT_CODE
     )
     result = TrainerResult.from_termination_message(log.read_text())
     assert (result.phase, result.reason, result.stage) == ("Failed", "InvalidSpec", "data")
@@ -106,7 +107,7 @@ def test_spec_that_is_not_json(tmp_path: Path) -> None:
                 str(log),
             ]
         )
-        == 1
+        == PERMANENT_FAILURE_EXIT_CODE
     )
     result = TrainerResult.from_termination_message(log.read_text())
     assert result.reason == "InvalidSpec" and "not JSON" in result.message
@@ -126,7 +127,7 @@ def test_missing_spec_file(tmp_path: Path) -> None:
                 str(log),
             ]
         )
-        == 1
+        == PERMANENT_FAILURE_EXIT_CODE
     )
     assert "not found" in TrainerResult.from_termination_message(log.read_text()).message
 
@@ -179,7 +180,7 @@ def test_licence_without_accept_license_is_an_invalid_spec(tmp_path: Path) -> No
                 str(log),
             ]
         )
-        == 1
+        == PERMANENT_FAILURE_EXIT_CODE
     )
     result = TrainerResult.from_termination_message(log.read_text())
     assert result.reason == "InvalidSpec"
@@ -354,8 +355,17 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
         cwd=REPO,
         check=False,
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == PERMANENT_FAILURE_EXIT_CODE, proc.stderr
     assert (
         TrainerResult.from_termination_message((tmp_path / "log").read_text()).reason
         == "InvalidSpec"
     )
+
+
+def test_transient_failures_exit_1_so_the_job_retries() -> None:
+    from kubetune_trainer.__main__ import exit_code
+
+    assert exit_code(TrainerResult(phase="Failed", reason="OutOfMemory")) == 1
+    assert exit_code(TrainerResult(phase="Failed", reason="DataUnavailable")) == 1
+    assert exit_code(TrainerResult(phase="Failed", reason="DataPolicyFailed")) == PERMANENT_FAILURE_EXIT_CODE
+    assert exit_code(TrainerResult(phase="Succeeded")) == 0

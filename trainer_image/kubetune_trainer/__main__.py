@@ -5,7 +5,8 @@
 Validates the spec with the same pydantic models the operator uses (a bad spec ends as a Failed
 result with reason InvalidSpec and camelCase field paths), runs the pipeline, writes the
 result's termination message (≤ 4 KiB) to the termination log, and exits 0 when the job
-succeeded, 1 when it failed. Environment: KUBETUNE_ARTIFACTS_URI (the workdir's URI in the
+succeeded, 3 when it failed in a way no retry can fix (Reason.PERMANENT: the Job then
+fails at once), 1 on other failures. Environment: KUBETUNE_ARTIFACTS_URI (the workdir's URI in the
 artifact store), KUBETUNE_METRICS_PORT (progress metrics, default 9400, 0 = off),
 KUBETUNE_TERMINATION_LOG (default /dev/termination-log when writable), HF_TOKEN.
 """
@@ -143,7 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     termination_log = args.termination_log or default_termination_log()
     result = run(args.spec, args.workdir, termination_log)
     print(f"result: {result.phase} {result.reason} {result.message}".rstrip(), flush=True)
-    return 0 if result.phase == "Succeeded" else 1
+    return exit_code(result)
+
+
+def exit_code(result: TrainerResult) -> int:
+    """0 on success; PERMANENT_FAILURE_EXIT_CODE when a retry of the same spec cannot help
+    (the Job then fails at once instead of spending its backoffLimit); 1 otherwise."""
+    if result.phase == "Succeeded":
+        return 0
+    return c.PERMANENT_FAILURE_EXIT_CODE if result.reason in c.Reason.PERMANENT else 1
 
 
 if __name__ == "__main__":

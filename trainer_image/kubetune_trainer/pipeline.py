@@ -40,17 +40,16 @@ ProgressHook = Callable[[str, Progress | None], None]
 RESULT_FILE = "result.json"
 EXPORT_DIR = "export"
 
-# Failure reasons besides those in kubetune.api.constants.Reason (CamelCase, for status.reason).
-REASON_INVALID_DATA = "InvalidData"
-REASON_DATA_UNAVAILABLE = "DataUnavailable"
-REASON_LICENSE = "LicenseNotAccepted"
-REASON_MODEL_UNAVAILABLE = "ModelUnavailable"
-REASON_OUT_OF_MEMORY = "OutOfMemory"
+REASON_INVALID_DATA = c.Reason.INVALID_DATA
+REASON_DATA_UNAVAILABLE = c.Reason.DATA_UNAVAILABLE
+REASON_LICENSE = c.Reason.LICENSE_NOT_ACCEPTED
+REASON_MODEL_UNAVAILABLE = c.Reason.MODEL_UNAVAILABLE
+REASON_OUT_OF_MEMORY = c.Reason.OUT_OF_MEMORY
 REASON_STAGE_FAILED: dict[str, str] = {
     "data": c.Reason.TRAINER_FAILED,
-    "train": "TrainingFailed",
-    "evaluate": "EvaluationFailed",
-    "export": "ExportFailed",
+    "train": c.Reason.TRAINING_FAILED,
+    "evaluate": c.Reason.EVALUATION_FAILED,
+    "export": c.Reason.EXPORT_FAILED,
     "done": c.Reason.TRAINER_FAILED,
 }
 

@@ -90,6 +90,23 @@ class Reason:
     GATE_PASSED: Final = "GatePassed"
     GATE_FAILED: Final = "GateFailed"
     NO_GATE: Final = "NoGate"
+    # Reported by the trainer in its result.
+    INVALID_DATA: Final = "InvalidData"
+    DATA_UNAVAILABLE: Final = "DataUnavailable"
+    LICENSE_NOT_ACCEPTED: Final = "LicenseNotAccepted"
+    MODEL_UNAVAILABLE: Final = "ModelUnavailable"
+    OUT_OF_MEMORY: Final = "OutOfMemory"
+    TRAINING_FAILED: Final = "TrainingFailed"
+    EVALUATION_FAILED: Final = "EvaluationFailed"
+    EXPORT_FAILED: Final = "ExportFailed"
+
+    # Failures a retry of the same spec cannot fix: the trainer exits with
+    # PERMANENT_FAILURE_EXIT_CODE and the Job's podFailurePolicy fails the Job at once.
+    PERMANENT: Final = (INVALID_SPEC, DATA_POLICY, INVALID_DATA, LICENSE_NOT_ACCEPTED)
+
+
+# Exit code of a trainer that failed permanently (see Reason.PERMANENT).
+PERMANENT_FAILURE_EXIT_CODE: Final = 3
 
 # Where the operator mounts what a spec references, and how the trainer finds it.
 PVC_MOUNT_ROOT: Final = "/mnt/pvc"  # pvc://<claim>/<path> -> /mnt/pvc/<claim>/<path>
