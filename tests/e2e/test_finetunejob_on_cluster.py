@@ -90,3 +90,32 @@ def test_finetunejob_trains_evaluates_and_exports_through_the_operator(
         assert len(data) == artifact["sizeBytes"]
         assert hashlib.sha256(data).hexdigest() == artifact["sha256"]
     assert {"Training", "Succeeded"} <= {e.reason for e in ftj.events()}
+
+
+def test_data_policy_failure_fails_at_once_without_retries(
+    cluster: DevCluster, real_operator: OperatorProcess, namespace: str
+) -> None:
+    ensure_pvcs(cluster, namespace, c.DEFAULT_ARTIFACTS_PVC)
+    leaked = "\n".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Ticket {i}: my card was charged twice"},
+                                 {"role": "assistant", "content": "billing"}]})
+        for i in range(20)
+    ) + "\n" + json.dumps({"messages": [{"role": "user", "content": "use key sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"},
+                                         {"role": "assistant", "content": "ok"}]}) + "\n"
+    cluster.core().create_namespaced_config_map(
+        namespace, {"metadata": {"name": "leaky"}, "data": {"train.jsonl": leaked}}
+    )
+    spec: dict[str, Any] = {
+        "baseModel": {"uri": "builtin://tiny-llama"},
+        "dataset": {"source": {"configMap": {"name": "leaky", "key": "train.jsonl"}}},
+        "dataPolicy": {"action": "fail"},
+        "resources": {"gpus": 0, "nodeSelector": {"kubernetes.io/hostname": LOCAL_NODE},
+                      "tolerations": [local_pod_toleration()]},
+        "backoffLimit": 2,
+    }
+    ftj = apply_ftj(cluster, namespace, spec, name="leaky-data")
+    status = ftj.wait_phase("Failed", real_operator, timeout=300)
+    assert status["reason"] == "DataPolicyFailed", status
+    assert "train.jsonl:21" in status["message"]
+    assert "AbCdEfGhIjKlMnOpQrStUvWxYz" not in json.dumps(status)  # the secret is never echoed
+    assert len(ftj.pods()) == 1  # podFailurePolicy: no retry can fix the data
