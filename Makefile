@@ -35,8 +35,8 @@ tools:
 demo: setup
 	$(VENV)/bin/kubetune run examples/finetune.yaml
 
-## test: every test tier; exit code 5 (no tests collected) fails like any other failure
-test: setup tools
+## test: lint, then every test tier; exit code 5 (no tests collected) fails like any other failure
+test: setup tools lint
 	$(VENV)/bin/kubetune crds --check
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
@@ -44,9 +44,10 @@ test: setup tools
 crds: $(STAMP)
 	$(VENV)/bin/kubetune crds
 
+## lint: ruff, and mypy --strict on the operator and trainer packages
 lint: $(STAMP)
-	$(VENV)/bin/ruff check operator trainer_image tests bench
-	$(VENV)/bin/mypy operator/kubetune/api operator/kubetune/operator
+	$(VENV)/bin/ruff check operator trainer_image tests bench examples
+	$(VENV)/bin/mypy operator/kubetune trainer_image/kubetune_trainer
 
 ## cluster-up / cluster-down: the local control plane with kwok nodes and the local pod runner
 cluster-up: tools setup

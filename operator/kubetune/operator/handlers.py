@@ -92,7 +92,7 @@ def stop(**_: Any) -> None:
 
 
 @kopf.index(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
-def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def finetunejobs(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace, name): _snapshot(body)}
 
 
@@ -102,21 +102,21 @@ def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[A
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_SELECTOR)
-def trainer_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def trainer_jobs(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = (namespace, labels[c.LABEL_FINETUNEJOB])
     runtime.queue.add(key)
     return {key: _snapshot(body)}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD_SELECTOR)
-def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def trainer_pods(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     key = (namespace, labels[c.LABEL_FINETUNEJOB])
     runtime.queue.add(key)
     return {key: _snapshot(body)}
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
-async def finetunejob_changed(event: kopf.RawEvent, namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+async def finetunejob_changed(*, event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
     _capture(kwargs)
     if event["type"] == "DELETED":
         runtime.reconciler.forget(body.metadata.uid or "")

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 import kubernetes
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import constants as c
 from kubetune.operator.metrics import API_REQUESTS
@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 def load_client_config() -> None:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -58,7 +58,7 @@ class KubeApi:
         """Create a ConfigMap; an existing one (from an earlier run) is left as is."""
         self._count("create", "configmaps")
         try:
-            _drain(self.core.create_namespaced_config_map(body["metadata"]["namespace"], body, _preload_content=False))
+            _drain(self.core.create_namespaced_config_map(body["metadata"]["namespace"], body, _preload_content=False))  # type: ignore[arg-type]  # dicts serialise as is
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -68,7 +68,7 @@ class KubeApi:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         self._count("create", "jobs")
         try:
-            created = self.batch.create_namespaced_job(ns, body, _preload_content=False)
+            created = self.batch.create_namespaced_job(ns, body, _preload_content=False)  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -128,6 +128,6 @@ class KubeApi:
         }
         self._count("create", "events")
         try:
-            _drain(self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False))
+            _drain(self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)

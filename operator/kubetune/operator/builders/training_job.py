@@ -16,9 +16,9 @@ from kubetune.operator.builders.names import spec_configmap_name, training_job_n
 from kubetune.operator.settings import Settings
 
 TRAINER_CONTAINER = "trainer"
-# Exit code with which the trainer reports a failure that a retry cannot fix (invalid spec,
-# data policy, licence): the Job's podFailurePolicy then fails the Job at once.
-PERMANENT_FAILURE_EXIT_CODE = 3
+# The trainer exits with this code on a failure a retry cannot fix (invalid spec, data policy,
+# licence): the Job's podFailurePolicy then fails the Job at once instead of retrying.
+PERMANENT_FAILURE_EXIT_CODE = c.PERMANENT_FAILURE_EXIT_CODE
 
 
 def labels_for(name: str, component: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
@@ -153,7 +153,7 @@ class FineTuneJobReconciler:
                 return None  # created before and gone now: the status says so, nothing is re-run
             configmap = build_spec_configmap(name, ns, spec)
             desired = build_training_job(name, ns, spec, self.settings)
-            owner = dict(body)
+            owner = kopf.Body(cast(kopf.RawBody, dict(body)))
             kopf.adopt(configmap, owner=owner)
             kopf.adopt(desired, owner=owner)
             self.api.create_configmap(configmap)

@@ -66,7 +66,7 @@ def _latest_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _trainer_state(pod: dict[str, Any] | None) -> dict[str, Any]:
     for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == TRAINER_CONTAINER:
-            return status.get("state") or {}  # type: ignore[no-any-return]
+            return status.get("state") or {}
     return {}
 
 
