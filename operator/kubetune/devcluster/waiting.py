@@ -21,7 +21,8 @@ def wait_until(
     interval: float = 0.2,
     fatal: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """Call ``probe`` until it returns something other than None/False; return that value.
+    """Call ``probe`` until it returns a truthy value; return that value. None, False and
+    empty collections mean "not yet" (a list of pods that is still empty is not an answer).
 
     Exceptions raised by ``probe`` count as "not yet" and the last one is reported on timeout,
     except those in ``fatal`` (e.g. "the process died"), which end the wait at once.
@@ -31,7 +32,7 @@ def wait_until(
     while True:
         try:
             value = probe()
-            if value is not None and value is not False:
+            if value:
                 return value
             last = value
         except fatal:
