@@ -76,6 +76,7 @@ def test_finetunejob_trains_evaluates_and_exports_through_the_operator(
 
     assert status["data"]["format"] == "chat" and status["data"]["train"] > 0 and status["data"]["test"] > 0
     assert status["evaluation"]["fineTuned"]["exactMatch"] is not None
+    assert status["training"]["steps"] == 30 and status["training"]["finalTrainLoss"] > 0
     assert status["gate"]["passed"] in (True, False) and status["diagnosis"]["verdict"]
     assert seen_steps, "no live progress reached status while the trainer ran"
 

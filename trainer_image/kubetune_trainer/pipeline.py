@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from kubetune.api import constants as c
 from kubetune.api.common import Artifact
-from kubetune.api.finetunejob import FineTuneJobSpec, Progress, TrainerResult
+from kubetune.api.finetunejob import FineTuneJobSpec, Progress, TrainerResult, TrainingSummary
 
 Stage = Literal["data", "train", "evaluate", "export", "done"]
 # on_progress(stage, progress): called when a stage starts (progress None) and on every
@@ -200,6 +200,15 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
         device=device,
     )
     run.result["diagnosis"] = outcome.diagnosis_model()
+    run.result["training"] = TrainingSummary(
+        steps=outcome.global_step,
+        resumed_from_step=outcome.resumed_from_step,
+        final_train_loss=outcome.final_train_loss,
+        best_eval_loss=outcome.best_eval_loss,
+        stopped_early=outcome.stopped_early,
+        tokens_per_second=outcome.tokens_per_second,
+        seconds=round(outcome.seconds, 1),
+    )
     trained = Path(outcome.output_dir)
     run.add_artifact(
         trained, "adapter" if outcome.kind == "adapter" else "merged", name=trained.name

@@ -450,6 +450,25 @@ class Progress(ApiModel):
     """Estimated seconds until training ends."""
 
 
+class TrainingSummary(ApiModel):
+    """How training went, reported by the trainer when it ends."""
+
+    steps: int = 0
+    """Optimizer steps done in total."""
+    resumed_from_step: int | None = None
+    """Checkpoint step the last attempt resumed from (absent: started from scratch)."""
+    final_train_loss: float | None = None
+    """Training loss at the end."""
+    best_eval_loss: float | None = None
+    """Lowest validation loss; its checkpoint is the one exported."""
+    stopped_early: bool = False
+    """Early stopping ended training before the planned steps."""
+    tokens_per_second: float | None = None
+    """Training throughput of the last attempt."""
+    seconds: float | None = None
+    """Wall time of the last attempt's training."""
+
+
 class DataReportSummary(ApiModel):
     """Counts from the data preparation stage (the full report is an artifact)."""
 
@@ -549,6 +568,8 @@ class TrainerResult(ApiModel):
     """Last stage reached."""
     data: DataReportSummary | None = None
     """Data preparation counts."""
+    training: TrainingSummary | None = None
+    """How training went."""
     evaluation: EvaluationSummary | None = None
     """Evaluation scores."""
     diagnosis: Diagnosis | None = None
@@ -605,6 +626,8 @@ class FineTuneJobStatus(ApiModel):
     """Live training progress."""
     data: DataReportSummary | None = None
     """Data preparation summary."""
+    training: TrainingSummary | None = None
+    """How training went (steps, losses, throughput)."""
     evaluation: EvaluationSummary | None = None
     """Evaluation summary."""
     diagnosis: Diagnosis | None = None

@@ -21,7 +21,7 @@ POD_CIDR = "127.244.0.0/16"
 NODE_LEASE_SECONDS = 40
 
 
-class _LiteralDumper(yaml.SafeDumper):  # type: ignore[misc]
+class _LiteralDumper(yaml.SafeDumper):
     """Dump multi-line strings (kwok's status templates) as readable literal blocks."""
 
 

@@ -273,6 +273,7 @@ def compute_status(obs: Observed, current: FineTuneJobStatus, now: str) -> FineT
     if result is not None:
         update.update(
             data=result.data or current.data,
+            training=result.training or current.training,
             evaluation=result.evaluation or current.evaluation,
             diagnosis=result.diagnosis or current.diagnosis,
             gate=result.gate or current.gate,
