@@ -12,12 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import peft  # noqa: F401  (a missing dependency fails, never skips)
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("peft")
-pytest.importorskip("sentencepiece")
-
+import sentencepiece  # noqa: F401  (a missing dependency fails, never skips)
 import torch
 
 from kubetune.api.finetunejob import EvaluationSpec, EvaluationSummary

@@ -177,7 +177,7 @@ def test_safe_uri_hides_credentials_and_query() -> None:
 
 
 def test_hf_uri_goes_through_load_dataset(tmp_path: Path) -> None:
-    pytest.importorskip("datasets")
+    import datasets  # noqa: F401  (a missing dependency fails, never skips)
     folder = tmp_path / "hfdata"
     folder.mkdir()
     (folder / "train.jsonl").write_text(
@@ -192,7 +192,7 @@ def test_hf_uri_goes_through_load_dataset(tmp_path: Path) -> None:
 
 
 def test_hf_failure_is_a_source_error(tmp_path: Path) -> None:
-    pytest.importorskip("datasets")
+    import datasets  # noqa: F401  (a missing dependency fails, never skips)
     with pytest.raises(DataSourceError, match="cannot load"):
         read_source(DatasetSource(uri=f"hf://{tmp_path}/does-not-exist"))
 
@@ -204,7 +204,7 @@ def test_s3_without_s3fs_names_the_package(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_fsspec_reader_used_for_s3_reads_files_and_prefixes(tmp_path: Path) -> None:
-    pytest.importorskip("fsspec")
+    import fsspec  # noqa: F401  (a missing dependency fails, never skips)
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "b.jsonl").write_text(_jsonl({"n": 2}))
     (tmp_path / "p" / "a.jsonl").write_text(_jsonl({"n": 1}))

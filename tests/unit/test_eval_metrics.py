@@ -6,9 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
-pytest.importorskip("rouge_score")
-pytest.importorskip("sacrebleu")
+import rouge_score  # noqa: F401  (a missing dependency fails, never skips)
+import sacrebleu  # noqa: F401  (a missing dependency fails, never skips)
 
 from kubetune.api.finetunejob import ModelScores
 from kubetune_trainer.evaluation.examples import (

@@ -6,10 +6,9 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("sentencepiece")
+import sentencepiece  # noqa: F401  (a missing dependency fails, never skips)
+import torch
+import transformers  # noqa: F401  (a missing dependency fails, never skips)
 
 from kubetune_trainer.tiny_model import (
     BUILTIN_CORPUS,
@@ -55,7 +54,6 @@ def test_directory_has_what_transformers_and_llama_cpp_need(tiny_dir: Path) -> N
 
 
 def test_loads_with_auto_classes(tiny_dir: Path) -> None:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
