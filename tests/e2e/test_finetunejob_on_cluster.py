@@ -90,7 +90,7 @@ def test_finetunejob_trains_evaluates_and_exports_through_the_operator(
         data = local.read_bytes()
         assert len(data) == artifact["sizeBytes"]
         assert hashlib.sha256(data).hexdigest() == artifact["sha256"]
-    assert {"Training", "Succeeded"} <= {e.reason for e in ftj.events()}
+    cluster.wait_for(lambda: {"Training", "Succeeded"} <= {e.reason for e in ftj.events()}, what="events")
 
 
 def test_data_policy_failure_fails_at_once_without_retries(

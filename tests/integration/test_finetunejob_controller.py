@@ -202,8 +202,9 @@ def test_success_lands_the_trainer_result_in_status(cluster: DevCluster, operato
     conditions = {cd["type"]: cd for cd in status["conditions"]}
     assert conditions["Complete"]["status"] == "True" and conditions["GatePassed"]["status"] == "True"
     assert all(cd["observedGeneration"] == 1 for cd in status["conditions"])
-    reasons = {e.reason for e in ftj.events()}
-    assert {"Training", "Succeeded", "GatePassed"} <= reasons
+    # Events are posted right after the status patch: wait for them rather than race them.
+    cluster.wait_for(lambda: {"Training", "Succeeded", "GatePassed"} <= {e.reason for e in ftj.events()},
+                     what="Training, Succeeded and GatePassed events")
     # kubectl shows the printer columns.
     out = cluster.kubectl("get", "ftj", ftj.name, "-n", ns).stdout
     assert "Succeeded" in out and "pvc://models/qwen2.5-7b" in out and "4.5" in out
@@ -215,7 +216,8 @@ def test_oom_killed_fails_with_advice(cluster: DevCluster, operator: OperatorPro
     status = ftj.wait_phase("Failed", operator)
     assert status["reason"] == "OOMKilled"
     assert "qlora" in status["message"] and "maxLength" in status["message"]
-    assert any(e.reason == "OOMKilled" and e.type == "Warning" for e in ftj.events())
+    cluster.wait_for(lambda: any(e.reason == "OOMKilled" and e.type == "Warning" for e in ftj.events()),
+                     what="an OOMKilled warning event")
 
 
 def test_unschedulable_gpu_request_stays_pending_with_the_reason(cluster: DevCluster, operator: OperatorProcess, ns: str) -> None:
@@ -246,6 +248,7 @@ def test_operator_restart_mid_run_neither_duplicates_nor_loses(cluster: DevClust
     after = ftj.wait_phase("Succeeded", operator)
     assert len(ftj.jobs()) == 1
     assert after["startTime"] == before["startTime"]
+    cluster.wait_for(lambda: "Succeeded" in {e.reason for e in ftj.events()}, what="the Succeeded event")
     assert [e.reason for e in ftj.events()].count("Training") == 1
 
 
