@@ -20,6 +20,13 @@ from kubetune_trainer.pipeline import describe_failure, run_pipeline
 REPO = Path(__file__).resolve().parents[2]
 
 
+def run_entry(tmp_path: Path, spec: Path, workdir: Path) -> tuple[int, TrainerResult]:
+    """`python -m kubetune_trainer run` in-process: its exit code and the termination message."""
+    log = tmp_path / "log"
+    code = main(["run", "--spec", str(spec), "--workdir", str(workdir), "--termination-log", str(log)])
+    return code, TrainerResult.from_termination_message(log.read_text())
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -62,22 +69,8 @@ def test_bad_spec_json_is_failed_invalid_spec_with_camel_case_paths(tmp_path: Pa
             }
         )
     )
-    log = tmp_path / "termination-log"
-    assert (
-        main(
-            [
-                "run",
-                "--spec",
-                str(spec),
-                "--workdir",
-                str(tmp_path / "work"),
-                "--termination-log",
-                str(log),
-            ]
-        )
-        == PERMANENT_FAILURE_EXIT_CODE
-    )
-    result = TrainerResult.from_termination_message(log.read_text())
+    code, result = run_entry(tmp_path, spec, tmp_path / "work")
+    assert code == PERMANENT_FAILURE_EXIT_CODE
     assert (result.phase, result.reason, result.stage) == ("Failed", "InvalidSpec", "data")
     for path in (
         "baseModel.uri",
@@ -94,42 +87,15 @@ def test_bad_spec_json_is_failed_invalid_spec_with_camel_case_paths(tmp_path: Pa
 def test_spec_that_is_not_json(tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text("baseModel: {uri: hf://x}")  # YAML, not the JSON the operator mounts
-    log = tmp_path / "log"
-    assert (
-        main(
-            [
-                "run",
-                "--spec",
-                str(spec),
-                "--workdir",
-                str(tmp_path / "w"),
-                "--termination-log",
-                str(log),
-            ]
-        )
-        == PERMANENT_FAILURE_EXIT_CODE
-    )
-    result = TrainerResult.from_termination_message(log.read_text())
+    code, result = run_entry(tmp_path, spec, tmp_path / "w")
+    assert code == PERMANENT_FAILURE_EXIT_CODE
     assert result.reason == "InvalidSpec" and "not JSON" in result.message
 
 
 def test_missing_spec_file(tmp_path: Path) -> None:
-    log = tmp_path / "log"
-    assert (
-        main(
-            [
-                "run",
-                "--spec",
-                str(tmp_path / "nope.json"),
-                "--workdir",
-                str(tmp_path / "w"),
-                "--termination-log",
-                str(log),
-            ]
-        )
-        == PERMANENT_FAILURE_EXIT_CODE
-    )
-    assert "not found" in TrainerResult.from_termination_message(log.read_text()).message
+    code, result = run_entry(tmp_path, tmp_path / "nope.json", tmp_path / "w")
+    assert code == PERMANENT_FAILURE_EXIT_CODE
+    assert "not found" in result.message
 
 
 def test_whole_finetunejob_object_is_accepted_as_spec(
@@ -167,22 +133,8 @@ def test_licence_without_accept_license_is_an_invalid_spec(tmp_path: Path) -> No
             }
         )
     )
-    log = tmp_path / "log"
-    assert (
-        main(
-            [
-                "run",
-                "--spec",
-                str(spec),
-                "--workdir",
-                str(tmp_path / "w"),
-                "--termination-log",
-                str(log),
-            ]
-        )
-        == PERMANENT_FAILURE_EXIT_CODE
-    )
-    result = TrainerResult.from_termination_message(log.read_text())
+    code, result = run_entry(tmp_path, spec, tmp_path / "w")
+    assert code == PERMANENT_FAILURE_EXIT_CODE
     assert result.reason == "InvalidSpec"
     assert "acceptLicense" in result.message
 
