@@ -8,53 +8,29 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubetune.api import TrainerResult
 from kubetune.api import constants as c
-from kubetune.api.crdgen import render_all
 from kubetune.api.finetunejob import GateResult
 from kubetune.devcluster import (
     GPU_NODES,
     LOCAL_NODE,
-    MESSAGE_ANNOTATION,
-    OUTCOME_ANNOTATION,
     DevCluster,
     local_pod_toleration,
 )
 from kubetune.operator.builders.names import spec_configmap_name, training_job_name
+from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
 STAND_IN = Path(__file__).with_name("stand_in_trainer.py")
-
-
-def install_crds(cluster: DevCluster) -> None:
-    ext = client.ApiextensionsV1Api(cluster.api_client())
-    for text in render_all().values():
-        crd = yaml.safe_load(text)
-        try:
-            ext.create_custom_resource_definition(crd)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        name = crd["metadata"]["name"]
-        cluster.wait_for(
-            lambda n=name: any(
-                cond.type == "Established" and cond.status == "True"
-                for cond in (ext.read_custom_resource_definition(n).status.conditions or [])
-            ),
-            what=f"CRD {name} established",
-        )
 
 
 @pytest.fixture(scope="module")
@@ -76,70 +52,6 @@ def operator(crds: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     proc.stop()
 
 
-class Ftj:
-    """A FineTuneJob under test, with the helpers that read it and its children."""
-
-    def __init__(self, cluster: DevCluster, namespace: str, name: str) -> None:
-        self.cluster, self.namespace, self.name = cluster, namespace, name
-        self.api = client.CustomObjectsApi(cluster.api_client())
-        self.batch = client.BatchV1Api(cluster.api_client())
-        self.core = cluster.core()
-
-    def get(self) -> dict[str, Any]:
-        return self.api.get_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.FINETUNEJOB_PLURAL, self.name)
-
-    def status(self) -> dict[str, Any]:
-        return self.get().get("status") or {}
-
-    def patch_spec(self, patch: dict[str, Any]) -> None:
-        self.api.patch_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.FINETUNEJOB_PLURAL, self.name, {"spec": patch})
-
-    def wait_status(self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60, operator: OperatorProcess | None = None) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            if operator is not None:
-                operator.check_alive()
-            status = self.status()
-            return status if predicate(status) else None
-
-        try:
-            return self.cluster.wait_for(probe, timeout=timeout, what=f"{self.name}: {what}")
-        except Exception:
-            print("last status:", json.dumps(self.status(), indent=1))
-            if operator is not None:
-                print(operator.log_tail())
-            raise
-
-    def wait_phase(self, phase: str, operator: OperatorProcess, timeout: float = 60) -> dict[str, Any]:
-        return self.wait_status(lambda s: s.get("phase") == phase, f"phase {phase}", timeout, operator)
-
-    def jobs(self) -> list[Any]:
-        return list(self.batch.list_namespaced_job(self.namespace, label_selector=f"{c.LABEL_FINETUNEJOB}={self.name}").items)
-
-    def pods(self) -> list[Any]:
-        return list(self.core.list_namespaced_pod(self.namespace, label_selector=f"{c.LABEL_FINETUNEJOB}={self.name}").items)
-
-    def running_pod(self) -> Any:
-        return self.cluster.wait_for(
-            lambda: next((p for p in self.pods() if p.status.phase == "Running"), None), what=f"{self.name}: a Running pod"
-        )
-
-    def end_pod(self, pod: Any, outcome: str, message: str | None = None) -> None:
-        annotations = {OUTCOME_ANNOTATION: outcome}
-        if message is not None:
-            annotations[MESSAGE_ANNOTATION] = message
-        self.core.patch_namespaced_pod(pod.metadata.name, self.namespace, {"metadata": {"annotations": annotations}})
-
-    def events(self) -> list[Any]:
-        return list(self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={self.name}").items)
-
-
-def apply_ftj(cluster: DevCluster, namespace: str, spec: dict[str, Any], name: str | None = None) -> Ftj:
-    name = name or f"ftj-{uuid.uuid4().hex[:6]}"
-    body = {"apiVersion": c.API_VERSION, "kind": c.FINETUNEJOB_KIND, "metadata": {"name": name}, "spec": spec}
-    client.CustomObjectsApi(cluster.api_client()).create_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, body)
-    return Ftj(cluster, namespace, name)
-
-
 def gpu_spec(**extra: Any) -> dict[str, Any]:
     return {
         "baseModel": {"uri": "pvc://models/qwen2.5-7b"},
@@ -147,18 +59,6 @@ def gpu_spec(**extra: Any) -> dict[str, Any]:
         "resources": {"gpus": 1, "gpuProduct": "NVIDIA-A100-SXM4-80GB"},
         **extra,
     }
-
-
-def ensure_pvcs(cluster: DevCluster, namespace: str, *names: str) -> None:
-    core = cluster.core()
-    for name in names:
-        core.create_namespaced_persistent_volume_claim(namespace, {
-            "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-        })
-    for name in names:
-        cluster.wait_for(lambda n=name: core.read_namespaced_persistent_volume_claim(n, namespace).status.phase == "Bound",
-                         what=f"PVC {name} bound")
 
 
 @pytest.fixture
