@@ -17,7 +17,8 @@ def test_defaults_are_the_proven_ones() -> None:
     spec = FineTuneJobSpec.model_validate(MINIMAL)
     assert (spec.method, spec.objective) == ("qlora", "sft")
     assert (spec.lora.r, spec.lora.alpha, spec.lora.dropout) == (16, 32, 0.05)
-    assert spec.training.learning_rate == 2e-4 and spec.training.epochs == 3
+    assert spec.training.effective_learning_rate(spec.method, spec.objective) == 2e-4
+    assert spec.training.epochs == 3
     assert spec.quantization.type == "nf4" and spec.quantization.double_quant
     assert spec.quantization.compute_dtype == "bfloat16"
     assert spec.base_model.trust_remote_code is False

@@ -217,10 +217,13 @@ def load_model(
     """The base model, loaded as `spec.method` needs it, on `device` (default: GPU if any)."""
     from transformers import AutoModelForCausalLM
 
+    from kubetune_trainer.train.config import attention_implementation
+
     device = device or training_device()
     kwargs: dict[str, Any] = {
         "trust_remote_code": model.trust_remote_code,
         "device_map": {"": device},
+        "attn_implementation": attention_implementation(spec, device),
     }
     bnb = quantization_config(spec)
     if bnb is not None:

@@ -212,16 +212,44 @@ class EarlyStoppingSpec(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    """Optimisation settings."""
+    """Optimisation settings. Unset `learningRate` takes the default of the job's method and
+    objective (see `learningRate`); the other defaults are transformers' own unless noted."""
 
     epochs: Annotated[float, Field(gt=0, le=100)] = 3
     """Passes over the training data."""
     max_steps: Annotated[int, Field(ge=1)] | None = None
     """Stop after this many optimizer steps (overrides epochs)."""
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
-    """Peak learning rate."""
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Peak learning rate. Unset: the default of the method and objective. sft with lora/qlora:
+    2e-4 (QLoRA paper, Dettmers et al. 2023, for 7B-13B models; peft's examples). sft with full:
+    2e-5 (Stanford Alpaca's and Vicuna's full fine-tuning of LLaMA). dpo with full: 5e-7 (Zephyr-7B-beta,
+    alignment-handbook recipe dpo/config_full.yaml; the DPO paper used 1e-6). dpo with
+    lora/qlora: 5e-6 (alignment-handbook recipe dpo/config_qlora.yaml): adapters need about 10x
+    the full fine-tuning rate."""
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     """Learning-rate schedule after warm-up."""
+    optimizer: Literal[
+        "adamw_torch_fused",
+        "adamw_torch",
+        "adamw_bnb_8bit",
+        "paged_adamw_8bit",
+        "paged_adamw_32bit",
+        "adafactor",
+        "sgd",
+    ] = "adamw_torch_fused"
+    """Optimizer (transformers' `optim` names). adamw_torch_fused: transformers' default, AdamW in
+    one fused kernel; adamw_torch: the unfused reference; adamw_bnb_8bit: 8-bit AdamW states
+    from bitsandbytes (about 6 bytes per trainable parameter less, matters for method full);
+    paged_adamw_8bit / paged_adamw_32bit: bitsandbytes AdamW whose states page to CPU memory on
+    GPU memory spikes (the QLoRA paper's optimizer); adafactor: factored second moments, least
+    memory; sgd: plain SGD. bitsandbytes 0.50 runs its optimizers on CPU too (paging then does
+    nothing)."""
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """Decoupled weight decay (AdamW), not applied to biases and norms. 0 as in transformers,
+    the QLoRA repository and Stanford Alpaca; LLaMA's pretraining used 0.1."""
+    max_grad_norm: Annotated[float, Field(ge=0.0, le=1000.0)] = 1.0
+    """Clip the gradient norm to this value; 0 turns clipping off. 1.0 as in transformers and
+    trl; the QLoRA paper used 0.3."""
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
     """Examples per device per step."""
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 4
@@ -238,10 +266,38 @@ class TrainingSpec(ApiModel):
     """Early stopping on eval loss; the best checkpoint is kept."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory."""
+    attention_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    """Attention kernel of the model. Unset: transformers chooses (sdpa, PyTorch's fused
+    scaled-dot-product attention, where the architecture supports it, else eager).
+    flash_attention_2 needs a CUDA GPU and the flash-attn package in the trainer image; eager
+    is the plain implementation some architectures (e.g. Gemma 2's logit soft-capping) need."""
     dpo_beta: Annotated[float, Field(gt=0, le=10)] = 0.1
-    """DPO temperature (objective `dpo` only)."""
+    """DPO temperature (objective `dpo` only): how far the policy may move from the reference
+    model; lower moves further. 0.1 as in the DPO paper (Rafailov et al. 2023) and trl."""
     seed: int = 42
     """Seed for initialisation, shuffling and dropout."""
+
+    def effective_learning_rate(self, method: str, objective: str) -> float:
+        """`learningRate`, or when unset the default for `method` and `objective` (the sources
+        are in the field's description). The one place the default is decided."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        adapter = method != "full"
+        if objective == "dpo":
+            return 5e-6 if adapter else 5e-7
+        return 2e-4 if adapter else 2e-5
+
+    def device_problems(self, device: str) -> list[str]:
+        """Settings that cannot run on `device` ("cuda" or "cpu"), each naming the field and the
+        fix; [] when all can. Checked by the trainer when it starts, and knowable at admission
+        for `resources.gpus: 0` (device "cpu")."""
+        # The bitsandbytes optimizers are not here: bitsandbytes 0.50 runs them on CPU.
+        if device != "cuda" and self.attention_implementation == "flash_attention_2":
+            return [
+                "training.attentionImplementation: flash_attention_2 needs a CUDA GPU; "
+                "leave it unset (sdpa) on CPU, or ask for a GPU (resources.gpus)"
+            ]
+        return []
 
 
 class JudgeSpec(ApiModel):

@@ -9,6 +9,9 @@ that are not in the spec, with the reason:
   short run still shows a curve and a long one does not flood the pod log;
 - throughput counts non-padding tokens;
 - no tqdm bars (the progress line replaces them in pod logs) and no experiment trackers.
+
+An unset `learningRate` is resolved by `TrainingSpec.effective_learning_rate` (the default of
+the method and objective), the one place operator and trainer take it from.
 """
 
 from __future__ import annotations
@@ -59,8 +62,11 @@ def training_arguments(
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "num_train_epochs": float(t.epochs),
         "max_steps": t.max_steps if t.max_steps is not None else -1,
-        "learning_rate": t.learning_rate,
+        "learning_rate": t.effective_learning_rate(spec.method, spec.objective),
         "lr_scheduler_type": t.lr_scheduler,
+        "optim": t.optimizer,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
         "warmup_steps": t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         "gradient_checkpointing": t.gradient_checkpointing,
         "seed": t.seed,
@@ -86,6 +92,34 @@ def training_arguments(
         "max_length": t.max_length,
     }
     return args
+
+
+class UnsupportedSettingError(ValueError):
+    """A training setting that cannot work on this device or in this trainer image; the
+    message names the field and the fix. No retry can help (reported as InvalidSpec)."""
+
+
+def attention_implementation(spec: FineTuneJobSpec, device: str) -> str | None:
+    """`training.attentionImplementation` for `from_pretrained` (None: transformers chooses),
+    checked before any weights load: the device (`TrainingSpec.device_problems`) and, for
+    flash_attention_2, the flash-attn package, which the stock trainer image does not ship."""
+    import importlib.util
+
+    t = spec.training
+    problems = t.device_problems(device)
+    if (
+        not problems
+        and t.attention_implementation == "flash_attention_2"
+        and importlib.util.find_spec("flash_attn") is None
+    ):
+        problems.append(
+            "training.attentionImplementation: flash_attention_2 needs the flash-attn package, "
+            "which this trainer image does not have; leave it unset (sdpa), or set spec.image to "
+            "an image with flash-attn installed"
+        )
+    if problems:
+        raise UnsupportedSettingError("; ".join(problems))
+    return t.attention_implementation
 
 
 def sft_config(spec: FineTuneJobSpec, workdir: Path, *, data_format: str, **kwargs: Any) -> Any:
