@@ -1,8 +1,23 @@
-"""The GGUF verification report: agreement fractions, strictness and the problems it names."""
+"""The GGUF verification report: agreement fractions, strictness and the problems it names;
+and the reference model's memory: float32 arithmetic without a float32 copy of the weights."""
 
 from __future__ import annotations
 
-from kubetune_trainer.export.verify import GgufCheck, PromptComparison, VerificationReport
+import json
+from pathlib import Path
+
+import pytest
+
+from kubetune_trainer.export.verify import (
+    GgufCheck,
+    PromptComparison,
+    VerificationReport,
+    compute_in_float32,
+    reference_generations,
+    reference_weights_dtype,
+    verification_peak_bytes,
+)
+from kubetune_trainer.memory import GIB, LLAMA_3_1_8B
 
 
 def comparison(
@@ -83,3 +98,92 @@ def test_report_json_and_load_errors() -> None:
     assert [c["token_agreement"] for c in data["checks"]] == [1.0, 1.0]
     assert data["checks"][0]["prompts"][0]["reference_tokens"] == [1, 2]
     assert report.check("q4_k_m").error is not None
+
+
+# --- the reference model's memory ---------------------------------------------------------------
+
+LLAMA_3_1_8B_CONFIG = {  # the keys of meta-llama/Llama-3.1-8B's config.json that matter here
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_verification_of_an_8b_model_fits_a_24_gb_gpu() -> None:
+    memory = verification_peak_bytes(LLAMA_3_1_8B_CONFIG)
+    assert memory == verification_peak_bytes(LLAMA_3_1_8B)
+    assert LLAMA_3_1_8B.parameters == 8_030_261_248
+    # 16-bit weights (+ float32 norms), one 256 MiB upcast chunk, float32 KV cache for 2048 tokens.
+    assert memory.weights == 2 * 8_030_261_248 + 2 * 65 * 4096
+    assert memory.upcast_chunk == 256 * 1024**2
+    assert memory.kv_cache == 2048 * 32 * 2 * 8 * 128 * 4
+    assert 16.5 * GIB < memory.total < 17 * GIB  # the figure in verify.py's docstring
+    assert memory.total < 24e9 - 1.5 * GIB  # with the CUDA context and allocator slack
+    assert memory.float32_copy > 31 * GIB  # what loading the model in float32 needed
+
+
+def test_reference_dtype_on_gpu_is_the_checkpoints_16_bit(tmp_path: Path) -> None:
+    assert reference_weights_dtype(tmp_path, "cpu") == "float32"
+    for saved, held in (("bfloat16", "bfloat16"), ("float16", "float16"), ("float32", "float16")):
+        (tmp_path / "config.json").write_text(json.dumps({"dtype": saved}))
+        assert reference_weights_dtype(tmp_path, "cuda") == held
+
+
+def _tiny_llama(tmp_path: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)  # as merge_adapter saves it
+    model.save_pretrained(str(tmp_path / "m"))
+    return tmp_path / "m"
+
+
+def test_16_bit_held_reference_computes_like_the_float32_model(tmp_path: Path) -> None:
+    model_dir = _tiny_llama(tmp_path)
+    prompts = [[1, 5, 9, 42, 17], [1, 200, 3]]
+    exact = reference_generations(
+        model_dir, prompts, {299}, 12, device="cpu", weights_dtype="float32"
+    )
+    held = reference_generations(
+        model_dir, prompts, {299}, 12, device="cpu", weights_dtype="bfloat16"
+    )
+    for a, b in zip(exact, held, strict=True):
+        assert a.tokens == b.tokens
+        assert abs(a.logits - b.logits).max() < 1e-4
+
+
+@pytest.mark.parametrize("chunk_bytes", [256 * 1024**2, 4 * 64 * 7])  # whole, and 7-row chunks
+def test_compute_in_float32_keeps_weights_16_bit(tmp_path: Path, chunk_bytes: int) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = _tiny_llama(tmp_path)
+    reference = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16)
+    compute_in_float32(model, chunk_bytes=chunk_bytes)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(m.weight.dtype == torch.bfloat16 for m in linear)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.model.norm.weight.dtype == torch.float32
+    ids = torch.tensor([[1, 7, 8, 9, 120, 250]])
+    with torch.no_grad():
+        got = model(ids).logits
+        want = reference(ids).logits
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 1e-4

@@ -5,7 +5,7 @@ For each test conversation:
 - the prompt tokens training saw (``tokenizer.apply_chat_template``) are compared with what
   llama.cpp's tokenizer makes of the prompt Ollama would render from the Modelfile TEMPLATE
   (served prompts must match training token for token);
-- HF decodes greedily (float32, from the merged 16-bit weights), stopping at EOS or
+- HF decodes greedily (float32 arithmetic on the merged 16-bit weights), stopping at EOS or
   ``max_new_tokens``: the reference continuation;
 - llama.cpp decodes greedily too (``temp=0``): the file loads and generates, and we report how
   many leading tokens agree;
@@ -19,18 +19,46 @@ tiny test models), so where HF's top two logits are closer than ``tie_tolerance`
 the logit range at that position, 1% by default) either choice is right. A strict file fails if it picks another token anywhere HF's choice is clear. Quantized
 files report their agreement fraction and largest logit delta. A file that does not load or
 generate fails.
+
+Memory. The reference computes in float32 without a float32 copy of the model: on a GPU the
+weights stay in 16-bit (the checkpoint's own bf16/fp16, so exactly the merged weights; fp16 for
+a float32 checkpoint, as in the f16 GGUF) and each linear layer upcasts its weight to float32
+at most ``REFERENCE_CHUNK_BYTES`` (256 MiB) at a time, while norms, activations, the KV cache
+and logits are float32. The results are float32 results (the upcast is exact); only the
+summation order of a chunked output head differs (~1e-6). On CPU the model is loaded in
+float32 as a whole (host memory is the cheaper one, and float32 matmuls are faster there).
+
+:func:`verification_peak_bytes` computes what this holds on the GPU. For Llama-3.1-8B
+(hidden 4096, 32 layers, intermediate 14336, vocab 128256, 8 KV heads: 8,030,261,248
+parameters) and 2048 tokens of prompt + continuation:
+
+- weights 14.96 GiB (2 bytes per parameter; the 65 norms in float32 add 1 MiB);
+- one upcast chunk 0.25 GiB (16384 rows of the output head; the largest other layer is 224 MiB);
+- KV cache 0.50 GiB (2048 tokens x 32 layers x 2 x 8 heads x 128 x 4 bytes);
+- prefill activations 0.95 GiB (MLP gate/up/product 0.33, attention scores 0.50 should SDPA
+  fall back to its math kernel, hidden states 0.13) and logits 0.01 GiB;
+
+about 16.7 GiB (17.9 GB) at the peak, against 31.4 GiB (33.7 GB) for the float32 copy this
+replaces (29.9 GiB of weights alone). Training's memory is released before export, so it fits
+the 24 GB GPU an 8B QLoRA job runs on; the CUDA context (~0.5 GiB) comes on top.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kubetune_trainer.export.chat_format import ChatFormat, render_like_ollama
 from kubetune_trainer.export.llamacpp import import_llama_cpp
+from kubetune_trainer.memory import ModelGeometry
+
+WeightsDtype = Literal["float32", "bfloat16", "float16"]
+# Most of a weight upcast to float32 at once by the reference (see the module doc).
+REFERENCE_CHUNK_BYTES = 256 * 1024**2
 
 Conversation = Sequence[Mapping[str, str]]
 Prompt = str | Conversation  # a conversation for the chat template, or raw text
@@ -223,18 +251,35 @@ class Reference:
 
 
 def reference_generations(
-    model_dir: Path, prompts: Sequence[list[int]], eos_ids: set[int], max_new_tokens: int
+    model_dir: Path,
+    prompts: Sequence[list[int]],
+    eos_ids: set[int],
+    max_new_tokens: int,
+    *,
+    device: str | None = None,
+    weights_dtype: WeightsDtype | None = None,
 ) -> list[Reference]:
     """Greedy continuations, with their logits, from the HF model in ``model_dir`` in float32.
 
-    On the GPU when there is one (the trainer pod's), else on CPU.
+    On the GPU when there is one (the trainer pod's), else on CPU. ``weights_dtype``: how the
+    weights are held while the arithmetic is float32 (see the module doc); default
+    :func:`reference_weights_dtype`.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    model.to(device).eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    held = weights_dtype or reference_weights_dtype(model_dir, device)
+    model: Any
+    if held == "float32":
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        model.to(device)
+    else:  # loaded straight onto the device in 16-bit: no float32 copy anywhere
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=getattr(torch, held), device_map={"": device}
+        )
+        compute_in_float32(model)
+    model.eval()
     pad = model.generation_config.pad_token_id
     outputs = []
     with torch.no_grad():
@@ -253,7 +298,116 @@ def reference_generations(
             tokens = _until_eos(generated.sequences[0, len(ids) :].tolist(), eos_ids)
             logits = torch.cat(generated.logits[: len(tokens)]).float().cpu().numpy()
             outputs.append(Reference(tokens, logits))
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return outputs
+
+
+def reference_weights_dtype(model_dir: Path, device: str) -> WeightsDtype:
+    """float32 on CPU (as a whole); on a GPU the checkpoint's own 16-bit type, float16 for a
+    float32 checkpoint (the rounding the f16 GGUF applies too)."""
+    if device == "cpu":
+        return "float32"
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    saved = config.get("dtype") or config.get("torch_dtype")
+    return "bfloat16" if saved == "bfloat16" else "float16"
+
+
+def compute_in_float32(model: Any, chunk_bytes: int = REFERENCE_CHUNK_BYTES) -> None:
+    """Make a model held in 16-bit compute in float32, without a float32 copy of its weights.
+
+    Linear layers upcast their weight at most ``chunk_bytes`` at a time (whole output rows) and
+    return float32; embeddings look up 16-bit rows and return them as float32; every other
+    parameter and buffer (norms, biases, rotary frequencies: a few MiB) becomes float32.
+    """
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            if module.bias is not None:
+                module.bias.data = module.bias.data.float()
+            module.forward = _float32_linear(module, chunk_bytes)  # type: ignore[method-assign]
+        elif isinstance(module, torch.nn.Embedding):
+            module.register_forward_hook(lambda _m, _args, out: out.float())
+        else:
+            for param in module.parameters(recurse=False):
+                param.data = param.data.float()
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point():
+                    setattr(module, name, buffer.float())
+
+
+def _float32_linear(module: Any, chunk_bytes: int) -> Any:
+    import torch
+
+    rows = max(1, chunk_bytes // (4 * module.in_features))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        weight, bias = module.weight, module.bias
+        if weight.shape[0] <= rows:
+            return torch.nn.functional.linear(x, weight.float(), bias)
+        return torch.cat(
+            [
+                torch.nn.functional.linear(
+                    x,
+                    weight[start : start + rows].float(),
+                    None if bias is None else bias[start : start + rows],
+                )
+                for start in range(0, weight.shape[0], rows)
+            ],
+            dim=-1,
+        )
+
+    return forward
+
+
+@dataclass(frozen=True)
+class VerificationMemory:
+    """Bytes the reference model adds on the GPU at its peak, by what holds them."""
+
+    weights: int  # 16-bit linear and embedding weights, float32 norms
+    upcast_chunk: int  # one linear layer's weight rows in float32
+    kv_cache: int  # float32 keys and values of every layer
+    activations: int  # prefill: MLP intermediates, attention scores, hidden states
+    logits: int  # float32 logits of the kept positions
+    float32_copy: int  # the same peak with the whole model in float32 (before this module's design)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.upcast_chunk + self.kv_cache + self.activations + self.logits
+
+
+def verification_peak_bytes(
+    config: Mapping[str, Any] | ModelGeometry,
+    *,
+    tokens: int = 2048,
+    max_new_tokens: int = 16,
+    chunk_bytes: int = REFERENCE_CHUNK_BYTES,
+) -> VerificationMemory:
+    """What :func:`reference_generations` holds on a GPU for a model with this geometry
+    (a ``config.json`` dict or a :class:`~kubetune_trainer.memory.ModelGeometry`), for a
+    prompt + continuation of ``tokens`` tokens. The CUDA context and allocator slack come on
+    top. See the module doc for the Llama-3.1-8B figure."""
+    g = config if isinstance(config, ModelGeometry) else ModelGeometry.from_config(dict(config))
+    norms = (2 * g.num_layers + 1) * g.hidden_size
+    weights = 2 * (g.parameters - norms) + 4 * norms
+    upcast = max(
+        4 * min(rows, max(1, chunk_bytes // (4 * cols))) * cols
+        for rows, cols in [*g.linear_shapes(), (g.vocab_size, g.hidden_size)]
+    )
+    kv_cache = tokens * g.kv_bytes_per_token(4)
+    mlp = 3 * tokens * g.intermediate_size * 4  # gate, up and their product
+    scores = g.num_heads * tokens * tokens * 4  # SDPA's math kernel; fused kernels keep none
+    hidden = 4 * tokens * max(g.hidden_size, g.num_heads * g.head_dim) * 4
+    activations = mlp + scores + hidden
+    logits = (max_new_tokens + 1) * g.vocab_size * 4
+    float32_copy = 4 * g.parameters + kv_cache + activations + logits
+    return VerificationMemory(weights, upcast, kv_cache, activations, logits, float32_copy)
 
 
 def compare_with_gguf(
