@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 def run_entry(tmp_path: Path, spec: Path, workdir: Path) -> tuple[int, TrainerResult]:
     """`python -m kubetune_trainer run` in-process: its exit code and the termination message."""
     log = tmp_path / "log"
-    code = main(["run", "--spec", str(spec), "--workdir", str(workdir), "--termination-log", str(log)])
+    code = main(
+        ["run", "--spec", str(spec), "--workdir", str(workdir), "--termination-log", str(log)]
+    )
     return code, TrainerResult.from_termination_message(log.read_text())
 
 
@@ -317,7 +319,234 @@ def test_module_entry_point_runs(tmp_path: Path) -> None:
 def test_transient_failures_exit_1_so_the_job_retries() -> None:
     from kubetune_trainer.__main__ import exit_code
 
-    assert exit_code(TrainerResult(phase="Failed", reason="OutOfMemory")) == 1
     assert exit_code(TrainerResult(phase="Failed", reason="DataUnavailable")) == 1
-    assert exit_code(TrainerResult(phase="Failed", reason="DataPolicyFailed")) == PERMANENT_FAILURE_EXIT_CODE
+    assert exit_code(TrainerResult(phase="Failed", reason="TrainingFailed")) == 1
+    assert (
+        exit_code(TrainerResult(phase="Failed", reason="DataPolicyFailed"))
+        == PERMANENT_FAILURE_EXIT_CODE
+    )
     assert exit_code(TrainerResult(phase="Succeeded")) == 0
+
+
+# --- failures no retry can fix ---------------------------------------------------------------------
+
+LLAMA_8B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "torch_dtype": "bfloat16",
+}
+CUDA_OOM = (
+    "CUDA out of memory. Tried to allocate 3.91 GiB. GPU 0 has a total capacity of 23.55 GiB "
+    "of which 1.20 GiB is free. Of the allocated memory 20.1 GiB is allocated by PyTorch"
+)
+
+
+def _llama_8b_dir(tmp_path: Path) -> Path:
+    model = tmp_path / "llama-8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+    return model
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["OutOfMemory", "UnsupportedChatTemplate", "ExportVerificationFailed", "InvalidSpec"],
+)
+def test_failures_no_retry_can_fix_exit_with_the_permanent_code(reason: str) -> None:
+    from kubetune_trainer.__main__ import exit_code
+
+    assert exit_code(TrainerResult(phase="Failed", reason=reason)) == PERMANENT_FAILURE_EXIT_CODE
+
+
+def test_gpu_out_of_memory_in_training_estimates_each_setting_that_lowers_it(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from kubetune_trainer.pipeline import base_model_geometry
+
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "file://llama-8b", "acceptLicense": True},
+            "dataset": {"source": {"uri": "file://d.jsonl"}},
+            "training": {"batchSize": 4, "maxLength": 2048},
+        }
+    )
+    _llama_8b_dir(tmp_path)
+    geometry = base_model_geometry(spec, tmp_path)
+    assert geometry is not None and geometry.parameters == 8_030_261_248
+    reason, message = describe_failure(
+        torch.cuda.OutOfMemoryError(CUDA_OOM), "train", spec, geometry=geometry
+    )
+    assert reason == "OutOfMemory"
+    assert "GPU memory (23.6 GiB)" in message and "not retried" in message
+    # qlora, batch 4 x 2048 tokens on Llama 3.1 8B (kubetune_trainer.memory's estimate)
+    assert "estimated training peak with examples at full maxLength ≈22.3 GiB" in message
+    assert "logits 11.7 GiB" in message
+    assert (
+        "training.batchSize: 2 with gradientAccumulationSteps: 8 (same effective batch) -> 14.1 GiB"
+        in message
+    )
+    assert "training.maxLength: 1024 -> 14.1 GiB" in message
+    assert "resources.gpuProduct" in message
+
+
+def test_out_of_memory_without_the_models_config_still_names_the_settings() -> None:
+    import torch
+
+    reason, message = describe_failure(
+        torch.cuda.OutOfMemoryError(CUDA_OOM),
+        "train",
+        _spec(batchSize=8, gradientCheckpointing=False),
+    )
+    assert reason == "OutOfMemory"
+    for setting in (
+        "method: qlora",
+        "batchSize (now 8)",
+        "maxLength",
+        "gradientCheckpointing: true",
+    ):
+        assert setting in message
+
+
+def test_out_of_memory_message_fits_the_stage(tmp_path: Path) -> None:
+    import torch
+
+    from kubetune_trainer.memory import ModelGeometry
+
+    geometry = ModelGeometry.from_config(LLAMA_8B_CONFIG)
+    spec = _spec()
+    _, evaluate = describe_failure(
+        torch.cuda.OutOfMemoryError(CUDA_OOM), "evaluate", spec, geometry=geometry
+    )
+    assert "evaluation.maxNewTokens (now 256)" in evaluate and "15.0 GiB" in evaluate
+    _, export = describe_failure(
+        torch.cuda.OutOfMemoryError(CUDA_OOM), "export", spec, geometry=geometry
+    )
+    assert "verifying the GGUF files" in export and "16.7 GiB" in export
+    reason, host = describe_failure(
+        RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 4096 bytes"
+        ),
+        "export",
+        _spec().model_copy(
+            update={"resources": _spec().resources.model_copy(update={"memory": "32Gi"})}
+        ),
+        geometry=geometry,
+    )
+    assert reason == "OutOfMemory"
+    assert "host memory" in host and "resources.memory (now 32Gi)" in host
+
+
+def test_hf_model_geometry_comes_from_the_cache_without_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from kubetune_trainer.pipeline import base_model_geometry
+
+    config = _llama_8b_dir(tmp_path) / "config.json"
+    asked: list[tuple[str, str, str | None]] = []
+
+    def cached(repo_id: str, filename: str, revision: str | None = None, **_: Any) -> str:
+        asked.append((repo_id, filename, revision))
+        return str(config)
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda **_: pytest.fail("no download")
+    )
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {
+                "uri": "hf://meta-llama/Llama-3.1-8B",
+                "revision": "abc",
+                "acceptLicense": True,
+            },
+            "dataset": {"source": {"uri": "file://d.jsonl"}},
+        }
+    )
+    geometry = base_model_geometry(spec)
+    assert geometry is not None and geometry.vocab_size == 128256
+    assert asked == [("meta-llama/Llama-3.1-8B", "config.json", "abc")]
+    assert base_model_geometry(_spec()) is None  # pvc://m/x is not mounted here
+
+
+def test_oom_in_the_pod_exits_permanently_with_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from kubetune_trainer import pipeline
+
+    model = _llama_8b_dir(tmp_path)
+
+    def oom_in_training(run: Any, base_dir: Any, metrics: Any) -> None:
+        run.enter("train")
+        raise torch.cuda.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr(pipeline, "_run_stages", oom_in_training)
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "baseModel": {"uri": f"file://{model}", "acceptLicense": True},
+                "dataset": {"source": {"uri": "file://d.jsonl"}},
+            }
+        )
+    )
+    code, result = run_entry(tmp_path, spec, tmp_path / "work")
+    assert code == PERMANENT_FAILURE_EXIT_CODE
+    assert (result.reason, result.stage) == ("OutOfMemory", "train")
+    assert "≈22.3 GiB" in result.message and "batchSize: 2" in result.message
+
+
+def test_unsupported_chat_template_is_permanent_and_says_what_to_do() -> None:
+    from kubetune_trainer.export.chat_format import UnsupportedChatTemplate
+
+    reason, message = describe_failure(
+        UnsupportedChatTemplate("a system message changes the first user turn"), "export", _spec()
+    )
+    assert reason == "UnsupportedChatTemplate"
+    assert "a system message changes the first user turn" in message
+    assert "retry cannot" in message and "base model" in message
+
+
+def test_failed_gguf_verification_is_permanent_and_points_at_the_report(tmp_path: Path) -> None:
+    from kubetune_trainer.export.pipeline import ExportResult, ExportVerificationError
+    from kubetune_trainer.export.verify import GgufCheck, PromptComparison, VerificationReport
+
+    wrong = PromptComparison(
+        prompt=0,
+        served_prompt_matches=True,
+        reference_tokens=(1, 2, 3),
+        gguf_tokens=(1, 9, 9),
+        matching_prefix=1,
+        forced_matches=1,
+        forced_clear_mismatches=2,
+        max_logit_delta=4.2,
+        gguf_text="",
+    )
+    report = VerificationReport(16, 0.01, (GgufCheck("gguf-f16", "f16", True, (wrong,)),))
+    exc = ExportVerificationError(
+        ExportResult(tmp_path, (), tmp_path / "manifest.json", report, "b1234")
+    )
+    reason, message = describe_failure(exc, "export", _spec())
+    assert reason == "ExportVerificationFailed"
+    assert "gguf-f16: llama.cpp picks another token" in message
+    assert "manifest.json" in message and "newer llama.cpp" in message
+
+
+def test_a_setting_the_device_cannot_run_is_an_invalid_spec() -> None:
+    from kubetune_trainer.train.config import UnsupportedSettingError, attention_implementation
+
+    spec = _spec(attentionImplementation="flash_attention_2")
+    with pytest.raises(UnsupportedSettingError) as info:
+        attention_implementation(spec, "cpu")
+    reason, message = describe_failure(info.value, "train", spec)
+    assert reason == "InvalidSpec" and "training.attentionImplementation" in message

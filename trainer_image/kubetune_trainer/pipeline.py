@@ -13,24 +13,32 @@
 6. export (merge, GGUF, manifest), skipped when the gate failed and `export.onGateFailure: skip`;
 7. `workdir/result.json` (the full TrainerResult) written, and the result returned.
 
-Every exception becomes a Failed result with an actionable message (out-of-memory gets advice);
-the traceback goes to stderr, never into the result.
+Every exception becomes a Failed result with an actionable message; the traceback goes to
+stderr, never into the result. Failures no retry can fix carry a reason in Reason.PERMANENT
+(the pod then exits with the permanent-failure code): an invalid spec or setting, the data
+policy, an out-of-memory (with the estimated memory of the settings and of each one to lower,
+`kubetune_trainer.memory`), a chat template Ollama cannot reproduce, a failed GGUF verification.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kubetune.api import constants as c
 from kubetune.api.common import Artifact
 from kubetune.api.finetunejob import FineTuneJobSpec, Progress, TrainerResult, TrainingSummary
+
+if TYPE_CHECKING:
+    from kubetune_trainer.export.pipeline import ExportVerificationError
+    from kubetune_trainer.memory import ModelGeometry
 
 Stage = Literal["data", "train", "evaluate", "export", "done"]
 # on_progress(stage, progress): called when a stage starts (progress None) and on every
@@ -142,7 +150,8 @@ def run_pipeline(
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         traceback.print_exc(file=sys.stderr)
-        reason, message = describe_failure(exc, run.stage, spec)
+        geometry = base_model_geometry(spec, base_dir) if is_out_of_memory(exc) else None
+        reason, message = describe_failure(exc, run.stage, spec, geometry=geometry)
         print(f"failed in stage {run.stage}: {reason}: {message}", file=sys.stderr, flush=True)
         return run.finish("Failed", reason, message)
     return run.finish("Succeeded", c.Reason.SUCCEEDED, "")
@@ -352,8 +361,64 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def oom_advice(spec: FineTuneJobSpec) -> str:
-    """What to change after an out-of-memory failure, most effective first."""
+def is_gpu_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or another accelerator's) allocation failure, as opposed to host memory."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    text = str(exc).lower()
+    return "out of memory" in text and any(word in text for word in ("cuda", "gpu", "device"))
+
+
+def gpu_capacity_gib(exc: BaseException) -> float | None:
+    """The GPU's capacity from torch's message ("GPU 0 has a total capacity of 23.55 GiB")."""
+    match = re.search(r"total capacity of ([0-9.]+) GiB", str(exc))
+    return float(match.group(1)) if match else None
+
+
+def base_model_geometry(
+    spec: FineTuneJobSpec, base_dir: Path | None = None
+) -> ModelGeometry | None:
+    """The base model's geometry from a config.json already on this machine (a mounted or
+    local folder, or the Hugging Face cache); None otherwise. Never downloads."""
+    from kubetune_trainer.memory import ModelGeometry
+
+    scheme, _, rest = spec.base_model.uri.partition("://")
+    try:
+        if scheme in ("file", "pvc"):
+            from kubetune_trainer.storage import local_path
+
+            return ModelGeometry.read(local_path(spec.base_model.uri, base_dir))
+        if scheme == "hf":
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(
+                rest.strip("/"), "config.json", revision=spec.base_model.revision
+            )
+            return ModelGeometry.read(Path(cached).parent) if isinstance(cached, str) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def oom_advice(spec: FineTuneJobSpec, geometry: ModelGeometry | None = None) -> str:
+    """What to change after running out of memory in training, most saving first; with the
+    model's geometry, the estimated peak now and after each change (`kubetune_trainer.memory`)."""
+    from kubetune_trainer.memory import estimate_training_memory, gib, lower_memory_options
+
+    tail = "or ask for a GPU with more memory (resources.gpuProduct)"
+    if geometry is not None:
+        now = estimate_training_memory(spec, geometry)
+        options = lower_memory_options(spec, geometry)
+        steps = [f"{change} -> {gib(memory.total)}" for change, memory in options]
+        return (
+            f"estimated training peak with examples at full maxLength {now.describe()}; "
+            "each of these alone lowers it: " + "; ".join([*steps, tail])
+        )
     t = spec.training
     steps = []
     if spec.method != "qlora":
@@ -367,14 +432,96 @@ def oom_advice(spec: FineTuneJobSpec) -> str:
         steps.append(f"lower training.maxLength (now {t.max_length})")
     if not t.gradient_checkpointing:
         steps.append("set training.gradientCheckpointing: true")
-    steps.append("or ask for a GPU with more memory (resources.gpuProduct)")
-    return "; ".join(steps)
+    steps.append(tail)
+    return "activations and logits grow with batchSize × maxLength: " + "; ".join(steps)
 
 
-def describe_failure(exc: BaseException, stage: str, spec: FineTuneJobSpec) -> tuple[str, str]:
-    """(reason, actionable message) for an exception raised in `stage`."""
+def out_of_memory_message(
+    exc: BaseException, stage: str, spec: FineTuneJobSpec, geometry: ModelGeometry | None = None
+) -> str:
+    """Why the job ran out of memory, and the settings to change: a retry cannot help."""
+    from kubetune_trainer.export.verify import verification_peak_bytes
+    from kubetune_trainer.memory import gib
+
+    gpu = is_gpu_out_of_memory(exc)
+    capacity = gpu_capacity_gib(exc)
+    where = "GPU memory" + (f" ({capacity:.1f} GiB)" if capacity else "") if gpu else "host memory"
+    head = (
+        f"out of {where} in stage {stage}; the same settings need the same memory, "
+        "so the job is not retried: "
+    )
+    if not gpu:
+        now = f" (now {spec.resources.memory})" if spec.resources.memory else ""
+        size = f"; this model is {gib(2 * geometry.parameters)} in 16-bit" if geometry else ""
+        advice = f"raise resources.memory{now}{size}"
+        if stage == "train":
+            advice += "; or lower what training holds: " + oom_advice(spec, geometry)
+        return head + advice
+    if stage == "evaluate":
+        size = f" ({gib(2 * geometry.parameters)} for this model)" if geometry else ""
+        return head + (
+            f"evaluation holds the model in 16-bit{size} and generates several answers at once: lower "
+            f"evaluation.maxNewTokens (now {spec.evaluation.max_new_tokens}), or ask for a GPU with more "
+            "memory (resources.gpuProduct)"
+        )
+    if stage == "export":
+        size = (
+            f" (about {gib(verification_peak_bytes(geometry, tokens=spec.training.max_length).total)} "
+            "for this model)"
+            if geometry
+            else ""
+        )
+        return head + (
+            f"verifying the GGUF files holds the merged model in 16-bit on the GPU{size}: ask for a "
+            "GPU with more memory (resources.gpuProduct)"
+        )
+    return head + oom_advice(spec, geometry)
+
+
+def _first_line(exc: BaseException, limit: int = 2000) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def verification_failure_message(exc: ExportVerificationError) -> str:
+    """What failed in the GGUF verification, where the report is, and what can change it."""
+    problems = exc.result.verification.problems
+    hints = []
+    if any("tokenizes the served prompt differently" in p for p in problems):
+        hints.append(
+            "a served prompt tokenizes differently from training: the model's chat template or "
+            "tokenizer is not reproduced by llama.cpp/Ollama for this model family"
+        )
+    if any("picks another token" in p or "could not run it" in p for p in problems):
+        hints.append(
+            "llama.cpp does not reproduce this architecture: a trainer image with a newer "
+            "llama.cpp (spec.image) may"
+        )
+    if any("generated nothing" in p for p in problems):
+        hints.append("the model ends its answer at once: check the training data's answers")
+    listed = "; ".join(problems)
+    return (
+        f"the exported GGUF files do not behave like the fine-tuned model, so the export is not "
+        f"published: {listed[:1500]}. The files and export/manifest.json (with the full "
+        "verification report) are in the job's artifacts folder; a retry converts the same "
+        "model the same way. " + ("; ".join(hints) + "." if hints else "")
+    ).strip()
+
+
+def describe_failure(
+    exc: BaseException,
+    stage: str,
+    spec: FineTuneJobSpec,
+    *,
+    geometry: ModelGeometry | None = None,
+) -> tuple[str, str]:
+    """(reason, actionable message) for an exception raised in `stage`; `geometry` (the base
+    model's) turns out-of-memory advice into estimates."""
     from kubetune_trainer.data import DataPolicyError, DataSourceError, DataValidationError
+    from kubetune_trainer.export.chat_format import UnsupportedChatTemplate
+    from kubetune_trainer.export.pipeline import ExportVerificationError
     from kubetune_trainer.models import LicenseNotAcceptedError, ModelError
+    from kubetune_trainer.train.config import UnsupportedSettingError
 
     if isinstance(exc, DataPolicyError):
         return (
@@ -387,12 +534,24 @@ def describe_failure(exc: BaseException, stage: str, spec: FineTuneJobSpec) -> t
         return REASON_DATA_UNAVAILABLE, str(exc)
     if isinstance(exc, LicenseNotAcceptedError):
         return REASON_LICENSE, str(exc)
+    if isinstance(exc, UnsupportedSettingError):
+        return c.Reason.INVALID_SPEC, str(exc)
+    if is_out_of_memory(exc):
+        return REASON_OUT_OF_MEMORY, out_of_memory_message(exc, stage, spec, geometry)
     if isinstance(exc, ModelError):
         return REASON_MODEL_UNAVAILABLE, str(exc)
-    if is_out_of_memory(exc):
-        return REASON_OUT_OF_MEMORY, f"out of memory in stage {stage}: {oom_advice(spec)}"
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, UnsupportedChatTemplate):
+        return c.Reason.UNSUPPORTED_CHAT_TEMPLATE, (
+            f"the base model's chat template cannot be served as it was trained: {_first_line(exc)}. "
+            "Ollama renders prompts from fixed text around each role's message, and this template "
+            "does more, so served prompts would differ from training. A retry cannot change the "
+            "template; the trained weights are kept in the artifacts. Fine-tune a base model whose "
+            "chat template wraps each role in fixed text (Llama 3, Qwen2, Phi-3 and Mistral "
+            "instruct models do)."
+        )
+    if isinstance(exc, ExportVerificationError):
+        return c.Reason.EXPORT_VERIFICATION_FAILED, verification_failure_message(exc)
     return (
         REASON_STAGE_FAILED.get(stage, c.Reason.TRAINER_FAILED),
-        f"stage {stage} failed: {type(exc).__name__}: {detail[:2000]} (the traceback is in the trainer's log)",
+        f"stage {stage} failed: {type(exc).__name__}: {_first_line(exc)} (the traceback is in the trainer's log)",
     )

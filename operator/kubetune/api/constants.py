@@ -99,10 +99,23 @@ class Reason:
     TRAINING_FAILED: Final = "TrainingFailed"
     EVALUATION_FAILED: Final = "EvaluationFailed"
     EXPORT_FAILED: Final = "ExportFailed"
+    # The base model's chat template cannot become an Ollama TEMPLATE (export.chat_format).
+    UNSUPPORTED_CHAT_TEMPLATE: Final = "UnsupportedChatTemplate"
+    # An exported GGUF does not reproduce the model it was made from (export.verify).
+    EXPORT_VERIFICATION_FAILED: Final = "ExportVerificationFailed"
 
     # Failures a retry of the same spec cannot fix: the trainer exits with
     # PERMANENT_FAILURE_EXIT_CODE and the Job's podFailurePolicy fails the Job at once.
-    PERMANENT: Final = (INVALID_SPEC, DATA_POLICY, INVALID_DATA, LICENSE_NOT_ACCEPTED)
+    # Out-of-memory is one: the same settings on the same GPU need the same memory.
+    PERMANENT: Final = (
+        INVALID_SPEC,
+        DATA_POLICY,
+        INVALID_DATA,
+        LICENSE_NOT_ACCEPTED,
+        OUT_OF_MEMORY,
+        UNSUPPORTED_CHAT_TEMPLATE,
+        EXPORT_VERIFICATION_FAILED,
+    )
 
 
 # Exit code of a trainer that failed permanently (see Reason.PERMANENT).
