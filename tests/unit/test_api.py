@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from kubetune.api import Artifact, FineTuneJobSpec, TrainerResult
-from kubetune.api.finetunejob import DataReportSummary, GateResult
+from kubetune.api.finetunejob import DataReportSummary, GateResult, secret_refs
+from tests.spec_rules import JUDGE, RULES
 
 MINIMAL = {"baseModel": {"uri": "pvc://models/qwen2.5-7b"}, "dataset": {"source": {"uri": "pvc://data/train.jsonl"}}}
 
@@ -54,6 +55,53 @@ def test_bad_specs_name_the_field(patch: dict[str, object], field: str, words: s
     paths = [".".join(str(p) for p in e["loc"]) for e in errors]
     assert any(p.startswith(field) for p in paths), paths
     assert words in str(info.value)
+
+
+def test_gate_and_export_defaults_are_honest() -> None:
+    spec = FineTuneJobSpec.model_validate(MINIMAL)
+    gate = spec.evaluation.gate
+    assert gate.max_forgetting_drop is None and gate.require_improvement_over_base is None
+    assert gate.requires_improvement(judge_configured=False)  # the default gate: beat the base
+    assert gate.min_quantized_agreement == 0.9
+    assert spec.evaluation.compare_with_base and spec.export.merge
+
+
+@pytest.mark.parametrize(("patch", "loc", "message", "fix"), RULES, ids=[r[2].split(":")[0] for r in RULES])
+def test_spec_rules_reject_with_the_exact_message_and_the_fix_works(
+    patch: dict[str, object], loc: str, message: str, fix: dict[str, object]
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        FineTuneJobSpec.model_validate({**MINIMAL, **patch})
+    errors = info.value.errors()
+    assert [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in errors] == [(loc, f"Value error, {message}")]
+    FineTuneJobSpec.model_validate({**MINIMAL, **fix})
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    patch = {
+        "baseModel": {"uri": "s3://models/x"},
+        "evaluation": {"gate": {"maxForgettingDrop": 0.1, "minJudgeScore": 4}},
+    }
+    with pytest.raises(ValidationError) as info:
+        FineTuneJobSpec.model_validate({**MINIMAL, **patch})
+    text = str(info.value)
+    assert "baseModel.uri: the trainer does not read s3://" in text
+    assert "evaluation.gate.maxForgettingDrop needs" in text and "evaluation.gate.minJudgeScore needs" in text
+
+
+def test_secret_refs_name_their_fields() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        {
+            **MINIMAL,
+            "baseModel": {"uri": "hf://Qwen/Qwen2.5-7B", "tokenSecretRef": {"name": "hf"}},
+            "evaluation": {"judge": {**JUDGE, "apiKeySecretRef": {"name": "judge", "key": "api-key"}}},
+        }
+    )
+    assert [(f, r.name, r.key) for f, r in secret_refs(spec)] == [
+        ("baseModel.tokenSecretRef", "hf", "token"),
+        ("evaluation.judge.apiKeySecretRef", "judge", "api-key"),
+    ]
+    assert secret_refs(FineTuneJobSpec.model_validate(MINIMAL)) == []
 
 
 def test_licensed_model_accepted_with_flag() -> None:

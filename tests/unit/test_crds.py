@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from kubetune.api.crdgen import render_all
+from kubetune.api.finetunejob import EXPORT_RULES, SPEC_RULES
 from kubetune.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,3 +58,18 @@ def test_finetunejob_crd_has_columns_status_and_immutability() -> None:
     assert spec["properties"]["lora"]["properties"]["r"]["default"] == 16
     assert spec["properties"]["lora"]["default"] == {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}
     assert crd["spec"]["names"]["shortNames"] == ["ftj", "ftjob"]
+
+
+def test_the_apiserver_gets_the_same_rules_and_words_as_pydantic() -> None:
+    crd = yaml.safe_load(render_all()["kubetune.dev_finetunejobs.yaml"])
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+    def rules(node: dict[str, object]) -> list[tuple[str, str]]:
+        return [(r["rule"], r["message"]) for r in node.get("x-kubernetes-validations", [])]  # type: ignore[attr-defined]
+
+    assert [(r.cel, r.message) for r in SPEC_RULES] == rules(spec)[: len(SPEC_RULES)]
+    assert [(r.cel, r.message) for r in EXPORT_RULES] == rules(spec["properties"]["export"])[: len(EXPORT_RULES)]
+    gate = spec["properties"]["evaluation"]["properties"]["gate"]["properties"]
+    assert gate["minQuantizedAgreement"]["default"] == 0.9
+    assert "default" not in gate["maxForgettingDrop"] and "forgettingSet" in gate["maxForgettingDrop"]["description"]
+    assert "default" not in gate["requireImprovementOverBase"]

@@ -1,4 +1,5 @@
-"""decide_gate: every threshold, the defaults, forgetting, unscored answers and improvement."""
+"""decide_gate: the default gate, every threshold, forgetting, unscored answers and improvement;
+quantization_verdicts: each quantized GGUF file against minQuantizedAgreement."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import pytest
 from kubetune.api.finetunejob import EvaluationSummary, GateSpec, ModelScores
 from kubetune_trainer.evaluation.gate import (
     DEFAULT_MIN_JUDGE_SCORE,
-    NO_THRESHOLDS,
+    NO_GATE,
+    QuantizationVerdict,
     decide_gate,
     primary_metric,
+    quantization_verdicts,
 )
 
 SCORES = ModelScores(exact_match=0.5, rouge_l=0.42, bleu=21.5, perplexity=7.25, judge_score=4.2)
+WORSE_BASE = ModelScores(exact_match=0.1, rouge_l=0.3, bleu=10.0, perplexity=9.0, judge_score=3.0)
 
 
 def _summary(scores: ModelScores = SCORES, **kw: object) -> EvaluationSummary:
@@ -23,16 +27,81 @@ def _gate(**kw: object) -> GateSpec:
     return GateSpec.model_validate(kw)
 
 
-def test_no_judge_no_thresholds_passes() -> None:
+def test_default_gate_requires_improvement_over_the_base() -> None:
+    better = decide_gate(_gate(), _summary(base=WORSE_BASE), judge_configured=False)
+    assert better.passed
+    assert better.reason == "passed: rougeL 0.42 improved on base 0.3 (default gate)"
+    assert better.judge_score == 4.2
+    worse = decide_gate(
+        _gate(), _summary(base=ModelScores(rouge_l=0.42)), judge_configured=False
+    )
+    assert not worse.passed
+    assert worse.reason == "failed: rougeL 0.42 did not improve on base 0.42 (default gate)"
+
+
+def test_default_gate_without_a_base_fails() -> None:
     result = decide_gate(_gate(), _summary(), judge_configured=False)
-    assert result.passed and result.reason == NO_THRESHOLDS
-    assert result.judge_score == 4.2
+    assert not result.passed
+    assert result.reason == (
+        "failed: requireImprovementOverBase (default gate): the base was not evaluated "
+        "(set compareWithBase: true)"
+    )
 
 
-def test_no_thresholds_still_reports_forgetting_that_held() -> None:
-    result = decide_gate(_gate(), _summary(forgetting_drop=0.05), judge_configured=False)
+def test_a_gate_with_no_check_fails() -> None:
+    result = decide_gate(
+        _gate(require_improvement_over_base=False),
+        _summary(base=WORSE_BASE),
+        judge_configured=False,
+    )
+    assert not result.passed
+    assert result.reason == (
+        f"failed: {NO_GATE} (requireImprovementOverBase is false, and no threshold, judge or "
+        "maxForgettingDrop is set); set a threshold such as minRougeL, or "
+        "requireImprovementOverBase: true"
+    )
+
+
+def test_forgetting_alone_is_a_check() -> None:
+    result = decide_gate(
+        _gate(require_improvement_over_base=False, max_forgetting_drop=0.1),
+        _summary(forgetting_drop=0.05),
+        judge_configured=False,
+    )
+    assert result.passed and result.reason == "passed: forgetting drop 0.05 <= maxForgettingDrop 0.1"
+
+
+def test_default_gate_reports_forgetting_that_held() -> None:
+    result = decide_gate(
+        _gate(max_forgetting_drop=0.1),
+        _summary(base=WORSE_BASE, forgetting_drop=0.05),
+        judge_configured=False,
+    )
     assert result.passed
-    assert result.reason == f"{NO_THRESHOLDS}; forgetting drop 0.05 <= maxForgettingDrop 0.1"
+    assert result.reason == (
+        "passed: forgetting drop 0.05 <= maxForgettingDrop 0.1; "
+        "rougeL 0.42 improved on base 0.3 (default gate)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("gate", "judge", "improvement", "nothing"),
+    [
+        ({}, False, True, False),
+        ({}, True, False, False),
+        ({"min_rouge_l": 0.3}, False, False, False),
+        ({"require_improvement_over_base": True, "min_rouge_l": 0.3}, False, True, False),
+        ({"require_improvement_over_base": False}, False, False, True),
+        ({"require_improvement_over_base": False}, True, False, False),
+        ({"require_improvement_over_base": False, "max_forgetting_drop": 0.1}, False, False, False),
+    ],
+)
+def test_when_improvement_is_required(
+    gate: dict[str, object], judge: bool, improvement: bool, nothing: bool
+) -> None:
+    spec = _gate(**gate)
+    assert spec.requires_improvement(judge) is improvement
+    assert spec.checks_nothing(judge) is nothing
 
 
 def test_judge_default_threshold_passes_and_fails() -> None:
@@ -109,7 +178,8 @@ def test_more_than_half_unscored_fails(unscored: int, passes: bool) -> None:
 
 
 def test_unscored_count_is_ignored_without_a_judge() -> None:
-    assert decide_gate(_gate(), _summary(), judge_configured=False, judge_unscored=10).passed
+    summary = _summary(base=WORSE_BASE)
+    assert decide_gate(_gate(), summary, judge_configured=False, judge_unscored=10).passed
 
 
 @pytest.mark.parametrize(
@@ -127,8 +197,15 @@ def test_forgetting_drop(drop: float, limit: float | None, passes: bool) -> None
         assert result.reason == "failed: forgetting drop 0.15 > maxForgettingDrop 0.1"
 
 
-def test_unmeasured_forgetting_is_not_a_failure() -> None:
-    assert decide_gate(_gate(max_forgetting_drop=0.0), _summary(), judge_configured=False).passed
+def test_unmeasured_forgetting_fails() -> None:
+    result = decide_gate(
+        _gate(min_rouge_l=0.1, max_forgetting_drop=0.1), _summary(), judge_configured=False
+    )
+    assert not result.passed
+    assert result.reason == (
+        "failed: forgetting drop not measured (needed by maxForgettingDrop; "
+        "does evaluation.forgettingSet hold usable records?)"
+    )
 
 
 def test_require_improvement_on_the_judge_score() -> None:
@@ -190,3 +267,36 @@ def test_reason_fits_the_status_field() -> None:
         gate, _summary(forgetting_drop=0.5), judge_configured=True, judge_unscored=9
     )
     assert not result.passed and len(result.reason) <= 1024
+
+
+def test_quantized_files_are_held_to_min_quantized_agreement() -> None:
+    verdicts = quantization_verdicts(
+        _gate(), {"f16": 0.97, "q8_0": 0.99, "q5_k_m": 0.9, "q4_k_m": 0.85}
+    )
+    assert [(v.quantization, v.passed) for v in verdicts] == [
+        ("f16", True),
+        ("q8_0", True),
+        ("q5_k_m", True),
+        ("q4_k_m", False),
+    ]
+    assert [v.reason for v in verdicts] == [
+        "f16: not held to minQuantizedAgreement (verified token for token)",
+        "q8_0: token agreement 0.99 >= minQuantizedAgreement 0.9",
+        "q5_k_m: token agreement 0.9 >= minQuantizedAgreement 0.9",
+        "q4_k_m: token agreement 0.85 < minQuantizedAgreement 0.9",
+    ]
+    assert verdicts[3] == QuantizationVerdict("q4_k_m", 0.85, 0.9, False, verdicts[3].reason)
+    assert verdicts[0].min_agreement is None
+
+
+def test_quantization_threshold_comes_from_the_spec_and_unmeasured_fails() -> None:
+    verdicts = quantization_verdicts(
+        _gate(min_quantized_agreement=0.5), {"q4_k_m": 0.6, "q8_0": None}
+    )
+    assert [v.passed for v in verdicts] == [True, False]
+    assert verdicts[0].reason == "q4_k_m: token agreement 0.6 >= minQuantizedAgreement 0.5"
+    assert verdicts[1].reason == (
+        "q8_0: token agreement not measured (the file did not run in llama.cpp; "
+        "needed by minQuantizedAgreement 0.5)"
+    )
+    assert quantization_verdicts(_gate(), {}) == []

@@ -90,6 +90,9 @@ class Reason:
     GATE_PASSED: Final = "GatePassed"
     GATE_FAILED: Final = "GateFailed"
     NO_GATE: Final = "NoGate"
+    # Set by the operator before the trainer Job is created: a Secret (or key) the spec
+    # references is missing; the message names the field, the Secret and the key.
+    SECRET_NOT_FOUND: Final = "SecretNotFound"
     # Reported by the trainer in its result.
     INVALID_DATA: Final = "InvalidData"
     DATA_UNAVAILABLE: Final = "DataUnavailable"
@@ -99,6 +102,12 @@ class Reason:
     TRAINING_FAILED: Final = "TrainingFailed"
     EVALUATION_FAILED: Final = "EvaluationFailed"
     EXPORT_FAILED: Final = "ExportFailed"
+    # The judge endpoint did not answer, or refused the key, when the trainer started
+    # (kubetune_trainer.preflight); not permanent: the endpoint may come back.
+    JUDGE_UNREACHABLE: Final = "JudgeUnreachable"
+    # A quantized GGUF file agrees with the merged model on fewer tokens than
+    # evaluation.gate.minQuantizedAgreement (kubetune_trainer.evaluation.gate.quantization_verdicts).
+    QUANTIZATION_DISAGREES: Final = "QuantizationDisagrees"
     # The base model's chat template cannot become an Ollama TEMPLATE (export.chat_format).
     UNSUPPORTED_CHAT_TEMPLATE: Final = "UnsupportedChatTemplate"
     # An exported GGUF does not reproduce the model it was made from (export.verify).

@@ -9,7 +9,9 @@ one GPU with QLoRA (r=16, alpha=32, dropout=0.05, lr=2e-4, 3 epochs, nf4 + doubl
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import ConfigDict, Field, HttpUrl, model_validator
 
@@ -68,6 +70,32 @@ MUTABLE_SPEC_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinis
 def _cel(rule: str, message: str) -> ConfigDict:
     """Model config carrying one CEL rule into the generated CRD schema."""
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class Rule(Generic[M]):
+    """A rule checked twice with one message: by the apiserver (`cel`, on the model's object in
+    the CRD) and by pydantic (`holds`), so `kubetune validate`, the apiserver, the operator and
+    the trainer reject the same specs with the same words."""
+
+    cel: str
+    message: str
+    holds: Callable[[M], bool]
+
+
+def _cel_rules(rules: Sequence[Rule[Any]]) -> ConfigDict:
+    """Model config carrying `rules` into the generated CRD schema."""
+    return ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in rules]}
+    )
+
+
+def broken_rules(obj: M, rules: Sequence[Rule[M]]) -> list[str]:
+    """Messages of the `rules` that `obj` breaks."""
+    return [r.message for r in rules if not r.holds(obj)]
 
 
 class BaseModelSpec(ApiModel):
@@ -317,12 +345,32 @@ class JudgeSpec(ApiModel):
     """Retries for rate limits, timeouts and unparseable answers."""
 
 
+# Gate thresholds on test-split scores: (GateSpec attribute, name in YAML).
+GATE_THRESHOLDS = (
+    ("min_judge_score", "minJudgeScore"),
+    ("min_exact_match", "minExactMatch"),
+    ("min_rouge_l", "minRougeL"),
+    ("min_bleu", "minBleu"),
+    ("max_perplexity", "maxPerplexity"),
+)
+
+
 class GateSpec(ApiModel):
-    """Thresholds a fine-tuned model must meet to be marked deployable (`status.gate.passed`).
-    With a judge configured and no threshold given, the gate is a mean judge score ≥ 4.0."""
+    """When a fine-tuned model is marked deployable (`status.gate.passed`), judged on the
+    held-out test split. The gate never passes without a check:
+
+    - nothing set (the default): the fine-tuned model must beat the base model on ROUGE-L
+      (else the first computed of exact match, BLEU and perplexity), which needs
+      `evaluation.compareWithBase: true`;
+    - a judge and no threshold: the mean judge score must be at least 4.0;
+    - every threshold given must hold; a threshold on a metric that was not measured fails;
+    - `requireImprovementOverBase: false` with no threshold and no judge: the gate fails with
+      "no gate configured" (the model is exported, marked ungated, unless onGateFailure: skip).
+
+    Every quantized GGUF file must also reach `minQuantizedAgreement` at export."""
 
     min_judge_score: Annotated[float, Field(ge=1, le=5)] | None = None
-    """Minimum mean judge score (1–5)."""
+    """Minimum mean judge score (1–5). Needs `evaluation.judge`."""
     min_exact_match: Ratio | None = None
     """Minimum exact-match rate on the test split."""
     min_rouge_l: Ratio | None = None
@@ -331,25 +379,62 @@ class GateSpec(ApiModel):
     """Minimum BLEU (0–100)."""
     max_perplexity: Annotated[float, Field(gt=0)] | None = None
     """Maximum perplexity on the test split."""
-    max_forgetting_drop: Ratio | None = 0.1
-    """Largest allowed relative drop of the general-set score after fine-tuning."""
-    require_improvement_over_base: bool = False
-    """Fail the gate unless the fine-tuned model beats the base on the primary metric."""
+    max_forgetting_drop: Ratio | None = None
+    """Largest allowed relative drop of the general-set score after fine-tuning (0.1: at most
+    10% worse than the base). Needs `evaluation.forgettingSet`, the general set scored before
+    and after; unset, a measured drop is reported but not gated."""
+    require_improvement_over_base: bool | None = None
+    """Fail the gate unless the fine-tuned model beats the base model on the primary metric:
+    the judge score with a judge, else the first thresholded of ROUGE-L, exact match, BLEU and
+    perplexity, else the first of them computed. Needs `evaluation.compareWithBase:
+    true`. Unset: on when no threshold and no judge is set (the default gate), off otherwise."""
+    min_quantized_agreement: Ratio = 0.9
+    """Minimum top-1 token agreement of each quantized GGUF file (q8_0, q5_k_m, q4_k_m) with
+    the merged 16-bit model, on the verification prompts (the first test examples) under teacher
+    forcing: the share of reference tokens where llama.cpp's most likely next token is the
+    model's. A file below it fails export verification, named with its agreement and this
+    bound. f16 is not held to it: f16 must agree wherever the model's choice is clear. 0.9
+    leaves room for q4_k_m's rounding on 7B-8B models and still catches a broken conversion
+    or quantization; tiny random-weight test models need less."""
+
+    def thresholds_set(self) -> list[str]:
+        """YAML names of the test-split thresholds that are set, in GATE_THRESHOLDS order."""
+        return [yaml for attr, yaml in GATE_THRESHOLDS if getattr(self, attr) is not None]
+
+    def requires_improvement(self, judge_configured: bool) -> bool:
+        """Whether the fine-tuned model must beat the base: `requireImprovementOverBase`, or
+        when unset, whether the gate has nothing else to check (no threshold, no judge)."""
+        if self.require_improvement_over_base is not None:
+            return self.require_improvement_over_base
+        return not self.thresholds_set() and not judge_configured
+
+    def checks_nothing(self, judge_configured: bool) -> bool:
+        """True when the gate has no check at all, so it fails with "no gate configured"."""
+        return (
+            not judge_configured
+            and not self.thresholds_set()
+            and not self.requires_improvement(judge_configured)
+            and self.max_forgetting_drop is None
+        )
 
 
 class EvaluationSpec(ApiModel):
     """How the fine-tuned model is evaluated on the held-out test split."""
 
     metrics: Annotated[list[MetricName], Field(max_length=8)] = Field(default_factory=_all_metrics)
-    """Reference-based metrics to compute."""
+    """Reference-based metrics to compute (those a gate threshold needs are added). Without a
+    judge, the default gate compares the base and the fine-tuned model on one of them."""
     judge: JudgeSpec | None = None
-    """Optional LLM-as-judge scoring (1–5 rubric against the reference)."""
+    """Optional LLM-as-judge scoring (1–5 rubric against the reference). Needed by
+    `gate.minJudgeScore`; the trainer checks that the endpoint answers before it trains."""
     gate: GateSpec = Field(default_factory=GateSpec)
-    """Quality gate thresholds."""
+    """Quality gate; by default the fine-tuned model must beat the base model."""
     compare_with_base: bool = True
-    """Also evaluate the base model, for deltas and win rate."""
+    """Also evaluate the base model, for deltas and win rate. Needed by the gate's comparison
+    with the base (`gate.requireImprovementOverBase`, on by default)."""
     forgetting_set: DatasetSource | None = None
-    """Small general set scored before and after fine-tuning (forgetting check)."""
+    """Small general set scored before and after fine-tuning (forgetting check). Needed by
+    `gate.maxForgettingDrop`."""
     max_examples: Annotated[int, Field(ge=1, le=100000)] = 200
     """Cap on evaluated test examples."""
     max_new_tokens: Annotated[int, Field(ge=1, le=8192)] = 256
@@ -365,29 +450,51 @@ class ExportOutput(ApiModel):
     """Folder inside the claim; default `<namespace>/<job name>`."""
 
 
+EXPORT_RULES: tuple[Rule[ExportSpec], ...] = (
+    Rule(
+        "size(self.gguf) > 0",
+        "export.gguf: list at least one GGUF type (f16, q8_0, q5_k_m or q4_k_m), e.g. gguf: [q4_k_m]: "
+        "every job exports its merged model as GGUF",
+        lambda e: bool(e.gguf),
+    ),
+    Rule(
+        "size(self.gguf) == 0 || self.merge",
+        "export.merge: gguf export needs merge: true (llama.cpp converts the merged model)",
+        lambda e: not e.gguf or e.merge,
+    ),
+    Rule(
+        "!self.output.path.matches('(^|/)[.][.](/|$)')",
+        "export.output.path: '..' may not appear in it: artifacts stay inside the claim "
+        "export.output.pvcName; give a folder such as team-a/run-1",
+        lambda e: ".." not in e.output.path.split("/"),
+    ),
+)
+
+
 class ExportSpec(ApiModel):
     """What the job exports after evaluation."""
 
-    model_config = _cel(
-        "size(self.gguf) == 0 || self.merge",
-        "gguf export needs merge: true (llama.cpp converts the merged model)",
-    )
+    model_config = _cel_rules(EXPORT_RULES)
 
     merge: bool = True
-    """Merge the adapter into the base reloaded in 16-bit and save merged safetensors."""
+    """Merge the adapter into the base reloaded in 16-bit and save merged safetensors. Must be
+    true: the GGUF files are converted from the merged model (`adapterGguf` adds the adapter
+    alone)."""
     gguf: Annotated[list[GgufType], Field(max_length=4)] = Field(default_factory=_default_gguf)
-    """GGUF files to produce with llama.cpp's converter and quantizer (needs `merge`)."""
+    """GGUF files to produce with llama.cpp's converter and quantizer; at least one. Each
+    quantized file is held to `evaluation.gate.minQuantizedAgreement`."""
     adapter_gguf: bool = False
-    """Also export the adapter alone as GGUF (for Ollama's ADAPTER)."""
+    """Also export the adapter alone as GGUF (for Ollama's ADAPTER); methods lora and qlora."""
     on_gate_failure: Literal["export", "skip"] = "export"
     """Export even when the gate fails (the version is then marked ungated)."""
     output: ExportOutput = Field(default_factory=ExportOutput)
     """Artifact location."""
 
     @model_validator(mode="after")
-    def _gguf_needs_merge(self) -> ExportSpec:
-        if self.gguf and not self.merge:
-            raise ValueError("gguf export needs merge: true (llama.cpp converts the merged model)")
+    def _exportable(self) -> ExportSpec:
+        problems = broken_rules(self, EXPORT_RULES)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -410,14 +517,107 @@ class ResourcesSpec(ApiModel):
     """PriorityClass of the trainer pod."""
 
 
+_GATE = "self.evaluation.gate"
+_NO_THRESHOLD = " && ".join(f"!has({_GATE}.{yaml})" for _, yaml in GATE_THRESHOLDS)
+# GateSpec.requires_improvement in CEL.
+_IMPROVEMENT = (
+    f"(has({_GATE}.requireImprovementOverBase) ? {_GATE}.requireImprovementOverBase"
+    f" : ({_NO_THRESHOLD} && !has(self.evaluation.judge)))"
+)
+_REFERENCE_THRESHOLD = " || ".join(f"has({_GATE}.{yaml})" for _, yaml in GATE_THRESHOLDS[1:])
+
+
+def _improvement(spec: FineTuneJobSpec) -> bool:
+    return spec.evaluation.gate.requires_improvement(spec.evaluation.judge is not None)
+
+
+# Cross-field rules of the spec that depend on nothing but the spec: each one is a failure the
+# trainer would otherwise meet after the GPU was spent (or a gate that could never pass).
+SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
+    Rule(
+        "self.objective != 'dpo' || self.dataset.format in ['auto', 'preference']",
+        "dataset.format: objective dpo needs preference data (prompt/chosen/rejected)",
+        lambda s: s.objective != "dpo" or s.dataset.format in ("auto", "preference"),
+    ),
+    Rule(
+        "self.objective == 'dpo' || self.dataset.format != 'preference'",
+        "dataset.format: preference records (prompt/chosen/rejected) train with objective: dpo; "
+        "set objective: dpo, or give chat, instruction or completion data",
+        lambda s: s.objective == "dpo" or s.dataset.format != "preference",
+    ),
+    Rule(
+        "self.dataset.split.test > 0.0",
+        "dataset.split.test: 0 holds no examples out, so evaluation has nothing to score and the "
+        "quality gate cannot pass; set it above 0, e.g. 0.1",
+        lambda s: s.dataset.split.test > 0,
+    ),
+    Rule(
+        "!self.baseModel.uri.startsWith('s3://')",
+        "baseModel.uri: the trainer does not read s3:// models yet; copy the model folder to a "
+        "PersistentVolumeClaim and use pvc://<claim>/<path>",
+        lambda s: not s.base_model.uri.startswith("s3://"),
+    ),
+    Rule(
+        f"!has({_GATE}.minJudgeScore) || has(self.evaluation.judge)",
+        "evaluation.gate.minJudgeScore needs evaluation.judge: configure a judge (endpoint and "
+        "model) or remove minJudgeScore",
+        lambda s: s.evaluation.gate.min_judge_score is None or s.evaluation.judge is not None,
+    ),
+    Rule(
+        f"!has({_GATE}.maxForgettingDrop) || has(self.evaluation.forgettingSet)",
+        "evaluation.gate.maxForgettingDrop needs evaluation.forgettingSet: add a general set that "
+        "is scored before and after fine-tuning, or remove maxForgettingDrop",
+        lambda s: s.evaluation.gate.max_forgetting_drop is None or s.evaluation.forgetting_set is not None,
+    ),
+    Rule(
+        f"self.evaluation.compareWithBase || !{_IMPROVEMENT}",
+        "evaluation.compareWithBase: the gate compares the fine-tuned model with the base model "
+        "(gate.requireImprovementOverBase, on by default when no threshold and no judge is set), "
+        "so the base must be evaluated; set compareWithBase: true, or set "
+        "gate.requireImprovementOverBase: false and give a threshold such as gate.minRougeL",
+        lambda s: s.evaluation.compare_with_base or not _improvement(s),
+    ),
+    Rule(
+        f"has(self.evaluation.judge) || size(self.evaluation.metrics) > 0 || {_REFERENCE_THRESHOLD}"
+        f" || !{_IMPROVEMENT}",
+        "evaluation.metrics: the gate compares the fine-tuned model with the base model, but no "
+        "metric is computed (the list is empty and there is no judge); list one, e.g. "
+        "metrics: [rouge_l]",
+        lambda s: s.evaluation.judge is not None
+        or bool(s.evaluation.metrics)
+        or any(t != "minJudgeScore" for t in s.evaluation.gate.thresholds_set())
+        or not _improvement(s),
+    ),
+    Rule(
+        f"self.export.onGateFailure != 'skip' || has(self.evaluation.judge) || !({_NO_THRESHOLD})"
+        f" || has({_GATE}.maxForgettingDrop) || {_IMPROVEMENT}",
+        "export.onGateFailure: skip, but evaluation.gate checks nothing (requireImprovementOverBase: "
+        "false, no threshold, no judge, no maxForgettingDrop), so the gate always fails and nothing "
+        "would be exported; give a threshold such as gate.minRougeL, or set onGateFailure: export",
+        lambda s: s.export.on_gate_failure != "skip"
+        or not s.evaluation.gate.checks_nothing(s.evaluation.judge is not None),
+    ),
+    Rule(
+        "!has(self.evaluation.judge) || !(self.evaluation.judge.endpoint.endsWith('/completions')"
+        " || self.evaluation.judge.endpoint.endsWith('/completions/'))",
+        "evaluation.judge.endpoint: give the API's base URL (e.g. https://api.openai.com/v1), not "
+        "the /chat/completions route: the client appends it",
+        lambda s: s.evaluation.judge is None or not str(s.evaluation.judge.endpoint).rstrip("/").endswith("/completions"),
+    ),
+    Rule(
+        "self.method != 'full' || !self.export.adapterGguf",
+        "export.adapterGguf: method full trains every weight and leaves no adapter to export; set "
+        "adapterGguf: false, or use method lora or qlora",
+        lambda s: s.method != "full" or not s.export.adapter_gguf,
+    ),
+)
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state of a FineTuneJob. Everything but `suspend`, `activeDeadlineSeconds` and
     `ttlSecondsAfterFinished` is frozen once the job is created: create a new job instead."""
 
-    model_config = _cel(
-        "self.objective != 'dpo' || self.dataset.format in ['auto', 'preference']",
-        "dataset.format: objective dpo needs preference data (prompt/chosen/rejected)",
-    )
+    model_config = _cel_rules(SPEC_RULES)
 
     base_model: BaseModelSpec
     """The model to fine-tune."""
@@ -461,12 +661,9 @@ class FineTuneJobSpec(ApiModel):
 
 
 def spec_problems(spec: FineTuneJobSpec) -> list[str]:
-    """Cross-field rules no schema can express; each message names the field and the fix."""
-    problems = []
-    if spec.objective == "dpo" and spec.dataset.format not in ("auto", "preference"):
-        problems.append(
-            f"dataset.format: objective dpo needs preference data (prompt/chosen/rejected), not {spec.dataset.format!r}"
-        )
+    """Cross-field rules (SPEC_RULES and those whose message names the values); each message
+    names the field and the fix."""
+    problems = broken_rules(spec, SPEC_RULES)
     if spec.dataset.split.validation + spec.dataset.split.test >= 0.9:
         problems.append("dataset.split: validation + test must leave at least 10% for training")
     if spec.method == "qlora" and spec.resources.gpus == 0 and spec.quantization.compute_dtype == "float16":
@@ -477,6 +674,15 @@ def spec_problems(spec: FineTuneJobSpec) -> list[str]:
             "set acceptLicense: true after reading it"
         )
     return problems
+
+
+def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, SecretKeyRef]]:
+    """(field path, reference) of every Secret key the trainer pod reads, for checks that
+    need the cluster (the operator before it creates the Job, `kubetune validate`)."""
+    refs = [("baseModel.tokenSecretRef", spec.base_model.token_secret_ref)]
+    if spec.evaluation.judge is not None:
+        refs.append(("evaluation.judge.apiKeySecretRef", spec.evaluation.judge.api_key_secret_ref))
+    return [(field, ref) for field, ref in refs if ref is not None]
 
 
 # ---------------------------------------------------------------------------------------------
