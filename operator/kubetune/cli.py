@@ -2,6 +2,7 @@
 
   kubetune run FILE         run a FineTuneJob on this machine, no cluster (the local default)
   kubetune validate FILE…   check FineTuneJob / ModelDeployment YAML against the API models
+                            (with --kubeconfig, also that the Secrets they reference exist)
   kubetune crds [--check]   write (or check) the generated CRDs in crds/ and the chart
   kubetune operator         run the operator against the current kubeconfig / in-cluster
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 from kubetune.api import constants as c
 from kubetune.api.crdgen import render_all
 from kubetune.api.docgen import render_reference
-from kubetune.api.finetunejob import FineTuneJob
+from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec
 from kubetune.api.modeldeployment import ModelDeployment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +33,17 @@ _MODELS: dict[str, type[FineTuneJob] | type[ModelDeployment]] = {
 }
 
 
-def validate_documents(text: str, source: str) -> list[str]:
-    """Problems of every kubetune document in a YAML stream, each naming file, document and field."""
+# (spec, namespace) -> problems that need the cluster to see (missing Secrets and keys).
+ClusterCheck = Callable[[FineTuneJobSpec, str], list[str]]
+
+
+def validate_documents(
+    text: str, source: str, cluster_check: ClusterCheck | None = None, namespace: str = "default"
+) -> list[str]:
+    """Problems of every kubetune document in a YAML stream, each naming file, document and field.
+
+    With `cluster_check`, valid FineTuneJobs are also checked against the cluster, in their
+    `metadata.namespace` or else `namespace`."""
     problems: list[str] = []
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -50,22 +61,65 @@ def validate_documents(text: str, source: str) -> list[str]:
         if doc.get("apiVersion") != c.API_VERSION:
             problems.append(f"{where}: apiVersion must be {c.API_VERSION}, not {doc.get('apiVersion')!r}")
         try:
-            model.model_validate({k: v for k, v in doc.items() if k != "apiVersion"})
+            obj = model.model_validate({k: v for k, v in doc.items() if k != "apiVersion"})
         except ValidationError as exc:
             for err in exc.errors():
                 path = ".".join(str(p) for p in err["loc"])
-                problems.append(f"{where}: {path}: {err['msg']}")
+                message = err["msg"].removeprefix("Value error, ")  # our validators name the field
+                problems.append(f"{where}: {path}: {message}")
+            continue
+        if cluster_check is not None and isinstance(obj, FineTuneJob):
+            ns = str((obj.metadata or {}).get("namespace") or namespace)
+            problems.extend(f"{where}: spec.{p}" for p in cluster_check(obj.spec, ns))
     return problems
+
+
+def _secrets_in_cluster(kubeconfig: str, context: str | None) -> tuple[ClusterCheck, str]:
+    """A ClusterCheck that reads Secrets' key names with `kubeconfig`, and the namespace of its
+    context (default: "default")."""
+    import kubernetes
+
+    from kubetune.operator.reconcile.finetunejob import read_secret_keys, secret_problems
+
+    api_client = kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+    core = kubernetes.client.CoreV1Api(api_client)
+    contexts, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    if context is not None:
+        active = next((x for x in contexts if x["name"] == context), active)
+    namespace = str((active or {}).get("context", {}).get("namespace") or "default")
+
+    def keys(ns: str, name: str) -> list[str] | None:
+        try:
+            return read_secret_keys(core, ns, name)
+        except PermissionError:
+            print(f"note: not allowed to read Secret {ns}/{name}; its keys were not checked", file=sys.stderr)
+            raise
+
+    return (lambda spec, ns: secret_problems(spec, ns, keys)), namespace
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     problems: list[str] = []
+    check: ClusterCheck | None = None
+    namespace = args.namespace or "default"
+    if args.kubeconfig:
+        try:
+            check, context_namespace = _secrets_in_cluster(args.kubeconfig, args.context)
+        except Exception as exc:  # a bad kubeconfig raises several kinds
+            print(f"--kubeconfig {args.kubeconfig}: cannot use it: {exc}", file=sys.stderr)
+            return 1
+        namespace = args.namespace or context_namespace
     for name in args.files:
         path = Path(name)
         if not path.is_file():
             problems.append(f"{name}: no such file")
             continue
-        problems.extend(validate_documents(path.read_text(), name))
+        try:
+            problems.extend(validate_documents(path.read_text(), name, check, namespace))
+        except Exception as exc:  # the cluster could not be asked (unreachable, refused credentials)
+            if check is None:
+                raise
+            problems.append(f"{name}: cannot check Secrets in the cluster: {exc}")
     for p in problems:
         print(p, file=sys.stderr)
     if not problems:
@@ -153,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="validate kubetune YAML against the API")
     val.add_argument("files", nargs="+")
+    val.add_argument(
+        "--kubeconfig",
+        help="also check in this cluster that the Secrets and keys FineTuneJobs reference exist",
+    )
+    val.add_argument("--context", help="kubeconfig context (default: the current one)")
+    val.add_argument(
+        "-n",
+        "--namespace",
+        help="namespace of documents without metadata.namespace (default: the context's, else default)",
+    )
     val.set_defaults(func=_cmd_validate)
 
     crds = sub.add_parser("crds", help="generate the CRDs (and docs/reference.md) from the API models")

@@ -9,13 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
 import kopf
+import kubernetes
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Progress
+from kubetune.api.constants import Phase, Reason
+from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Progress, secret_refs
 from kubetune.operator.builders.names import training_job_name
 from kubetune.operator.builders.training_job import (
     build_spec_configmap,
@@ -45,6 +48,55 @@ def parse_spec(raw: Mapping[str, Any]) -> tuple[FineTuneJobSpec | None, str | No
         return FineTuneJobSpec.model_validate(dict(raw)), None
     except ValidationError as exc:
         return None, "Invalid spec: " + describe_validation_error(exc)
+
+
+# Key names of a Secret: (namespace, name) -> its keys, or None when it does not exist; raises
+# PermissionError when it may not be read (that reference is then not checked).
+SecretKeys = Callable[[str, str], Collection[str] | None]
+
+
+def secret_problems(spec: FineTuneJobSpec, namespace: str, secret_keys: SecretKeys) -> list[str]:
+    """What is missing of the Secrets `spec` references: one message per reference whose Secret
+    or key does not exist, naming the field, the Secret and the key."""
+    problems = []
+    for field, ref in secret_refs(spec):
+        try:
+            keys = secret_keys(namespace, ref.name)
+        except PermissionError:
+            continue
+        if keys is None:
+            problems.append(
+                f"{field}: Secret {ref.name!r} not found in namespace {namespace!r}; create it with key "
+                f"{ref.key!r} (kubectl create secret generic {ref.name} -n {namespace} "
+                f"--from-literal={ref.key}=...)"
+            )
+        elif ref.key not in keys:
+            problems.append(
+                f"{field}: Secret {ref.name!r} in namespace {namespace!r} has no key {ref.key!r} "
+                f"(its keys: {', '.join(sorted(keys)) or 'none'}); add the key, or set {field}.key to one of them"
+            )
+    return problems
+
+
+def read_secret_keys(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> list[str] | None:
+    """The key names of a Secret (never its values), None when it does not exist; raises
+    PermissionError when the credentials may not `get` it."""
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        if exc.status == 403:
+            raise PermissionError(f"may not get Secret {namespace}/{name}") from exc
+        raise
+    return [*(secret.data or {}), *(secret.string_data or {})]
+
+
+def _relabel(status: FineTuneJobStatus, old: str, new: str) -> FineTuneJobStatus:
+    """`status` with the reason `old` replaced by `new` in status.reason and the conditions."""
+    conditions = [cd.model_copy(update={"reason": new}) if cd.reason == old else cd for cd in status.conditions]
+    reason = new if status.reason == old else status.reason
+    return status.model_copy(update={"reason": reason, "conditions": conditions})
 
 
 def now_rfc3339() -> str:
@@ -114,21 +166,29 @@ class FineTuneJobReconciler:
         current = self._current_status(body)
         job_name = training_job_name(name)
 
-        if spec is not None and current.phase not in ("Succeeded", "Failed"):
-            job = self._apply_children(body, spec, job, current)
+        # Checked once, before the Job exists: a missing Secret would otherwise leave the pod
+        # holding its GPU in CreateContainerConfigError, or fail the job after training.
+        missing: str | None = None
+        if spec is not None and current.phase not in Phase.FINAL:
+            if job is None and not current.job_name:
+                missing = self._missing_secrets(ns, spec)
+            if missing is None:
+                job = self._apply_children(body, spec, job, current)
         if job is None and current.job_name and current.phase not in ("Succeeded", "Failed"):
             job = self.api.read_job(ns, job_name)  # the watch cache may lag; confirm before declaring it gone
 
         observed = Observed(
             generation=int(meta.get("generation") or 1),
             spec=spec,
-            spec_error=spec_error,
+            spec_error=spec_error or missing,
             job=job,
             pods=[p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")] if job else [],
             job_name=job_name if job is not None else None,
             progress=progress,
         )
         new = compute_status(observed, current, self.clock())
+        if missing is not None:
+            new = _relabel(new, Reason.INVALID_SPEC, Reason.SECRET_NOT_FOUND)
         if new != current:
             wire = new.to_wire()
             patch = {k: None for k in current.to_wire() if k not in wire} | wire
@@ -138,6 +198,25 @@ class FineTuneJobReconciler:
             for event in transition_events(current, new):
                 self.api.post_event(owner, event.type, event.reason, event.message)
         return new
+
+    def _missing_secrets(self, namespace: str, spec: FineTuneJobSpec) -> str | None:
+        """The status message when a referenced Secret or key is missing, else None."""
+        problems = secret_problems(spec, namespace, self._secret_keys)
+        if not problems:
+            return None
+        return (
+            "The trainer Job was not created: "
+            + "; ".join(problems)
+            + ". Then delete and re-create this FineTuneJob."
+        )
+
+    def _secret_keys(self, namespace: str, name: str) -> list[str] | None:
+        try:
+            return read_secret_keys(self.api.core, namespace, name)
+        except PermissionError:
+            # Without `get` on secrets the kubelet still reports a missing Secret, only later.
+            log.warning("cannot check Secret %s/%s (forbidden): grant the operator get on secrets", namespace, name)
+            raise
 
     def _apply_children(
         self,
