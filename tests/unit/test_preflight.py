@@ -193,6 +193,19 @@ def test_a_failing_judge_fails_the_check() -> None:
     )
 
 
+def test_a_web_page_is_not_an_api() -> None:
+    def website(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
+        return 200, "<html>welcome</html>", 0  # JSON-encoded: a string, not an object
+
+    with JudgeStandIn(website) as server, pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(server.base), api_key=KEY)
+    assert str(info.value) == (
+        f"evaluation.judge.endpoint: GET {server.base}/models answered HTTP 200 but not with a "
+        "JSON object, so this is not an OpenAI-compatible API; give the API's base URL, usually "
+        "ending in /v1 (e.g. https://api.openai.com/v1)"
+    )
+
+
 def test_rate_limited_is_reachable() -> None:
     def busy(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
         return 429, {"error": {"message": "slow down"}}, 0

@@ -72,6 +72,12 @@ def check_judge_endpoint(
     url = f"{base}/models"
     status, body = _request("GET", url, key, timeout)
     if 200 <= status < 300:
+        if not isinstance(_json(body), dict):  # e.g. a web site's catch-all page
+            raise JudgeUnreachableError(
+                f"evaluation.judge.endpoint: GET {url} answered HTTP {status} but not with a JSON "
+                "object, so this is not an OpenAI-compatible API; give the API's base URL, usually "
+                "ending in /v1 (e.g. https://api.openai.com/v1)"
+            )
         return JudgeEndpoint(url, judge.model, _model_ids(body))
     if status in (401, 403):
         raise JudgeUnreachableError(_key_refused(judge, url, status, body, key))
@@ -145,12 +151,17 @@ def _key_refused(judge: JudgeSpec, url: str, status: int, body: bytes, key: str)
     )
 
 
-def _model_ids(body: bytes) -> tuple[str, ...] | None:
-    """Model ids of an OpenAI `/models` list (`{"data": [{"id": …}]}`); None if it is not one."""
+def _json(body: bytes) -> Any:
+    """The body as JSON; None when it is not JSON."""
     try:
-        data: Any = json.loads(body)
+        return json.loads(body)
     except ValueError:
         return None
+
+
+def _model_ids(body: bytes) -> tuple[str, ...] | None:
+    """Model ids of an OpenAI `/models` list (`{"data": [{"id": …}]}`); None if it is not one."""
+    data = _json(body)
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
         return None
@@ -161,10 +172,7 @@ def _model_ids(body: bytes) -> tuple[str, ...] | None:
 def _detail(body: bytes, key: str) -> str:
     """`: <the server's error message>`, shortened, or '' when the body says nothing."""
     text = body.decode("utf-8", errors="replace").strip()
-    try:
-        data: Any = json.loads(text)
-    except ValueError:
-        data = None
+    data = _json(body)
     if isinstance(data, dict):
         error = data.get("error", data.get("detail", data.get("message")))
         if isinstance(error, dict):
