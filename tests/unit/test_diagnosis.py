@@ -231,3 +231,36 @@ def test_dpo_nan_margin_is_unstable() -> None:
 def test_dpo_messages_fit_the_status_field() -> None:
     d = diagnose(dpo_history(ramp(0.5, 0.9, 30), ramp(0.0, 1.2, 30), [0.5] * 6, [0.0] * 6))
     assert len(d.message) <= 1024 and len(d.suggestion) <= 1024
+
+
+def test_dpo_that_moved_by_a_hair_is_underfitting_despite_high_accuracy() -> None:
+    # Recorded from trl 1.16's DPOTrainer: LoRA DPO of a tiny Llama at 5e-6 for 20 steps. Reward
+    # accuracy counts signs, so it reads 0.75 while the loss never left ln 2.
+    h: list[dict[str, float]] = []
+    for step, (loss, acc, margin) in enumerate(
+        [(0.6931, 0.0, 0.0), (0.6931, 0.5, 0.0001), (0.6930, 0.625, 0.0002), (0.6929, 0.75, 0.0004)]
+        * 5,
+        start=1,
+    ):
+        h.append({"step": step, "loss": loss, "rewards/accuracies": acc, "rewards/margins": margin})
+        if step % 5 == 0:
+            e_acc, e_margin, e_loss = {
+                5: (0.7083, 0.0002, 0.6930),
+                10: (0.75, 0.0005, 0.6929),
+                15: (0.75, 0.0007, 0.6928),
+                20: (0.75, 0.0007, 0.6928),
+            }[step]
+            h.append(
+                {
+                    "step": step,
+                    "eval_loss": e_loss,
+                    "eval_rewards/accuracies": e_acc,
+                    "eval_rewards/margins": e_margin,
+                    "eval_rewards/chosen": 0.0005,
+                    "eval_rewards/rejected": -0.0002,
+                }
+            )
+    d = diagnose(h)
+    assert d.verdict == "underfitting", d
+    assert "eval reward accuracy 0.71 -> 0.75, margin 0.000 -> 0.001" in d.message
+    assert "margin 0.1" in d.message

@@ -26,9 +26,10 @@ any (the train ones are averages of a few pairs per step, so they are smoothed):
 - overfitting: the eval reward accuracy fell from its best (or the eval loss rose from its
   minimum) while the train accuracy kept rising, or the train accuracy is clearly above chance
   but the eval accuracy is not: the preferences were memorised, not learnt;
-- underfitting: the reward accuracy stays under 0.55, or the margin did not grow above 0 (both
-  start at chance: margin 0, accuracy 0.5, while the policy is the reference model);
-- healthy: the margin grew and the reward accuracy rose above 0.55.
+- underfitting: the reward accuracy stays under 0.55, or the margin stays under 0.1 (both start
+  at chance: margin 0, accuracy 0.5, while the policy is the reference model; accuracy counts
+  signs, so a hair's movement already scores high, and the margin says how far it moved);
+- healthy: the margin grew past 0.1 and the reward accuracy rose above 0.55.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ OSCILLATION_SIZE = 0.03
 # from its best that counts as overfitting (an eval set of ~100 pairs moves by ~0.05 on noise).
 DPO_MIN_ACCURACY = 0.55
 DPO_ACCURACY_DROP = 0.05
+# DPO: margin a learning run must reach. The margin is the argument of DPO's loss
+# -log sigmoid(margin): at 0.1 the chosen answer is preferred with p = 0.525 and the loss is
+# ~0.644 against ln 2 = 0.693 at the start. Reward accuracy alone is not enough: it counts signs,
+# so a policy that moved by a hair (margin 0.001, loss 0.6928) already scores 0.75.
+DPO_MIN_MARGIN = 0.1
 DPO_KEYS = ("rewards/margins", "eval_rewards/margins")
 
 Curve = list[tuple[int, float]]
@@ -320,11 +326,12 @@ def _diagnose_dpo(log_history: Sequence[Mapping[str, Any]]) -> Diagnosis | None:
         )
 
     # Both start at chance: margin 0 and accuracy 0.5 while the policy equals the reference.
-    if not (acc_last >= DPO_MIN_ACCURACY and margin_last > 0):
+    if not (acc_last >= DPO_MIN_ACCURACY and margin_last >= DPO_MIN_MARGIN):
         return Diagnosis(
             verdict="underfitting",
             message=f"the policy barely tells chosen from rejected answers: {summary} "
-            f"(0.5 is chance; a learning DPO run rises above {DPO_MIN_ACCURACY})",
+            f"(a learning DPO run rises above accuracy {DPO_MIN_ACCURACY} and margin {DPO_MIN_MARGIN}; "
+            "0.5 and 0 are chance)",
             suggestion="raise training.learningRate (the DPO defaults are 5e-7 full, 5e-6 LoRA; try 2-5x), "
             "train longer (training.epochs or maxSteps), lower training.dpoBeta to let the policy "
             "move further, and check that chosen and rejected answers really differ",
