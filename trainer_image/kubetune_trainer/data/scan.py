@@ -1,23 +1,36 @@
 """Poisoning, secret and PII scans: pure functions from records to findings.
 
 A finding names the kind (``poisoning``, ``secret``, ``pii``), the rule, the record's file:line,
-the field, and an excerpt in which every secret and every piece of personal data (whatever the
-finding is about) is replaced by ``[REDACTED:<rule>]``. The secret itself never reaches a
-finding, a report or a log line.
+the field, and an excerpt in which everything any secret or PII detector matched (whatever the
+finding is about, and whether or not that detector is turned on) is replaced by
+``[REDACTED:<rule>]``. The secret itself never reaches a finding, a report or a log line.
 
-Rules are regular expressions with an optional check of the match (digit counts for phone
-numbers, placeholder values for passwords). Reserved example domains (``example.com``, ``.test``,
-…; RFC 2606) are not personal data. Poisoning is looked for in every text of a record, the
+Two sets of detectors run side by side:
+
+- the project's rules: regular expressions with an optional check of the match (digit counts
+  for phone numbers, placeholder values for passwords). Reserved example domains
+  (``example.com``, ``.test``, …; RFC 2606) are not personal data. An excerpt masks every match
+  of a rule's pattern, even one its check let pass;
+- every plugin of Yelp's ``detect-secrets`` (keywords, AWS, private keys, tokens of many
+  services, high-entropy strings, public IPs), run line by line, with its heuristic filters of
+  placeholders, UUIDs and ids. Its findings are named ``detect-secrets:<secret type>``; one that
+  overlaps a finding of the project's rules is left out as the same secret. Two choices differ
+  from a scan of source files: base64 high-entropy strings are looked for unquoted too (as its
+  ad-hoc string scan does: data is prose, not code), and the ``pragma: allowlist secret``
+  comment is not honoured (the data is not trusted to exempt itself). A public IP address is
+  reported as ``pii``. Poisoning is looked for in every text of a record, the
 user's included: a dataset that teaches a model to *refuse* injections will be caught too; use
 ``action: flag`` for such data.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal, Protocol
 
 from kubetune_trainer.data.formats import text_fields
 from kubetune_trainer.data.records import Location, Record
@@ -28,6 +41,28 @@ _URL_USER = re.compile(r"://[^\s/@]*:$")
 _RESERVED_DOMAINS = re.compile(
     r"(?i)(?:^|\.)(?:example\.(?:com|org|net)|[^.]+\.(?:test|example|invalid|localhost))$"
 )
+
+
+class Detector(Protocol):
+    """What a scan runs: a project :class:`Rule` or a :class:`PluginRule` of detect-secrets."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def matches(self, text: str) -> Iterable[re.Match[str]]:
+        """What the detector reports."""
+        ...
+
+    def span(self, match: re.Match[str]) -> tuple[int, int]:
+        """The part of a match to redact."""
+        ...
+
+    def masks(self, text: str) -> Iterable[tuple[int, int]]:
+        """Everything an excerpt must hide: every match, reported or not."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +83,10 @@ class Rule:
     def span(self, match: re.Match[str]) -> tuple[int, int]:
         """The part of a match to redact."""
         return match.span("secret") if "secret" in self.pattern.groupindex else match.span()
+
+    def masks(self, text: str) -> Iterable[tuple[int, int]]:
+        """Every match of the pattern, the check left out: when in doubt, an excerpt hides it."""
+        return (self.span(m) for m in self.pattern.finditer(text))
 
 
 @dataclass(frozen=True)
@@ -93,6 +132,15 @@ def _real_email(match: re.Match[str]) -> bool:
         return False
     # user:pass@host in a URL is the credentials-in-url rule's, not an e-mail address
     return not _URL_USER.search(match.string, max(0, match.start() - 256), match.start())
+
+
+def _random_key(match: re.Match[str]) -> bool:
+    value = match.group("secret")
+    return (
+        any(ch.islower() for ch in value)
+        and any(ch.isupper() for ch in value)
+        and any(ch.isdigit() or ch in "/+" for ch in value)
+    )
 
 
 def _rule(
@@ -150,6 +198,14 @@ SECRET_RULES: tuple[Rule, ...] = (
         "aws-secret-access-key",
         r"(?i)\baws_?secret_?access_?key\b\s*[:=]\s*[\"']?(?P<secret>[A-Za-z0-9/+=]{40})",
     ),
+    # The 40 characters of a secret access key after "secret", even in prose ("with secret …").
+    _rule(
+        "secret",
+        "aws-secret-access-key",
+        r"(?i)\b(?:aws\w{0,20}?(?:secret|key)|secret(?:[ _-]?access)?(?:[ _-]?key)?)\b[\"']?"
+        r"\s*(?:[:=]|\bis\b)?\s*[\"']?(?<![A-Za-z0-9/+])(?P<secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
+        _random_key,
+    ),
     _rule(
         "secret",
         "github-token",
@@ -185,7 +241,8 @@ PII_RULES: tuple[Rule, ...] = (
     _rule(
         "pii",
         "email",
-        r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+        # \w is Unicode: internationalised addresses (jörg@müller.de) are addresses too
+        r"(?<![\w.+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.(?:[^\W\d_]{2,}|xn--[\w-]+)\b",
         _real_email,
     ),
     _rule(
@@ -198,23 +255,163 @@ PII_RULES: tuple[Rule, ...] = (
     ),
 )
 
-SENSITIVE_RULES = SECRET_RULES + PII_RULES
+
+# --- detect-secrets ---------------------------------------------------------------------------
+
+_ADHOC_FILENAME = "adhoc-string-scan"  # what detect-secrets' own ad-hoc scan names a string
+_PII_TYPES = frozenset({"Public IP (ipv4)"})
+# Its specific plugins are tried before the generic ones, so that one secret caught by several
+# is reported once, under the most telling name.
+_GENERIC_TYPES = ("Secret Keyword", "Hex High Entropy String", "Base64 High Entropy String")
 
 
-def rules_for(*, poisoning: bool, secrets: bool, pii: bool) -> tuple[Rule, ...]:
-    """The rules the data policy turns on."""
+@dataclass(frozen=True)
+class PluginRule:
+    """One detect-secrets plugin: what it finds in a line, with the plugin's own filters."""
+
+    kind: Kind
+    name: str
+    secret_type: str
+
+    def matches(self, text: str) -> Iterator[re.Match[str]]:
+        for value in _detect_secrets(text).get(self.secret_type, ()):
+            yield from re.finditer(re.escape(value), text)
+
+    def span(self, match: re.Match[str]) -> tuple[int, int]:
+        return match.span()
+
+    def masks(self, text: str) -> Iterable[tuple[int, int]]:
+        return (m.span() for m in self.matches(text))
+
+
+@lru_cache(maxsize=1)
+def _plugins() -> tuple[Any, ...]:
+    """An instance of every detect-secrets plugin with its default settings, specific first."""
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+
+    classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
+    plugins = [cls() for cls in classes]
+    return tuple(
+        sorted(
+            plugins,
+            key=lambda p: (
+                (_GENERIC_TYPES.index(p.secret_type) + 1) if p.secret_type in _GENERIC_TYPES else 0
+            ),
+        )
+    )
+
+
+def _filtered_out(value: str, line: str, plugin: Any) -> bool:
+    """detect-secrets' default filters of a found value (sequences, UUIDs, ids, templates,
+    ``$VARIABLES``, punctuation). The allowlist comment and the file-name filters are left
+    out: they judge files, not data."""
+    from detect_secrets.filters import heuristic
+
+    return (
+        heuristic.is_sequential_string(value)
+        or heuristic.is_potential_uuid(value)
+        or heuristic.is_likely_id_string(value, line, plugin)
+        or heuristic.is_templated_secret(value)
+        or heuristic.is_prefixed_with_dollar_sign(value)
+        or heuristic.is_not_alphanumeric_string(value)
+    )
+
+
+@lru_cache(maxsize=1)
+def _plugin_rules() -> tuple[PluginRule, ...]:
+    return tuple(
+        PluginRule(
+            "pii" if plugin.secret_type in _PII_TYPES else "secret",
+            "detect-secrets:" + re.sub(r"[^a-z0-9]+", "-", plugin.secret_type.lower()).strip("-"),
+            plugin.secret_type,
+        )
+        for plugin in _plugins()
+    )
+
+
+@lru_cache(maxsize=256)  # scan_record asks for the same text twice: its hits, then its spans
+def _detect_secrets(text: str) -> dict[str, tuple[str, ...]]:
+    """``{secret type: values}`` of every detect-secrets plugin over each line of ``text``."""
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+    from detect_secrets.plugins.keyword import KeywordDetector
+
+    found: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        for plugin in _plugins():
+            if isinstance(plugin, Base64HighEntropyString):
+                values = _unquoted_high_entropy(plugin, line)
+            elif isinstance(plugin, KeywordDetector) and not _may_hold_keyword(line):
+                continue
+            else:
+                values = [
+                    secret.secret_value
+                    for secret in plugin.analyze_line(filename=_ADHOC_FILENAME, line=line)
+                    if secret.secret_value
+                ]
+            for value in values:
+                if not _filtered_out(value, line, plugin):
+                    found.setdefault(plugin.secret_type, set()).add(value)
+    return {kind: tuple(sorted(values)) for kind, values in found.items()}
+
+
+def _may_hold_keyword(line: str) -> bool:
+    """Whether the keyword plugin can match ``line``: each of its patterns for text that is not
+    a known kind of source file needs a quote and one of its keywords. Checking that first
+    spares its costly patterns (a millisecond a line) on most lines, and changes no result."""
+    return any(quote in line for quote in "'\"`") and _keywords().search(line) is not None
+
+
+@lru_cache(maxsize=1)
+def _keywords() -> re.Pattern[str]:
+    from detect_secrets.plugins.keyword import DENYLIST
+
+    return re.compile("|".join(DENYLIST), re.IGNORECASE)
+
+
+def _unquoted_high_entropy(plugin: Any, line: str) -> list[str]:
+    """Base64 runs above the plugin's entropy limit, quoted or not. A string of n characters
+    has at most log2(n) bits of entropy, so shorter runs cannot pass and are not measured."""
+    shortest = math.floor(2**plugin.entropy_limit) + 1
+    run = _charset_runs(plugin.charset, shortest)
+    return [
+        m.group()
+        for m in run.finditer(line)
+        if plugin.calculate_shannon_entropy(m.group()) > plugin.entropy_limit
+    ]
+
+
+@lru_cache(maxsize=4)
+def _charset_runs(charset: str, shortest: int) -> re.Pattern[str]:
+    chars = re.escape(charset)
+    return re.compile(rf"(?<![{chars}])[{chars}]{{{shortest},}}(?![{chars}])")
+
+
+def plugin_rules(*, secrets: bool, pii: bool) -> tuple[PluginRule, ...]:
+    """The detect-secrets plugins of the kinds turned on."""
+    return tuple(
+        rule
+        for rule in _plugin_rules()
+        if (rule.kind == "secret" and secrets) or (rule.kind == "pii" and pii)
+    )
+
+
+def rules_for(*, poisoning: bool, secrets: bool, pii: bool) -> tuple[Detector, ...]:
+    """The detectors the data policy turns on: the project's rules, then detect-secrets'."""
     return (
         (POISONING_RULES if poisoning else ())
         + (SECRET_RULES if secrets else ())
         + (PII_RULES if pii else ())
+        + plugin_rules(secrets=secrets, pii=pii)
     )
 
 
 def sensitive_spans(text: str) -> list[tuple[int, int, str]]:
-    """Merged ``(start, end, rule)`` spans of every secret and piece of personal data."""
-    spans = sorted(
-        (*rule.span(m), rule.name) for rule in SENSITIVE_RULES for m in rule.matches(text)
-    )
+    """Merged ``(start, end, rule)`` spans of everything a secret or PII detector matches,
+    whichever detectors the policy turned on."""
+    detectors: tuple[Detector, ...] = (*SECRET_RULES, *PII_RULES, *_plugin_rules())
+    spans = sorted((start, end, rule.name) for rule in detectors for start, end in rule.masks(text))
     merged: list[tuple[int, int, str]] = []
     for start, end, name in spans:
         if merged and start < merged[-1][1]:
@@ -261,12 +458,27 @@ def _render(text: str, lo: int, hi: int, spans: Sequence[tuple[int, int, str]]) 
     return "".join(out)
 
 
-def scan_text(text: str, rules: Sequence[Rule]) -> list[tuple[Rule, int, int]]:
-    """Every ``(rule, start, end)`` match in ``text``."""
-    return [(rule, *m.span()) for rule in rules for m in rule.matches(text)]
+def scan_text(text: str, rules: Sequence[Detector]) -> list[tuple[Detector, int, int]]:
+    """Every ``(rule, start, end)`` match in ``text``, each secret once: a match is left out
+    when an earlier one of the same rule, or (for detect-secrets) of any secret or PII rule,
+    overlaps it."""
+    hits: list[tuple[Detector, int, int]] = []
+    for rule in rules:
+        for m in rule.matches(text):
+            start, end = m.span()
+            if not any(
+                s < end
+                and start < e
+                and (
+                    r.name == rule.name or (isinstance(rule, PluginRule) and r.kind != "poisoning")
+                )
+                for r, s, e in hits
+            ):
+                hits.append((rule, start, end))
+    return hits
 
 
-def scan_record(record: Record, rules: Sequence[Rule]) -> list[Finding]:
+def scan_record(record: Record, rules: Sequence[Detector]) -> list[Finding]:
     """Findings in every text field of one normalised record."""
     findings: list[Finding] = []
     for field, text in text_fields(record.data):
@@ -281,7 +493,7 @@ def scan_record(record: Record, rules: Sequence[Rule]) -> list[Finding]:
     return findings
 
 
-def scan_records(records: Sequence[Record], rules: Sequence[Rule]) -> list[Finding]:
+def scan_records(records: Sequence[Record], rules: Sequence[Detector]) -> list[Finding]:
     """Findings of every record, in record order."""
     return (
         [finding for record in records for finding in scan_record(record, rules)] if rules else []
