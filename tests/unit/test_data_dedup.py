@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune_trainer.data import prepare_dataset
 from kubetune_trainer.data.dedup import deduplicate, jaccard, lsh_params, shingles
 from kubetune_trainer.data.records import Location, Record
 
@@ -49,6 +53,26 @@ def test_exact_duplicates_ignore_case_and_whitespace() -> None:
     assert [(str(d.loc), str(d.duplicate_of), d.kind) for d in removed] == [
         ("d.jsonl:2", "d.jsonl:1", "exact")
     ]
+
+
+def test_the_report_says_that_exact_ignores_case_and_whitespace(tmp_path: Path) -> None:
+    # differing only by case, these are "near" duplicates to a reader: the report says why
+    # they are counted as exact
+    lines = [_record(i, f"Ticket {i}: where is my parcel?").data for i in range(10)]
+    lines += [_record(11, "TICKET 3:  Where is my PARCEL?").data]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "builtin://tiny-llama", "acceptLicense": True},
+            "dataset": {"source": {"uri": "file://data.jsonl"}},
+        }
+    )
+    prepared = prepare_dataset(spec, tmp_path / "work", base_dir=tmp_path)
+    assert [d.kind for d in prepared.report.main.duplicates] == ["exact"]
+    text = (tmp_path / "work" / "data" / "report.txt").read_text()
+    assert "1 removed (dedup near: exact (ignoring case and whitespace) 1, near 0)" in text
+    report = json.loads((tmp_path / "work" / "data" / "report.json").read_text())
+    assert report["policy"]["exactDuplicates"] == "exact (ignoring case and whitespace)"
 
 
 def test_exact_mode_keeps_near_duplicates_and_none_keeps_everything() -> None:

@@ -1,7 +1,9 @@
 """Exact and near-duplicate removal. The first occurrence is kept; later ones are reported
 with the location of the record they duplicate.
 
-- exact: the whole record (roles included) compared case- and whitespace-insensitively.
+- exact: the whole record (roles included) compared case- and whitespace-insensitively, so
+  records that differ only in case or spacing are exact duplicates, not near ones (the report
+  says "exact (ignoring case and whitespace)").
 - near: Jaccard similarity of word 3-shingles ≥ ``threshold`` (``dataPolicy.nearDuplicateThreshold``).
   Candidates come from MinHash LSH (128 permutations; bands and rows chosen so that a pair at
   the threshold becomes a candidate with probability ≥ 0.95), and each candidate's true Jaccard

@@ -21,6 +21,13 @@ from kubetune_trainer.data.split import Leak
 from kubetune_trainer.data.stats import TokenStats
 
 SHOWN = 5
+# How :func:`formats.mappings` names each mapping: the report.json key, and the report.txt words.
+MAPPED_KEYS = {"sharegpt": "fromShareGPT", "model-role": "modelRoleAsAssistant"}
+MAPPED_WORDS = {
+    "sharegpt": "mapped from ShareGPT (conversations/from/value read as messages/role/content)",
+    "model-role": "with Gemma's 'model' role read as 'assistant'",
+}
+EXACT_WORDS = "exact (ignoring case and whitespace)"
 
 
 @dataclass
@@ -32,6 +39,7 @@ class DatasetCheck:
     problems: list[Problem] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    mapped: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
     kept: int = 0
 
@@ -51,6 +59,7 @@ class DatasetCheck:
             "records": self.rows,
             "invalid": self.invalid,
             "duplicatesRemoved": len(self.duplicates),
+            "mapped": {MAPPED_KEYS[k]: n for k, n in sorted(self.mapped.items())},
             "flagged": self.flagged,
             "dropped": self.dropped,
             "kept": self.kept,
@@ -114,7 +123,7 @@ class DataReport:
             "summary": self.summary().to_wire(),
             "error": self.error,
             "format": self.format,
-            "policy": {"dedup": self.dedup, "action": self.action},
+            "policy": {"dedup": self.dedup, "exactDuplicates": EXACT_WORDS, "action": self.action},
             "data": self.main.to_json(),
             "general": None
             if self.general is None
@@ -144,10 +153,12 @@ class DataReport:
         ]
         if self.error:
             lines.append(f"  FAILED: {self.error}")
+        lines.extend(_mapped(m))
         lines.append(f"  invalid     {m.invalid}" + _examples(m.problems, errors_only=True))
         kinds = Counter(d.kind for d in m.duplicates)
         lines.append(
-            f"  duplicates  {len(m.duplicates)} removed (dedup {self.dedup}: exact {kinds['exact']}, near {kinds['near']})"
+            f"  duplicates  {len(m.duplicates)} removed (dedup {self.dedup}: {EXACT_WORDS} "
+            f"{kinds['exact']}, near {kinds['near']})"
         )
         rules = ", ".join(
             f"{rule} {n}"
@@ -163,6 +174,7 @@ class DataReport:
                 f"  general     {g.rows} read from {g.source}, {g.invalid} invalid, {len(g.duplicates)} duplicate(s), "
                 f"{g.flagged} caught; {self.general_mixed} mixed into train (ratio {self.general_ratio})"
             )
+            lines.extend(f"  {line}" for line in _mapped(g))
         lines.append(
             f"  splits      train {self.train} (incl. {self.general_mixed} general), validation {self.validation}, "
             f"test {self.test} (seed {self.seed}); leakage: {len(self.leaks)} removed"
@@ -189,6 +201,14 @@ class DataReport:
         )
         text_path.write_text(self.to_text(), encoding="utf-8")
         return json_path, text_path
+
+
+def _mapped(check: DatasetCheck) -> list[str]:
+    return [
+        f"  mapped      {n} record(s) {MAPPED_WORDS[k]}"
+        for k, n in sorted(check.mapped.items())
+        if n
+    ]
 
 
 def _examples(problems: list[Problem], *, errors_only: bool) -> str:
