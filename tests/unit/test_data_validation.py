@@ -283,3 +283,125 @@ def test_objective_and_format_must_fit(tmp_path: Path) -> None:
     dpo = _spec().model_copy(update={"objective": "dpo"})
     with pytest.raises(DataValidationError, match="objective dpo needs preference records"):
         prepare_dataset(dpo, tmp_path / "work", base_dir=tmp_path)
+
+
+# --- ShareGPT and Gemma's model role ---------------------------------------------------------
+
+
+def _sharegpt(i: int) -> dict[str, Any]:
+    return {
+        "id": f"conv-{i}",
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": f"question number {i}"},
+            {"from": "gpt", "value": f"answer {i}", "weight": 1},
+        ],
+    }
+
+
+def test_sharegpt_is_read_as_chat() -> None:
+    assert detect_record_format(_sharegpt(1)) == "chat"
+    assert normalise(_sharegpt(1), "chat") == (
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "question number 1"},
+                {"role": "assistant", "content": "answer 1"},
+            ]
+        },
+        [],
+    )
+    for speaker, role in [("user", "user"), ("assistant", "assistant"), ("model", "assistant")]:
+        turns = [{"from": "human", "value": "q"}, {"from": speaker, "value": "a"}]
+        if role == "user":
+            turns = [{"from": speaker, "value": "q"}, {"from": "bot", "value": "a"}]
+        data, problems = normalise({"conversations": turns}, "chat")
+        assert problems == [] and data is not None
+        assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+
+
+def test_gemma_model_role_is_read_as_assistant() -> None:
+    value = {"messages": [USER, {"role": "model", "content": "shipping"}]}
+    assert normalise(value, "chat") == ({"messages": [USER, ANSWER]}, [])
+    pair = {"prompt": "p", "chosen": [{"role": "model", "content": "a"}], "rejected": "b"}
+    assert normalise(pair, "preference")[0] == {"prompt": "p", "chosen": "a", "rejected": "b"}
+
+
+def test_the_report_counts_records_mapped_from_sharegpt_and_the_model_role(
+    tmp_path: Path,
+) -> None:
+    gemma = {"messages": [USER, {"role": "model", "content": "shipping"}]}
+    lines: list[Any] = [_sharegpt(i) for i in range(7)] + [gemma] * 2 + [_chat(1)]
+    _write(tmp_path / "data.jsonl", lines)
+    prepared = prepare_dataset(_spec(), tmp_path / "work", base_dir=tmp_path)
+    assert prepared.format == "chat" and prepared.report.summary().invalid == 0
+    assert sum(map(len, (prepared.train, prepared.validation, prepared.test))) == 10
+    assert prepared.report.main.mapped == {"sharegpt": 7, "model-role": 2}
+    report = json.loads((tmp_path / "work" / "data" / "report.json").read_text())
+    assert report["data"]["mapped"] == {"fromShareGPT": 7, "modelRoleAsAssistant": 2}
+    text = (tmp_path / "work" / "data" / "report.txt").read_text()
+    assert "7 record(s) mapped from ShareGPT" in text
+    assert "2 record(s) with Gemma's 'model' role read as 'assistant'" in text
+
+
+@pytest.mark.parametrize(
+    ("turns", "code", "fragment"),
+    [
+        (
+            [{"from": "narrator", "value": "once"}, {"from": "gpt", "value": "a"}],
+            "unknown_role",
+            "conversations[0].from 'narrator' is not one of human, user, gpt",
+        ),
+        (
+            [{"value": "q"}, {"from": "gpt", "value": "a"}],
+            "missing_role",
+            "conversations[0] has no 'from'",
+        ),
+        (
+            [{"from": "human"}, {"from": "gpt", "value": "a"}],
+            "missing_field",
+            "'conversations[0].value' is missing",
+        ),
+        (["hi", {"from": "gpt", "value": "a"}], "wrong_type", "conversations[0] must be an object"),
+        (
+            [{"from": 3, "value": "q"}, {"from": "gpt", "value": "a"}],
+            "wrong_type",
+            "conversations[0].from must be a string",
+        ),
+        (
+            [{"from": "human", "value": "q"}],
+            "not_ending_with_assistant",
+            "ends with a 'user' message",
+        ),
+        ([], "empty_content", "'conversations' is empty"),
+    ],
+)
+def test_bad_sharegpt_record_is_dropped_and_reported_with_file_line(
+    tmp_path: Path, turns: list[Any], code: str, fragment: str
+) -> None:
+    problems = _problems(tmp_path, [{"conversations": turns}])
+    assert [(p["location"], p["code"]) for p in problems] == [("file://data.jsonl:11", code)]
+    assert fragment in problems[0]["message"], problems
+
+
+def test_two_assistant_turns_in_a_row_are_an_error(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, [{"messages": [USER, ANSWER, ANSWER]}])
+    assert [(p["location"], p["code"]) for p in problems] == [
+        ("file://data.jsonl:11", "consecutive_assistant_turns")
+    ]
+
+
+def test_a_problem_message_never_echoes_a_secret_or_a_megabyte(tmp_path: Path) -> None:
+    key = "AKIA" + "IOSFODNN7EXAMPLE"
+    problems = _problems(
+        tmp_path,
+        [
+            {"messages": [{"role": key, "content": "hi"}, ANSWER]},
+            {"messages": [{"role": "x" * 1_000_000, "content": "hi"}, ANSWER]},
+        ],
+    )
+    assert [p["code"] for p in problems] == ["unknown_role", "unknown_role"]
+    assert key not in problems[0]["message"] and "[REDACTED:" in problems[0]["message"]
+    assert len(problems[1]["message"]) < 300 and "1000000 characters" in problems[1]["message"]
+    for name in ("report.json", "report.txt"):
+        assert key not in (tmp_path / "work" / "data" / name).read_text()

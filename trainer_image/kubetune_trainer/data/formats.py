@@ -2,7 +2,9 @@
 
 Normalised shapes (what the training stage gets):
 
-- chat ``{"messages": [...]}`` and instruction ``{"instruction", "input"?, "output", "system"?}``
+- chat ``{"messages": [...]}``, ShareGPT ``{"conversations": [{"from", "value"}, ...]}`` (read
+  as chat: ``from`` human/user -> user, gpt/assistant/model/bot -> assistant, system -> system,
+  tool -> tool; ``value`` -> content) and instruction ``{"instruction", "input"?, "output", "system"?}``
   -> ``{"messages": [{"role", "content"}, ...]}`` (instruction: user = instruction, plus
   ``"\\n\\n" + input`` when there is one; assistant = output; ``system`` -> a system message);
 - completion ``{"prompt", "completion"}`` -> the same two strings;
@@ -10,7 +12,10 @@ Normalised shapes (what the training stage gets):
   user message, and chat-style chosen/rejected of one assistant message, are accepted and
   flattened; longer conversations are reported as unsupported.
 
-Other keys of a record (ids, metadata) are ignored. Message keys other than role and content
+Gemma's ``model`` role is read as ``assistant`` wherever a role is. :func:`mappings` names the
+mappings a record needed (ShareGPT, the ``model`` role), so that the data report can count them.
+
+Other keys of a record (ids, metadata, a ShareGPT turn's ``weight``) are ignored. Message keys other than role and content
 (names, tool calls) are not kept. Structured content (a list of ``{"type": "text", "text"}``
 parts) is joined into one string.
 
@@ -27,16 +32,30 @@ from typing import Any
 from kubetune_trainer.data.records import FORMATS, Format
 
 ROLES = ("system", "user", "assistant", "tool")
+# Roles other tools write for ours: Gemma's chat template calls the assistant "model".
+ROLE_ALIASES = {"model": "assistant"}
 _ROLE_HINTS = {
     "human": "user",
     "gpt": "assistant",
     "bot": "assistant",
-    "model": "assistant",
     "ai": "assistant",
 }
+# ShareGPT's "from" values (as Axolotl and Unsloth read them) and the role each one is.
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
+SHOWN_CHARS = 40  # of a value echoed in a problem message
 
 EXPECTED_FIELDS: dict[Format, str] = {
-    "chat": '"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]',
+    "chat": '"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}] '
+    '(or ShareGPT\'s "conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}])',
     "instruction": '"instruction", optional "input", "output" (and optional "system")',
     "completion": '"prompt" and "completion"',
     "preference": '"prompt", "chosen" and "rejected"',
@@ -50,7 +69,7 @@ def detect_record_format(value: Any) -> Format | None:
     """The format a record's keys announce, or None when they announce none."""
     if not isinstance(value, dict):
         return None
-    if "messages" in value:
+    if "messages" in value or "conversations" in value:
         return "chat"
     if "chosen" in value and "rejected" in value:
         return "preference"
@@ -67,7 +86,7 @@ def normalise(value: Any, fmt: Format) -> tuple[dict[str, Any] | None, list[Issu
         return None, [("wrong_type", f"expected a JSON object, got {_type(value)}")]
     found = detect_record_format(value)
     if found is None:
-        keys = ", ".join(sorted(map(str, value))[:8]) or "none"
+        keys = ", ".join(cut(str(k)) for k in sorted(map(str, value))[:8]) or "none"
         return None, [
             (
                 "unknown_format",
@@ -79,20 +98,78 @@ def normalise(value: Any, fmt: Format) -> tuple[dict[str, Any] | None, list[Issu
     return _NORMALISERS[fmt](value)
 
 
+def mappings(value: Any) -> list[str]:
+    """The mappings reading ``value`` takes: ``sharegpt`` (conversations/from/value read as
+    messages/role/content) and ``model-role`` (Gemma's ``model`` role read as ``assistant``)."""
+    if not isinstance(value, dict):
+        return []
+    if "messages" not in value and isinstance(value.get("conversations"), list):
+        return ["sharegpt"]
+    lists = [value.get(key) for key in ("messages", "prompt", "chosen", "rejected")]
+    if any(
+        isinstance(m, dict) and _role(m) != m.get("role")
+        for messages in lists
+        if isinstance(messages, list)
+        for m in messages
+    ):
+        return ["model-role"]
+    return []
+
+
 def _chat(value: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issue]]:
-    messages = value["messages"]
+    field = "messages" if "messages" in value else "conversations"
+    messages = value[field]
     if not isinstance(messages, list):
         return None, [
-            ("wrong_type", f"'messages' must be a list of messages, got {_type(messages)}")
+            ("wrong_type", f"'{field}' must be a list of messages, got {_type(messages)}")
         ]
     if not messages:
         return None, [
-            ("empty_content", "'messages' is empty; add a user message and the assistant's answer")
+            ("empty_content", f"'{field}' is empty; add a user message and the assistant's answer")
         ]
-    out, problems = normalise_messages(messages, "messages")
+    if field == "conversations":
+        out, problems = _sharegpt(messages)
+    else:
+        out, problems = normalise_messages(messages, "messages")
     if problems:
         return None, problems
     return {"messages": out}, []
+
+
+def _sharegpt(turns: list[Any]) -> tuple[list[dict[str, str]], list[Issue]]:
+    """ShareGPT turns as messages; a turn may also use role/content, as some exports do."""
+    problems: list[Issue] = []
+    out: list[dict[str, str]] = []
+    known = ", ".join(SHAREGPT_ROLES)
+    for i, turn in enumerate(turns):
+        at = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            problems.append(
+                ("wrong_type", f"{at} must be an object with from and value, got {_type(turn)}")
+            )
+            continue
+        role_key = "from" if "from" in turn or "role" not in turn else "role"
+        text_key = "value" if "value" in turn or "content" not in turn else "content"
+        speaker = turn.get(role_key)
+        role = SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
+        if speaker is None:
+            problems.append(("missing_role", f"{at} has no 'from'; use one of {known}"))
+        elif not isinstance(speaker, str):
+            problems.append(
+                ("wrong_type", f"{at}.{role_key} must be a string, got {_type(speaker)}")
+            )
+        elif role is None:
+            problems.append(
+                ("unknown_role", f"{at}.{role_key} {shown(speaker)} is not one of {known}")
+            )
+        content, problem = _text(turn.get(text_key), f"{at}.{text_key}", text_key in turn)
+        if problem:
+            problems.append(problem)
+        if role is not None and content is not None:
+            out.append({"role": role, "content": content})
+    if problems:
+        return out, problems
+    return out, _conversation_problems(out)
 
 
 def normalise_messages(
@@ -116,6 +193,8 @@ def normalise_messages(
             problems.append(("missing_role", f"{at} has no 'role'; use one of {', '.join(ROLES)}"))
         elif not isinstance(role, str):
             problems.append(("wrong_type", f"{at}.role must be a string, got {_type(role)}"))
+        elif role in ROLE_ALIASES:
+            role = ROLE_ALIASES[role]
         elif role not in ROLES:
             hint = (
                 f" (did you mean {_ROLE_HINTS[role.lower()]!r}?)"
@@ -123,25 +202,30 @@ def normalise_messages(
                 else ""
             )
             problems.append(
-                ("unknown_role", f"{at}.role {role!r} is not one of {', '.join(ROLES)}{hint}")
+                ("unknown_role", f"{at}.role {shown(role)} is not one of {', '.join(ROLES)}{hint}")
             )
         content, problem = _text(message.get("content"), f"{at}.content", "content" in message)
         if problem:
             problems.append(problem)
         if isinstance(role, str) and content is not None:
             out.append({"role": role, "content": content})
-    if problems:
+    if problems or not end_with_assistant:
         return out, problems
-    if end_with_assistant and out[-1]["role"] != "assistant":
+    return out, _conversation_problems(out)
+
+
+def _conversation_problems(messages: list[dict[str, str]]) -> list[Issue]:
+    problems: list[Issue] = []
+    if messages[-1]["role"] != "assistant":
         problems.append(
             (
                 "not_ending_with_assistant",
-                f"the conversation ends with a {out[-1]['role']!r} message; the last message must be the assistant's answer",
+                f"the conversation ends with a {messages[-1]['role']!r} message; the last message must be the assistant's answer",
             )
         )
-    if end_with_assistant and not any(m["role"] == "user" for m in out):
+    if not any(m["role"] == "user" for m in messages):
         problems.append(("no_user_message", "the conversation has no user message"))
-    return out, problems
+    return problems
 
 
 def _instruction(value: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issue]]:
@@ -195,7 +279,7 @@ def _preference(value: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issu
 def _flatten(value: Any, field: str, role: str) -> tuple[str | None, Issue | None]:
     """A string, or a list holding exactly one ``role`` message, as one string."""
     if isinstance(value, list):
-        if len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == role:
+        if len(value) == 1 and isinstance(value[0], dict) and _role(value[0]) == role:
             return _text(value[0].get("content"), f"{field}[0].content", "content" in value[0])
         return None, (
             "unsupported_shape",
@@ -224,6 +308,25 @@ def _optional_text(value: Any, field: str) -> tuple[str | None, Issue | None]:
     if not isinstance(value, str):
         return None, ("wrong_type", f"'{field}' must be a string, got {_type(value)}")
     return (value if value.strip() else None), None
+
+
+def _role(message: dict[str, Any]) -> Any:
+    """A message's role with aliases read as ours (any value: this runs before type checks)."""
+    role = message.get("role")
+    return ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+
+
+def cut(value: str) -> str:
+    """``value`` cut to ``SHOWN_CHARS`` characters, for a message."""
+    return value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "…"
+
+
+def shown(value: str) -> str:
+    """``value`` quoted for a problem message, cut to ``SHOWN_CHARS`` characters (a hostile file
+    may put a megabyte, or a secret, where a role name belongs; messages are redacted later)."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return repr(value[:SHOWN_CHARS]) + f"… ({len(value)} characters)"
 
 
 def _type(value: Any) -> str:

@@ -32,6 +32,7 @@ from kubetune_trainer.data.stats import count_tokens, prompt_token_counts, token
 from kubetune_trainer.data.validate import (
     check_invalid_share,
     check_lengths,
+    check_roles,
     detect_format,
     validate_rows,
 )
@@ -181,7 +182,10 @@ def _check(
 ) -> list[Record]:
     """Validate, length-check, dedup and scan one dataset's rows, recording it all in ``check``."""
     policy = spec.data_policy
-    records, check.problems = validate_rows(rows, fmt)
+    records, problems, check.mapped = validate_rows(rows, fmt)
+    # Roles the chat template cannot render fail here, at their file:line, not in the trainer.
+    records, role_problems = check_roles(records, tokenizer)
+    check.problems = sorted(problems + role_problems, key=lambda p: p.loc)
     if tokenizer is not None and records:
         for record, n in zip(records, count_tokens(records, tokenizer), strict=True):
             record.tokens = n

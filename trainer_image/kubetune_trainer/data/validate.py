@@ -13,18 +13,33 @@ Rules (each problem is reported with its file:line; errors drop the record):
   the record is kept and counted); more than ``TOO_LONG_FACTOR`` × ``maxLength`` is an error, and
   so is a prompt that alone fills ``maxLength``: truncation would cut the whole answer away, so
   the record would teach nothing;
+- roles (:func:`check_roles`, before any model is loaded): two assistant turns in a row; and,
+  with a tokenizer that has a chat template, a conversation the template refuses to render
+  (Gemma's "System role not supported", Mistral's "roles must alternate") is an error at the
+  record's file:line with the template's own message and the fix;
 - if more than ``MAX_INVALID_FRACTION`` of the records are invalid, the input is probably the
   wrong file or format, and :func:`check_invalid_share` raises.
+
+A problem message that quotes the data (a role name, a template's error) is redacted like a
+scan excerpt: no secret or personal data reaches the report through it.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Literal
+from typing import Any, Literal
 
 from kubetune_trainer.data.errors import DataValidationError
-from kubetune_trainer.data.formats import EXPECTED_FIELDS, detect_record_format, normalise
+from kubetune_trainer.data.formats import (
+    EXPECTED_FIELDS,
+    SHOWN_CHARS,
+    cut,
+    detect_record_format,
+    mappings,
+    normalise,
+)
 from kubetune_trainer.data.records import Format, Location, Problem, RawRow, Record
+from kubetune_trainer.data.scan import redact
 
 TOO_LONG_FACTOR = 4
 MAX_INVALID_FRACTION = 0.5
@@ -64,10 +79,14 @@ def detect_format(
     return next(iter(lines))
 
 
-def validate_rows(rows: list[RawRow], fmt: Format) -> tuple[list[Record], list[Problem]]:
-    """Normalise every row; invalid rows are left out and each problem is returned."""
+def validate_rows(
+    rows: list[RawRow], fmt: Format
+) -> tuple[list[Record], list[Problem], dict[str, int]]:
+    """Normalise every row; invalid rows are left out and each problem is returned, with how
+    many valid records each mapping (:func:`formats.mappings`: ShareGPT, the model role) read."""
     records: list[Record] = []
     problems: list[Problem] = []
+    mapped: Counter[str] = Counter()
     for row in rows:
         if row.error is not None:
             problems.append(
@@ -75,10 +94,80 @@ def validate_rows(rows: list[RawRow], fmt: Format) -> tuple[list[Record], list[P
             )
             continue
         data, issues = normalise(row.value, fmt)
-        problems.extend(Problem(row.loc, code, message) for code, message in issues)
+        problems.extend(Problem(row.loc, code, redact(message)) for code, message in issues)
         if data is not None and not issues:
             records.append(Record(row.loc, data))
-    return records, problems
+            mapped.update(mappings(row.value))
+    return records, problems, dict(mapped)
+
+
+def check_roles(records: list[Record], tokenizer: Any | None) -> tuple[list[Record], list[Problem]]:
+    """Split chat ``records`` into kept and rejected by their roles: two assistant turns in a
+    row, or (when ``tokenizer`` has a chat template) a conversation the template cannot render.
+
+    Each record is rendered once, as training will render it; the template's own error message
+    is kept, with the fix.
+    """
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    name = str(getattr(tokenizer, "name_or_path", "") or "the tokenizer")
+    kept: list[Record] = []
+    problems: list[Problem] = []
+    for record in records:
+        messages = record.data.get("messages")
+        problem = None
+        if messages is not None:
+            problem = (_template_problem(messages, tokenizer, name) if template else None) or (
+                _repeated_assistant(messages)
+            )
+        if problem is None:
+            kept.append(record)
+        else:
+            problems.append(Problem(record.loc, problem[0], redact(problem[1])))
+    return kept, problems
+
+
+def _template_problem(
+    messages: list[dict[str, str]], tokenizer: Any, name: str
+) -> tuple[str, str] | None:
+    try:
+        tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as exc:  # jinja2's TemplateError from raise_exception(), or any render error
+        said = " ".join(str(exc).split()) or type(exc).__name__
+        if len(said) > 4 * SHOWN_CHARS:
+            said = said[: 4 * SHOWN_CHARS] + "…"
+        roles = "/".join(m["role"] for m in messages[:8]) + ("/…" if len(messages) > 8 else "")
+        return (
+            "template_rejects_roles",
+            f"the chat template of {name} cannot render this conversation ({roles}): {said}; "
+            f"{_template_hint(said)}",
+        )
+    return None
+
+
+def _template_hint(said: str) -> str:
+    low = said.lower()
+    if "alternate" in low:
+        return (
+            "merge consecutive turns of the same role so that user and assistant alternate, "
+            "starting with the user (fold a system prompt into the first user turn if the "
+            "template has no system role)"
+        )
+    if "system" in low:
+        return "this template has no system role: fold the system prompt into the first user turn"
+    if "role" in low:
+        return "use only the roles this template knows (usually system, user and assistant)"
+    return "fix the record so that the template can render it, or pick a base model whose template fits the data"
+
+
+def _repeated_assistant(messages: list[dict[str, str]]) -> tuple[str, str] | None:
+    for i in range(1, len(messages)):
+        if messages[i - 1]["role"] == messages[i]["role"] == "assistant":
+            return (
+                "consecutive_assistant_turns",
+                f"messages[{i - 1}] and messages[{i}] are both assistant turns; merge them into one "
+                "answer (the model would learn to end its turn and then answer again)",
+            )
+    return None
 
 
 def check_lengths(
@@ -149,5 +238,5 @@ def _list(locs: list[Location]) -> str:
 
 def _keys(value: object) -> str:
     if isinstance(value, dict):
-        return "[" + ", ".join(sorted(map(str, value))[:8]) + "]"
+        return redact("[" + ", ".join(cut(k) for k in sorted(map(str, value))[:8]) + "]")
     return f"(not an object: {type(value).__name__})"
