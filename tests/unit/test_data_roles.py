@@ -75,15 +75,28 @@ def test_gemma_refuses_a_system_turn_and_turns_that_do_not_alternate() -> None:
     assert "merge consecutive turns" in alternate.message
 
 
-def test_mistral_takes_a_system_prompt_but_refuses_turns_that_do_not_alternate() -> None:
+def test_mistral_refuses_turns_that_do_not_alternate_and_a_system_prompt_it_would_drop() -> None:
+    """Mistral's template writes the system prompt into the LAST user turn only, so in a
+    training conversation (which ends with the answer) the system prompt silently vanishes:
+    the record is refused rather than trained without it."""
     mistral = _tokenizer(MISTRAL)
-    records = [_record(1, SYSTEM, USER, ANSWER), _record(2, USER, ANSWER, ANSWER)]
+    records = [
+        _record(1, USER, ANSWER),
+        _record(2, USER, ANSWER, ANSWER),
+        _record(3, SYSTEM, USER, ANSWER),
+    ]
+    assert "Be brief." not in mistral.apply_chat_template(
+        [SYSTEM, USER, ANSWER], tokenize=False
+    )  # renders without error, and without the system prompt
     kept, problems = check_roles(records, mistral)
     assert [r.loc.line for r in kept] == [1]
-    (problem,) = problems
-    assert str(problem.loc) == "d.jsonl:2"
-    assert "After the optional system message, conversation roles must alternate" in problem.message
-    assert "merge consecutive turns" in problem.message
+    alternate, dropped = problems
+    assert str(alternate.loc) == "d.jsonl:2"
+    assert "After the optional system message, conversation roles must alternate" in alternate.message
+    assert "merge consecutive turns" in alternate.message
+    assert (str(dropped.loc), dropped.code) == ("d.jsonl:3", "template_moves_messages")
+    assert "messages[2]" in dropped.message
+    assert "fold it into the first user message" in dropped.message
 
 
 def test_two_assistant_turns_in_a_row_are_caught_even_when_the_template_renders_them() -> None:

@@ -101,10 +101,15 @@ def resolve_base_model(
             )
         return ResolvedModel(uri=spec.uri, path=path, trust_remote_code=spec.trust_remote_code)
     if scheme == "builtin":
+        from kubetune_trainer.tiny_families import is_family_uri_name, resolve_family_model
         from kubetune_trainer.tiny_model import resolve_builtin_model
 
         try:
-            path = resolve_builtin_model(spec.uri, corpus)
+            if is_family_uri_name(rest.strip("/")):
+                # builtin://tiny-qwen2 and the like: the family's real tokenizer and template.
+                path = resolve_family_model(rest.strip("/"))
+            else:
+                path = resolve_builtin_model(spec.uri, corpus)
         except ValueError as exc:
             raise ModelError(f"baseModel.uri: {exc}") from exc
         return ResolvedModel(uri=spec.uri, path=path, trust_remote_code=False)

@@ -186,6 +186,9 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
         corpus=corpus,
     )
     tokenizer = load_tokenizer(base)
+    from kubetune_trainer.model_support import check_model_support
+
+    check_model_support(base.path, tokenizer)  # before any weight is loaded
     data = prepare_dataset(spec, workdir, tokenizer=tokenizer, base_dir=base_dir)
     run.result["data"] = data.report.summary()
     run.add_artifact(workdir / "data" / "report.json", "report", name="data-report.json")

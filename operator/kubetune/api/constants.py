@@ -112,6 +112,9 @@ class Reason:
     UNSUPPORTED_CHAT_TEMPLATE: Final = "UnsupportedChatTemplate"
     # An exported GGUF does not reproduce the model it was made from (export.verify).
     EXPORT_VERIFICATION_FAILED: Final = "ExportVerificationFailed"
+    # The base model's architecture is not a supported family (kubetune.api.families),
+    # found from its config.json when the trainer starts, before any weight is loaded.
+    UNSUPPORTED_MODEL: Final = "UnsupportedModel"
 
     # Failures a retry of the same spec cannot fix: the trainer exits with
     # PERMANENT_FAILURE_EXIT_CODE and the Job's podFailurePolicy fails the Job at once.
@@ -124,6 +127,7 @@ class Reason:
         OUT_OF_MEMORY,
         UNSUPPORTED_CHAT_TEMPLATE,
         EXPORT_VERIFICATION_FAILED,
+        UNSUPPORTED_MODEL,
     )
 
 

@@ -59,14 +59,18 @@ def _cached(name: str, version: str, binary: str) -> Path:
     folder = cache_dir() / "bin" / f"{name}-{version}"
     path = folder / binary
     if not (folder / ".complete").is_file() or not os.access(path, os.X_OK):
-        raise ToolchainError(f"{binary} {version} is not built (looked in {folder}): {INSTALL_HINT}")
+        raise ToolchainError(
+            f"{binary} {version} is not built (looked in {folder}): {INSTALL_HINT}"
+        )
     return path
 
 
 def _system(binary: str, package: str) -> Path:
     found = shutil.which(binary)
     if found is None:
-        raise ToolchainError(f"{binary} not found on PATH (Debian package {package}): {INSTALL_HINT}")
+        raise ToolchainError(
+            f"{binary} not found on PATH (Debian package {package}): {INSTALL_HINT}"
+        )
     return Path(found)
 
 
@@ -90,6 +94,11 @@ def find_toolchain() -> Toolchain:
 def find_helm() -> Path:
     """The pinned helm binary, or raise ToolchainError naming hack/install-tools.sh."""
     return _cached("helm", read_versions()["HELM_VERSION"], "helm")
+
+
+def find_ollama_template() -> Path:
+    """The pinned renderer built on Ollama's own template package (hack/build-ollama-template.sh)."""
+    return _cached("ollama-template", read_versions()["OLLAMA_VERSION"], "ollama-template")
 
 
 def find_promtool() -> Path:

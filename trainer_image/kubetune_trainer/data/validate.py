@@ -129,8 +129,12 @@ def check_roles(records: list[Record], tokenizer: Any | None) -> tuple[list[Reco
 def _template_problem(
     messages: list[dict[str, str]], tokenizer: Any, name: str
 ) -> tuple[str, str] | None:
+    from kubetune_trainer.train.masking import ChatMaskError, check_answers_located
+
     try:
-        tokenizer.apply_chat_template(messages, tokenize=False)
+        check_answers_located(messages, tokenizer)  # renders it, and finds each answer in it
+    except ChatMaskError as exc:
+        return ("template_moves_messages", f"the chat template of {name}: {exc}")
     except Exception as exc:  # jinja2's TemplateError from raise_exception(), or any render error
         said = " ".join(str(exc).split()) or type(exc).__name__
         if len(said) > 4 * SHOWN_CHARS:

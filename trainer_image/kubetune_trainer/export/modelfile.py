@@ -1,4 +1,4 @@
-"""Ollama Modelfiles for exported GGUF files: FROM, optional ADAPTER, TEMPLATE and stop tokens.
+"""Ollama Modelfiles for exported GGUF files: FROM, optional ADAPTER, TEMPLATE, SYSTEM and stops.
 
 TEMPLATE and ``PARAMETER stop`` come from the model's own chat template and special tokens (see
 :mod:`kubetune_trainer.export.chat_format`), so the prompts Ollama builds are the ones the model
@@ -25,6 +25,12 @@ def render_modelfile(model: str, fmt: ChatFormat, *, adapter: str | None = None)
     if adapter is not None:
         lines.append(f"ADAPTER {_path(adapter)}")
     lines.append(f'TEMPLATE """{template}"""')
+    if fmt.default_system:
+        # Ollama sends SYSTEM as the first message when a request has no system message; the
+        # TEMPLATE writes the same default itself, so both paths render what the Jinja did.
+        if '"""' in fmt.default_system:
+            raise ValueError('the default system prompt contains """, which SYSTEM cannot hold')
+        lines.append(f'SYSTEM """{fmt.default_system}"""')
     lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in fmt.stops]
     return "\n".join(lines) + "\n"
 

@@ -123,16 +123,27 @@ def attention_implementation(spec: FineTuneJobSpec, device: str) -> str | None:
 
 
 def sft_config(spec: FineTuneJobSpec, workdir: Path, *, data_format: str, **kwargs: Any) -> Any:
-    """SFTConfig: loss on the assistant turns (chat) or the completion (prompt/completion)."""
+    """SFTConfig: loss on the assistant turns (chat) or the completion (prompt/completion).
+
+    Chat data arrives tokenized, with the assistant mask computed from the model's own template
+    (:mod:`kubetune_trainer.train.masking`), so trl's ``assistant_only_loss`` (which needs
+    ``{% generation %}`` markers no stock template has) stays off and trl builds the labels
+    from the ``assistant_masks`` column.
+    """
     from trl import SFTConfig  # type: ignore[attr-defined]
 
-    chat = data_format in ("chat", "instruction", "messages")
+    chat = is_chat_format(data_format)
     return SFTConfig(
         **training_arguments(spec, workdir, **kwargs),
         packing=spec.training.packing,
-        assistant_only_loss=chat,
+        assistant_only_loss=False,
         completion_only_loss=None if chat else True,
     )
+
+
+def is_chat_format(data_format: str) -> bool:
+    """Whether prepared records of ``data_format`` are ``{"messages": […]}`` conversations."""
+    return data_format in ("chat", "instruction", "messages")
 
 
 def dpo_config(spec: FineTuneJobSpec, workdir: Path, **kwargs: Any) -> Any:

@@ -24,8 +24,15 @@ from kubetune.api.finetunejob import Diagnosis, FineTuneJobSpec
 from kubetune_trainer.models import ResolvedModel, half_dtype_name, load_model, training_device
 from kubetune_trainer.progress import ProgressMetrics
 from kubetune_trainer.train.callbacks import ProgressCallback, ProgressHook
-from kubetune_trainer.train.config import CHECKPOINTS_DIR, dpo_config, lora_config, sft_config
+from kubetune_trainer.train.config import (
+    CHECKPOINTS_DIR,
+    dpo_config,
+    is_chat_format,
+    lora_config,
+    sft_config,
+)
 from kubetune_trainer.train.diagnosis import diagnose
+from kubetune_trainer.train.masking import tokenize_chat_records
 
 OUTCOME_FILE = "train_outcome.json"
 FINGERPRINT_FILE = "train_fingerprint.txt"
@@ -175,6 +182,11 @@ def train_model(
 
     device = device or training_device()
     set_seed(spec.training.seed)
+    if spec.objective != "dpo" and is_chat_format(data_format):
+        # Assistant-only loss on the stock template: ids and masks computed here, before the
+        # weights are loaded (a record the template cannot mask fails now, not mid-training).
+        train_records = tokenize_chat_records(train_records, tokenizer)
+        eval_records = tokenize_chat_records(eval_records, tokenizer)
     model = load_model(base, spec, device=device)
     train_ds = Dataset.from_list(train_records)
     eval_ds = Dataset.from_list(eval_records) if eval_records else None
