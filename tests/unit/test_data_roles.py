@@ -92,7 +92,9 @@ def test_mistral_refuses_turns_that_do_not_alternate_and_a_system_prompt_it_woul
     assert [r.loc.line for r in kept] == [1]
     alternate, dropped = problems
     assert str(alternate.loc) == "d.jsonl:2"
-    assert "After the optional system message, conversation roles must alternate" in alternate.message
+    assert (
+        "After the optional system message, conversation roles must alternate" in alternate.message
+    )
     assert "merge consecutive turns" in alternate.message
     assert (str(dropped.loc), dropped.code) == ("d.jsonl:3", "template_moves_messages")
     assert "messages[2]" in dropped.message
