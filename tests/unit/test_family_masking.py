@@ -97,5 +97,5 @@ def test_phi35_gets_the_bos_llama_cpp_adds_and_no_label_on_the_closing_eos() -> 
 
 
 def test_a_system_prompt_mistral_would_drop_is_refused() -> None:
-    with pytest.raises(ChatMaskError, match="messages\\[2\\].*Mistral"):
+    with pytest.raises(ChatMaskError, match=r"messages\[2\].*Mistral"):
         tokenize_chat(CONVERSATION, _tokenizer("mistral"))
