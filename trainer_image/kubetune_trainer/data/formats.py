@@ -8,9 +8,11 @@ Normalised shapes (what the training stage gets):
   -> ``{"messages": [{"role", "content"}, ...]}`` (instruction: user = instruction, plus
   ``"\\n\\n" + input`` when there is one; assistant = output; ``system`` -> a system message);
 - completion ``{"prompt", "completion"}`` -> the same two strings;
-- preference ``{"prompt", "chosen", "rejected"}`` -> three strings. A chat-style prompt of one
-  user message, and chat-style chosen/rejected of one assistant message, are accepted and
-  flattened; longer conversations are reported as unsupported.
+- preference ``{"prompt", "chosen", "rejected"}`` -> three strings. Chat-style chosen/rejected
+  of one assistant message are accepted and flattened. A chat-style prompt of one user message
+  is flattened too; a longer one (a system prompt, earlier turns, ending with the user turn) is
+  kept as ``prompt_messages`` beside its text. Training renders all of it through the model's
+  chat template (:func:`kubetune_trainer.train.run.preference_conversations`).
 
 Gemma's ``model`` role is read as ``assistant`` wherever a role is. :func:`mappings` names the
 mappings a record needed (ShareGPT, the ``model`` role), so that the data report can count them.
@@ -260,7 +262,16 @@ def _preference(value: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issu
                 "no 'prompt'; a preference record has " + EXPECTED_FIELDS["preference"],
             )
         ]
-    prompt, p1 = _flatten(value["prompt"], "prompt", "user")
+    prompt_messages: list[dict[str, str]] | None = None
+    if isinstance(value["prompt"], list) and len(value["prompt"]) > 1:
+        prompt_messages, prompt_problems = _prompt_messages(value["prompt"])
+        prompt, p1 = (
+            ("\n".join(f"{m['role']}: {m['content']}" for m in prompt_messages), None)
+            if not prompt_problems
+            else (None, prompt_problems[0])
+        )
+    else:
+        prompt, p1 = _flatten(value["prompt"], "prompt", "user")
     chosen, p2 = _flatten(value["chosen"], "chosen", "assistant")
     rejected, p3 = _flatten(value["rejected"], "rejected", "assistant")
     problems = [p for p in (p1, p2, p3) if p]
@@ -273,7 +284,24 @@ def _preference(value: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Issu
                 "'chosen' and 'rejected' are the same text; the pair teaches nothing",
             )
         ]
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, []
+    record: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if prompt_messages is not None:
+        record["prompt_messages"] = prompt_messages
+    return record, []
+
+
+def _prompt_messages(value: list[Any]) -> tuple[list[dict[str, str]], list[Issue]]:
+    """A preference prompt given as a conversation (system, earlier turns, the last user turn)."""
+    messages, problems = normalise_messages(value, "prompt", end_with_assistant=False)
+    if not problems and messages[-1]["role"] != "user":
+        problems.append(
+            (
+                "not_ending_with_user",
+                f"'prompt' ends with a {messages[-1]['role']!r} message; a preference prompt "
+                "ends with the user turn that 'chosen' and 'rejected' answer",
+            )
+        )
+    return messages, problems
 
 
 def _flatten(value: Any, field: str, role: str) -> tuple[str | None, Issue | None]:

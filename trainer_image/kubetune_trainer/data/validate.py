@@ -114,6 +114,10 @@ def check_roles(records: list[Record], tokenizer: Any | None) -> tuple[list[Reco
     problems: list[Problem] = []
     for record in records:
         messages = record.data.get("messages")
+        if messages is None and "prompt_messages" in record.data:
+            # A conversational preference prompt is rendered with its answer, like a chat.
+            answer = {"role": "assistant", "content": record.data["chosen"]}
+            messages = [*record.data["prompt_messages"], answer]
         problem = None
         if messages is not None:
             problem = (_template_problem(messages, tokenizer, name) if template else None) or (

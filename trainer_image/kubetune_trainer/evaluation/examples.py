@@ -93,7 +93,7 @@ def to_eval_example(record: dict[str, Any]) -> EvalExample:
         msgs, text = _prompt(record["prompt"])
         return EvalExample(messages=msgs, text=text, reference=_content(record["completion"]))
     if "prompt" in record and "chosen" in record:
-        msgs, text = _prompt(record["prompt"])
+        msgs, text = _prompt(record.get("prompt_messages") or record["prompt"])
         return EvalExample(messages=msgs, text=text, reference=_content(record["chosen"]))
     raise UnsupportedRecord(f"unknown record shape with keys {sorted(record)}")
 

@@ -134,6 +134,25 @@ def latest_checkpoint(workdir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def preference_conversations(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """Preference records as trl's conversational shape, so DPO renders the chat template.
+
+    The prompt (its messages, or the text as one user turn) is rendered with the generation
+    prompt and each answer as the assistant turn that follows, exactly as SFT and serving render
+    them. A model without a chat template keeps the plain strings (trl appends EOS to answers).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records]
+    return [
+        {
+            "prompt": r.get("prompt_messages") or [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in records
+    ]
+
+
 def _adapter_weights_to_float32(model: Any) -> None:
     """Undo trl's bf16 cast of QLoRA adapter weights on CPU (before the optimizer exists).
 
@@ -182,7 +201,10 @@ def train_model(
 
     device = device or training_device()
     set_seed(spec.training.seed)
-    if spec.objective != "dpo" and is_chat_format(data_format):
+    if spec.objective == "dpo":
+        train_records = preference_conversations(train_records, tokenizer)
+        eval_records = preference_conversations(eval_records, tokenizer)
+    elif is_chat_format(data_format):
         # Assistant-only loss on the stock template: ids and masks computed here, before the
         # weights are loaded (a record the template cannot mask fails now, not mid-training).
         train_records = tokenize_chat_records(train_records, tokenizer)
