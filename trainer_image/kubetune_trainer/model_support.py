@@ -19,10 +19,12 @@ from typing import Any
 
 from kubetune.api import constants as c
 from kubetune.api.families import unsupported_model_type_problem
+from kubetune.api.finetunejob import OllamaExportSpec
 from kubetune_trainer.export.chat_format import (
     ChatFormat,
     UnsupportedChatTemplate,
     chat_format_from_tokenizer,
+    check_ollama_override,
     plain_text_format,
 )
 
@@ -33,24 +35,40 @@ class UnsupportedModelError(ValueError):
     reason = c.Reason.UNSUPPORTED_MODEL
 
 
-def check_model_support(model_dir: Path, tokenizer: Any) -> ChatFormat:
+def check_model_support(
+    model_dir: Path, tokenizer: Any, ollama: OllamaExportSpec | None = None
+) -> ChatFormat:
     """The chat format the export will use; raises before training when there is none.
 
     Raises :class:`UnsupportedModelError` for an unsupported architecture and
-    :class:`UnsupportedChatTemplate` (with what to do) for a template Ollama cannot reproduce.
+    :class:`UnsupportedChatTemplate` (with what to do) for a template Ollama cannot reproduce,
+    with or without the `export.ollama` overrides.
     """
     config = Path(model_dir) / "config.json"
     model_type = str(json.loads(config.read_text(encoding="utf-8")).get("model_type", ""))
     problem = unsupported_model_type_problem(model_type)
     if problem is not None:
         raise UnsupportedModelError(f"baseModel.uri: {problem}")
-    if not getattr(tokenizer, "chat_template", None):
-        return plain_text_format(tokenizer)
     try:
-        return chat_format_from_tokenizer(tokenizer)
+        return chat_format_for_export(tokenizer, ollama)
     except UnsupportedChatTemplate as exc:
         raise UnsupportedChatTemplate(
             f"the base model's chat template cannot be served by Ollama exactly as it was "
-            f"trained ({exc}); nothing was trained. Use a model of a supported family, or "
-            "fix the template in the model's tokenizer_config.json"
+            f"trained ({exc}); nothing was trained. Use a model of a supported family, or give "
+            "export.ollama.template (a Go template; it is checked the same way)"
         ) from exc
+
+
+def chat_format_for_export(tokenizer: Any, ollama: OllamaExportSpec | None) -> ChatFormat:
+    """The derived chat format, or the `export.ollama` overrides once Ollama reproduces training."""
+    if not getattr(tokenizer, "chat_template", None):
+        return plain_text_format(tokenizer)
+    if ollama is None or (ollama.template is None and ollama.system is None):
+        return chat_format_from_tokenizer(tokenizer)
+    try:
+        derived: ChatFormat | None = chat_format_from_tokenizer(tokenizer)
+    except UnsupportedChatTemplate:
+        if ollama.template is None:
+            raise
+        derived = None
+    return check_ollama_override(tokenizer, derived, template=ollama.template, system=ollama.system)
