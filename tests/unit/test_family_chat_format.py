@@ -19,6 +19,7 @@ from kubetune.api.families import FAMILIES
 from kubetune.devcluster.tools import find_ollama_template
 from kubetune_trainer import tiny_families
 from kubetune_trainer.export.chat_format import (
+    OVERRIDE_CONVERSATIONS,
     UnsupportedChatTemplate,
     chat_format_from_tokenizer,
     ollama_template,
@@ -26,24 +27,9 @@ from kubetune_trainer.export.chat_format import (
 )
 from kubetune_trainer.export.modelfile import render_modelfile
 
-CONVERSATIONS: list[list[dict[str, str]]] = [
-    [{"role": "user", "content": "Where is my parcel?"}],
-    [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello! How can I help?"},
-        {"role": "user", "content": "Track order 1234, please."},
-    ],
-    [
-        {"role": "system", "content": "You answer in one sentence."},
-        {"role": "user", "content": "What is a LoRA adapter?"},
-    ],
-    [
-        {"role": "system", "content": "Be terse."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Yo."},
-        {"role": "user", "content": "Again, in French: où est la gare ?"},
-    ],
-]
+# The conversations export.ollama overrides are checked with: one turn and several, with and
+# without a system prompt.
+CONVERSATIONS: list[list[dict[str, str]]] = [[dict(m) for m in c] for c in OVERRIDE_CONVERSATIONS]
 
 
 def _tokenizer(name: str) -> Any:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.families import FAMILIES, ModelFamily
 from kubetune_trainer.export.llamacpp import llama_cpp_dir
-from kubetune_trainer.tiny_model import default_model_cache_dir
+from kubetune_trainer.tiny_model import build_cached, default_model_cache_dir
 
 TEST_SEPARATOR = "\n__ggml_vocab_test__\n"
 FAMILY_URI_PREFIX = "tiny-"
@@ -179,23 +178,14 @@ def resolve_family_model(name: str, *, cache_dir: Path | None = None) -> Path:
     vocab_digest = _file_digest(models_dir() / fam.vocab)
     template_digest = hashlib.sha256(chat_template(fam).encode()).hexdigest()[:12]
     target = root / f"{name}-{vocab_digest}-{template_digest}"
-    if (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
+
+    def build(staging: Path) -> None:
         build_family_model(fam, staging)
         (staging / "kubetune-builtin.json").write_text(
             json.dumps({"uri": f"builtin://{name}", "family": fam.name}, indent=2) + "\n"
         )
-        try:
-            staging.rename(target)
-        except OSError:  # another process won the race; its copy is identical
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_cached(target, "model.safetensors", build)
 
 
 # --- conversion from llama.cpp's GGUF vocabularies -------------------------------------------
@@ -216,13 +206,10 @@ def _converted_tokenizer_dir(fam: ModelFamily, llama_dir: Path | None) -> Path:
     template = chat_template(fam, llama_dir)
     key = f"{_file_digest(vocab)}-{hashlib.sha256(template.encode()).hexdigest()[:12]}"
     target = default_model_cache_dir().parent / "tokenizers" / f"{fam.name}-{key}"
-    if (target / "tokenizer.json").is_file():
-        return target
-    from transformers import AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    def build(staging: Path) -> None:
+        from transformers import AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(str(models), gguf_file=fam.vocab)
         tokens = _INSTRUCT[fam.name]
         tokenizer.eos_token = tokens.eos
@@ -233,14 +220,8 @@ def _converted_tokenizer_dir(fam: ModelFamily, llama_dir: Path | None) -> Path:
         _as_released(fam, staging / "tokenizer.json")
         if fam.name in _SPM_FAMILIES:
             (staging / "tokenizer.model").write_bytes(_sentencepiece_model(vocab))
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "tokenizer.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_cached(target, "tokenizer.json", build)
 
 
 def _as_released(fam: ModelFamily, tokenizer_json: Path) -> None:

@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -337,19 +337,32 @@ def resolve_builtin_model(
     key = _cache_key(spec, texts)
     root = Path(cache_dir) if cache_dir is not None else default_model_cache_dir()
     target = root / f"{TINY_LLAMA_NAME}-{key}"
-    if (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
+
+    def build(staging: Path) -> None:
         _build(spec, texts, staging)
         (staging / "kubetune-builtin.json").write_text(
             json.dumps({"uri": uri, "spec": asdict(spec), "cache_key": key}, indent=2) + "\n"
         )
+
+    return build_cached(target, "model.safetensors", build)
+
+
+def build_cached(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """``target``, built by ``build(staging)`` unless ``target/marker`` exists already.
+
+    Built in a staging folder beside it and renamed into place, so concurrent jobs never see
+    half a model; when another process wins the race, its (identical) copy is kept.
+    """
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(staging)
         try:
             staging.rename(target)
         except OSError:  # another process won the race; its copy is identical
-            if not (target / "model.safetensors").is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
