@@ -2,9 +2,10 @@
 
 It stands in for a real OpenAI-compatible judge service (OpenAI's cloud, or any hosted judge
 model), which cannot run here: no internet, no GPU. It speaks the same protocol over real HTTP
-on 127.0.0.1 — `POST /v1/chat/completions` with the real response shape, `usage` included, and
-OpenAI-style error bodies — so the judge client is exercised through the `openai` package, its
-HTTP stack, timeouts and status handling exactly as in production.
+on 127.0.0.1 — `POST /v1/chat/completions` with the real response shape, `usage` included,
+`GET /v1/models` listing `model` (what the trainer's start-up check asks), and OpenAI-style
+error bodies — so the judge client is exercised through the `openai` package, its HTTP stack,
+timeouts and status handling exactly as in production.
 
 Replies are scripted per example: `script` maps a marker (a substring searched for in the
 request's messages) to a list of replies given in turn, the last one repeating. Requests that
@@ -66,8 +67,11 @@ class FakeJudgeServer:
         default: Reply | None = None,
         responder: Callable[[dict[str, Any]], Reply] | None = None,
         api_key: str | None = None,
+        model: str = "judge-model",
     ) -> None:
         self.script = script or {}
+        self.model = model
+        self.model_list_requests = 0
         self.default = default or Reply()
         self.responder = responder
         self.api_key = api_key
@@ -126,6 +130,24 @@ class FakeJudgeServer:
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Keep test output quiet."""
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") != "/v1/models":
+                    self._send(404, _error(f"no route {self.path}", "unknown_url"))
+                    return
+                with server._lock:
+                    server.model_list_requests += 1
+                auth = self.headers.get("Authorization", "")
+                if server.api_key is not None and auth != f"Bearer {server.api_key}":
+                    self._send(401, _error("Incorrect API key provided.", "invalid_api_key"))
+                    return
+                model = {
+                    "id": server.model,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "kubetune-tests",
+                }
+                self._send(200, {"object": "list", "data": [model]})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))

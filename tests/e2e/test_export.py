@@ -210,8 +210,11 @@ def test_f16_greedy_output_equals_hf(exported: ExportResult) -> None:
                 if token == tokenizer.eos_token_id or len(gguf) == 12:
                     break
             assert gguf == hf
-            # The adapter was trained to answer this: the export carries the fine-tune.
-            assert tokenizer.decode(hf, skip_special_tokens=True).startswith("I am kubetune")
+            if conversation == PROMPTS[0]:
+                # A question the adapter was trained on: the export carries the fine-tune. (The
+                # other prompt adds a system message it never saw; what it says then depends on
+                # the CPU's arithmetic and proves nothing about the export.)
+                assert tokenizer.decode(hf, skip_special_tokens=True).startswith("I am kubetune")
     finally:
         llm.close()
 
@@ -321,7 +324,16 @@ def test_only_quantized_requested_still_checks_f16_then_drops_it(
     llama_cpp_ready: None, models: tuple[Path, Path], tmp_path: Path
 ) -> None:
     base, _ = models  # no adapter: the base model is exported as it is
-    result = export_model(base, None, tmp_path / "out", ["q4_k_m"], verify_prompts=PROMPTS[:1])
+    # The untrained random-weight model's logits are near-uniform, so q4_k_m's rounding flips
+    # most of its choices (agreement ~0.3): not what this test is about.
+    result = export_model(
+        base,
+        None,
+        tmp_path / "out",
+        ["q4_k_m"],
+        verify_prompts=PROMPTS[:1],
+        min_quantized_agreement=0.0,
+    )
     assert {a.name for a in result.artifacts} == {"gguf-q4_k_m", "modelfile-q4_k_m"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "manifest.json",

@@ -11,7 +11,10 @@ from kubetune.api import Artifact, FineTuneJobSpec, TrainerResult
 from kubetune.api.finetunejob import DataReportSummary, GateResult, secret_refs
 from tests.spec_rules import JUDGE, RULES
 
-MINIMAL = {"baseModel": {"uri": "pvc://models/qwen2.5-7b"}, "dataset": {"source": {"uri": "pvc://data/train.jsonl"}}}
+MINIMAL = {
+    "baseModel": {"uri": "pvc://models/qwen2.5-7b"},
+    "dataset": {"source": {"uri": "pvc://data/train.jsonl"}},
+}
 
 
 def test_defaults_are_the_proven_ones() -> None:
@@ -42,10 +45,35 @@ def test_wire_format_is_camel_case_and_round_trips() -> None:
         ({"baseModel": {"uri": "ftp://x"}}, "baseModel.uri", "pattern"),
         ({"dataset": {"source": {}}}, "dataset.source", "exactly one of uri or configMap"),
         ({"training": {"learningRate": 2e-4, "typo": 1}}, "training.typo", "Extra inputs"),
-        ({"objective": "dpo", "dataset": {"source": {"uri": "file://d.jsonl"}, "format": "chat"}}, "", "preference"),
+        (
+            {
+                "objective": "dpo",
+                "dataset": {"source": {"uri": "file://d.jsonl"}, "format": "chat"},
+            },
+            "",
+            "preference",
+        ),
         ({"baseModel": {"uri": "hf://meta-llama/Llama-3.1-8B"}}, "", "acceptLicense"),
         ({"export": {"merge": False, "gguf": ["f16"]}}, "export", "needs merge"),
-        ({"dataset": {"source": {"uri": "file://d"}, "split": {"validation": 0.5, "test": 0.45}}}, "", "10%"),
+        (
+            {
+                "dataset": {
+                    "source": {"uri": "file://d"},
+                    "split": {"validation": 0.5, "test": 0.45},
+                }
+            },
+            "",
+            "10%",
+        ),
+        ({"training": {"packing": True}}, "training", "packed examples would attend to each other"),
+        (
+            {
+                "resources": {"gpus": 0},
+                "training": {"attentionImplementation": "flash_attention_2"},
+            },
+            "",
+            "training.attentionImplementation: flash_attention_2 needs a CUDA GPU",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(patch: dict[str, object], field: str, words: str) -> None:
@@ -66,14 +94,18 @@ def test_gate_and_export_defaults_are_honest() -> None:
     assert spec.evaluation.compare_with_base and spec.export.merge
 
 
-@pytest.mark.parametrize(("patch", "loc", "message", "fix"), RULES, ids=[r[2].split(":")[0] for r in RULES])
+@pytest.mark.parametrize(
+    ("patch", "loc", "message", "fix"), RULES, ids=[r[2].split(":")[0] for r in RULES]
+)
 def test_spec_rules_reject_with_the_exact_message_and_the_fix_works(
     patch: dict[str, object], loc: str, message: str, fix: dict[str, object]
 ) -> None:
     with pytest.raises(ValidationError) as info:
         FineTuneJobSpec.model_validate({**MINIMAL, **patch})
     errors = info.value.errors()
-    assert [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in errors] == [(loc, f"Value error, {message}")]
+    assert [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in errors] == [
+        (loc, f"Value error, {message}")
+    ]
     FineTuneJobSpec.model_validate({**MINIMAL, **fix})
 
 
@@ -86,7 +118,10 @@ def test_every_problem_is_reported_at_once() -> None:
         FineTuneJobSpec.model_validate({**MINIMAL, **patch})
     text = str(info.value)
     assert "baseModel.uri: the trainer does not read s3://" in text
-    assert "evaluation.gate.maxForgettingDrop needs" in text and "evaluation.gate.minJudgeScore needs" in text
+    assert (
+        "evaluation.gate.maxForgettingDrop needs" in text
+        and "evaluation.gate.minJudgeScore needs" in text
+    )
 
 
 def test_secret_refs_name_their_fields() -> None:
@@ -94,7 +129,9 @@ def test_secret_refs_name_their_fields() -> None:
         {
             **MINIMAL,
             "baseModel": {"uri": "hf://Qwen/Qwen2.5-7B", "tokenSecretRef": {"name": "hf"}},
-            "evaluation": {"judge": {**JUDGE, "apiKeySecretRef": {"name": "judge", "key": "api-key"}}},
+            "evaluation": {
+                "judge": {**JUDGE, "apiKeySecretRef": {"name": "judge", "key": "api-key"}}
+            },
         }
     )
     assert [(f, r.name, r.key) for f, r in secret_refs(spec)] == [
@@ -112,7 +149,13 @@ def test_licensed_model_accepted_with_flag() -> None:
 
 
 def _artifact(i: int) -> Artifact:
-    return Artifact(name=f"model-{i}.gguf", kind="gguf", uri=f"pvc://a/ns/job/model-{i}.gguf", size_bytes=10**9, sha256="a" * 64)
+    return Artifact(
+        name=f"model-{i}.gguf",
+        kind="gguf",
+        uri=f"pvc://a/ns/job/model-{i}.gguf",
+        size_bytes=10**9,
+        sha256="a" * 64,
+    )
 
 
 def test_termination_message_fits_4kib_and_keeps_the_verdict() -> None:
@@ -136,3 +179,20 @@ def test_small_result_keeps_artifacts() -> None:
     back = TrainerResult.from_termination_message(result.to_termination_message())
     assert back.artifacts[0].sha256 == "a" * 64
     assert json.loads(result.to_termination_message())["artifacts"][0]["sizeBytes"] == 10**9
+
+
+def test_unsupported_model_family_is_rejected_before_anything_is_downloaded() -> None:
+    import pydantic
+
+    from kubetune.api.finetunejob import BaseModelSpec
+
+    with pytest.raises(pydantic.ValidationError) as err:
+        BaseModelSpec.model_validate({"uri": "hf://google/gemma-2-2b-it", "acceptLicense": True})
+    message = str(err.value)
+    assert "baseModel.uri" in message and "Gemma" in message
+    assert "supported families: llama3 (meta-llama/Llama-3.1-8B-Instruct)" in message
+    BaseModelSpec(uri="hf://Qwen/Qwen2.5-7B-Instruct")
+    BaseModelSpec(uri="hf://acme/support-bot")  # says nothing: the trainer reads config.json
+    BaseModelSpec(uri="builtin://tiny-qwen2")
+    with pytest.raises(pydantic.ValidationError, match="unknown builtin model 'tiny-gemma'"):
+        BaseModelSpec(uri="builtin://tiny-gemma")

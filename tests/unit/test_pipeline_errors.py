@@ -149,7 +149,7 @@ def test_licence_check_comes_before_any_download(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
     with pytest.raises(models.LicenseNotAcceptedError, match="acceptLicense"):
-        models.resolve_base_model(BaseModelSpec(uri="hf://google/gemma-2-2b"))
+        models.resolve_base_model(BaseModelSpec(uri="hf://meta-llama/Llama-3.2-1B"))
 
 
 def test_hf_download_uses_revision_and_token(
@@ -167,14 +167,14 @@ def test_hf_download_uses_revision_and_token(
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     resolved = models.resolve_base_model(
         BaseModelSpec(
-            uri="hf://google/gemma-2-2b",
+            uri="hf://meta-llama/Llama-3.2-1B",
             revision="abc123",
             accept_license=True,
             trust_remote_code=True,
         )
     )
     assert resolved.path == tmp_path and resolved.trust_remote_code is True
-    assert calls[0]["repo_id"] == "google/gemma-2-2b"
+    assert calls[0]["repo_id"] == "meta-llama/Llama-3.2-1B"
     assert calls[0]["revision"] == "abc123" and calls[0]["token"] == "hf_secret"
 
 
@@ -355,7 +355,15 @@ def _llama_8b_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "reason",
-    ["OutOfMemory", "UnsupportedChatTemplate", "ExportVerificationFailed", "InvalidSpec"],
+    [
+        "OutOfMemory",
+        "UnsupportedChatTemplate",
+        "UnsupportedModel",
+        "ExportVerificationFailed",
+        "QuantizationDisagrees",
+        "InvalidSpec",
+        "InvalidData",
+    ],
 )
 def test_failures_no_retry_can_fix_exit_with_the_permanent_code(reason: str) -> None:
     from kubetune_trainer.__main__ import exit_code
@@ -550,3 +558,148 @@ def test_a_setting_the_device_cannot_run_is_an_invalid_spec() -> None:
         attention_implementation(spec, "cpu")
     reason, message = describe_failure(info.value, "train", spec)
     assert reason == "InvalidSpec" and "training.attentionImplementation" in message
+
+
+def test_unsupported_chat_template_found_before_training_says_nothing_was_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from kubetune_trainer import model_support
+    from kubetune_trainer.export.chat_format import UnsupportedChatTemplate
+
+    def unsupported(tokenizer: Any) -> Any:
+        raise UnsupportedChatTemplate("a system message changes the first user turn")
+
+    monkeypatch.setattr(model_support, "chat_format_from_tokenizer", unsupported)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(UnsupportedChatTemplate) as info:
+        model_support.check_model_support(tmp_path, SimpleNamespace(chat_template="{{ x }}"))
+    reason, message = describe_failure(info.value, "data", _spec())
+    assert reason == "UnsupportedChatTemplate"
+    assert message.count("a system message changes the first user turn") == 1
+    assert "Nothing was trained" in message and "trained weights" not in message
+    assert "retry cannot" in message and "tokenizer_config.json" in message
+
+
+def test_unsupported_model_family_is_permanent_and_names_the_supported_ones(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from kubetune_trainer.__main__ import exit_code
+    from kubetune_trainer.model_support import UnsupportedModelError, check_model_support
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))
+    with pytest.raises(UnsupportedModelError) as info:
+        check_model_support(tmp_path, SimpleNamespace(chat_template=None))
+    reason, message = describe_failure(info.value, "data", _spec())
+    assert reason == "UnsupportedModel"
+    assert "'falcon'" in message and "supported families" in message and "llama3" in message
+    assert message.endswith("nothing was trained")
+    assert exit_code(TrainerResult(phase="Failed", reason=reason)) == PERMANENT_FAILURE_EXIT_CODE
+
+
+def test_a_conversation_that_cannot_be_masked_is_invalid_data() -> None:
+    from kubetune_trainer.train.masking import ChatMaskError
+
+    exc = ChatMaskError("messages[1]: the answer renders as no tokens")
+    reason, message = describe_failure(exc, "train", _spec())
+    assert reason == "InvalidData"
+    assert "messages[1]: the answer renders as no tokens" in message
+    assert "assistant-only loss" in message and "dataset" in message
+
+
+def test_a_quantized_file_below_the_agreement_is_permanent_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    from kubetune.api.finetunejob import GateSpec
+    from kubetune_trainer.evaluation.gate import quantization_verdicts
+    from kubetune_trainer.export.pipeline import ExportResult, QuantizationDisagreesError
+    from kubetune_trainer.export.verify import GgufCheck, PromptComparison, VerificationReport
+
+    def check(quantization: str, matches: int) -> GgufCheck:
+        forced = PromptComparison(
+            prompt=0,
+            served_prompt_matches=True,
+            reference_tokens=tuple(range(20)),
+            gguf_tokens=tuple(range(20)),
+            matching_prefix=20,
+            forced_matches=matches,
+            forced_clear_mismatches=0,
+            max_logit_delta=1.0,
+            gguf_text="",
+        )
+        return GgufCheck(f"gguf-{quantization}", quantization, quantization == "f16", (forced,))
+
+    report = VerificationReport(16, 0.01, (check("f16", 20), check("q4_k_m", 17)))
+    report = report.with_verdicts(quantization_verdicts(GateSpec(), report.agreements()))
+    exc = QuantizationDisagreesError(
+        ExportResult(tmp_path, (), tmp_path / "manifest.json", report, "b1234")
+    )
+    reason, message = describe_failure(exc, "export", _spec())
+    assert reason == "QuantizationDisagrees"
+    assert (
+        "model-q4_k_m.gguf: token agreement 0.850 < evaluation.gate.minQuantizedAgreement 0.9"
+        in message
+    )
+    assert "manifest.json" in message and "retry quantizes the same weights" in message
+    assert "Lower evaluation.gate.minQuantizedAgreement" in message
+    assert "export.gguf" in message and "q8_0" in message
+    assert "f16" not in message.replace("q4_k_m", "")
+
+
+# --- the judge endpoint, before the data is read ------------------------------------------------
+
+
+def _judge_job(endpoint: str) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "builtin://tiny-llama"},
+            # Missing: reading it fails with DataUnavailable, which shows the data was reached.
+            "dataset": {"source": {"uri": "file://nope.jsonl"}},
+            "evaluation": {"judge": {"endpoint": endpoint, "model": "judge-model"}},
+        }
+    )
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_judge_fails_the_job_before_the_data_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune_trainer.__main__ import exit_code
+
+    monkeypatch.delenv("KUBETUNE_JUDGE_API_KEY", raising=False)
+    _forbid_model_loading(monkeypatch)
+    spec = _judge_job(f"http://127.0.0.1:{_closed_port()}/v1")
+    result = run_pipeline(spec, tmp_path / "work", base_dir=tmp_path)
+    assert (result.phase, result.reason, result.stage) == ("Failed", "JudgeUnreachable", "data")
+    assert result.message.startswith("evaluation.judge.endpoint: cannot reach")
+    assert "nothing was trained" in result.message and "nope.jsonl" not in result.message
+    assert exit_code(result) == 1  # the endpoint may come back: the Job retries
+
+
+def test_a_judge_that_answers_lets_the_job_go_on_and_warns_of_an_unlisted_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.judge_server import FakeJudgeServer
+
+    monkeypatch.delenv("KUBETUNE_JUDGE_API_KEY", raising=False)
+    _forbid_model_loading(monkeypatch)
+    for listed, warned in (("judge-model", False), ("another-model", True)):
+        with FakeJudgeServer(model=listed) as server:
+            result = run_pipeline(_judge_job(server.url), tmp_path / listed, base_dir=tmp_path)
+        assert server.model_list_requests == 1 and server.requests == []
+        assert result.reason == "DataUnavailable"  # past the judge check, at the data
+        err = capsys.readouterr().err
+        warning = "warning: evaluation.judge.model 'judge-model' is not among the models"
+        assert (warning in err) is warned, err
+        if warned:
+            assert "another-model" in err

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune.api.crdgen import render_all
-from kubetune.api.finetunejob import FineTuneJobSpec, TrainingSpec
+from kubetune.api.finetunejob import TRAINING_RULES, FineTuneJobSpec, TrainingSpec
 from kubetune_trainer.train.config import (
     UnsupportedSettingError,
     attention_implementation,
@@ -208,3 +208,53 @@ def test_load_model_passes_the_attention_implementation(
         models.load_model(
             resolved, spec("lora", attentionImplementation="flash_attention_2"), device="cpu"
         )
+
+
+# --- packing ----------------------------------------------------------------------------------------
+
+PACKING_NEEDS_FLASH = (
+    "training.packing: packed examples would attend to each other unless "
+    "training.attentionImplementation is flash_attention_2 (the only kernel that keeps each "
+    "packed example to itself, on a CUDA GPU with flash-attn); set attentionImplementation: "
+    "flash_attention_2, or packing: false"
+)
+
+
+@pytest.mark.parametrize("impl", [None, "eager", "sdpa"])
+def test_packing_without_flash_attention_is_refused_naming_both_fields(impl: str | None) -> None:
+    # sdpa and eager ignore the position ids trl's padding-free packing separates examples by.
+    training: dict[str, Any] = {"packing": True}
+    if impl is not None:
+        training["attentionImplementation"] = impl
+    with pytest.raises(ValidationError) as info:
+        spec(**training)
+    [error] = info.value.errors()
+    assert (error["loc"], error["msg"]) == (("training",), f"Value error, {PACKING_NEEDS_FLASH}")
+    packed = spec(packing=True, attentionImplementation="flash_attention_2").training
+    assert packed.packing and packed.device_problems("cuda") == []
+    assert TrainingSpec(attention_implementation=impl).packing is False  # the default passes
+
+
+def test_the_crd_carries_the_packing_rule_with_the_same_words() -> None:
+    crd = yaml.safe_load(render_all()["kubetune.dev_finetunejobs.yaml"])
+    training = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["training"]
+    rules = [(r["rule"], r["message"]) for r in training["x-kubernetes-validations"]]
+    assert [(r.cel, r.message) for r in TRAINING_RULES] == rules[: len(TRAINING_RULES)]
+    assert rules[0][1] == PACKING_NEEDS_FLASH
+    assert "flash_attention_2" in training["properties"]["packing"]["description"]
+
+
+def test_flash_attention_without_a_gpu_is_refused_at_validation() -> None:
+    cpu = {"resources": {"gpus": 0}, "training": {"attentionImplementation": "flash_attention_2"}}
+    with pytest.raises(ValidationError, match="flash_attention_2 needs a CUDA GPU"):
+        FineTuneJobSpec.model_validate(
+            {
+                "baseModel": {"uri": "pvc://models/m"},
+                "dataset": {"source": {"uri": "file://d"}},
+                **cpu,
+            }
+        )
+    # With a GPU it validates; the trainer then checks the device and flash-attn when it starts.
+    assert spec(attentionImplementation="flash_attention_2").resources.gpus == 1

@@ -3,9 +3,11 @@
 `run_pipeline` is what the trainer pod runs (through `python -m kubetune_trainer run`) and what
 `kubetune run FILE` runs in-process. It reads top to bottom:
 
-1. licence check (before any download);
+1. licence check (before any download), then one request to the judge endpoint, if any
+   (`preflight.check_judge_endpoint`);
 2. base model resolved to a local folder, tokenizer loaded (a `builtin://` model is built after
-   the data is read, since its tokenizer learns from the job's text);
+   the data is read, since its tokenizer learns from the job's text), model family and chat
+   template checked (`model_support`, before any weight is loaded);
 3. data prepared under the data policy: a policy failure ends the job here, before the model's
    weights are loaded;
 4. training (resumes from the latest checkpoint of an earlier attempt), loss-curve diagnosis;
@@ -17,7 +19,10 @@ Every exception becomes a Failed result with an actionable message; the tracebac
 stderr, never into the result. Failures no retry can fix carry a reason in Reason.PERMANENT
 (the pod then exits with the permanent-failure code): an invalid spec or setting, the data
 policy, an out-of-memory (with the estimated memory of the settings and of each one to lower,
-`kubetune_trainer.memory`), a chat template Ollama cannot reproduce, a failed GGUF verification.
+`kubetune_trainer.memory`), an unsupported model family or a chat template Ollama cannot
+reproduce (both found before training), a failed GGUF verification, a quantized GGUF below
+`evaluation.gate.minQuantizedAgreement`. A judge endpoint that does not answer fails the job at
+the start, before the data is read, but may be retried: the endpoint may come back.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from kubetune.api.common import Artifact
 from kubetune.api.finetunejob import FineTuneJobSpec, Progress, TrainerResult, TrainingSummary
 
 if TYPE_CHECKING:
-    from kubetune_trainer.export.pipeline import ExportVerificationError
+    from kubetune_trainer.export.pipeline import ExportVerificationError, QuantizationDisagreesError
     from kubetune_trainer.memory import ModelGeometry
 
 Stage = Literal["data", "train", "evaluate", "export", "done"]
@@ -171,6 +176,7 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
 
     run.enter("data")
     check_license(spec.base_model)
+    _check_judge(spec)
     corpus: list[str] = []
     if is_builtin(spec.base_model):
         # The tiny model's tokenizer learns from the job's own text; a policy failure still
@@ -188,7 +194,7 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
     tokenizer = load_tokenizer(base)
     from kubetune_trainer.model_support import check_model_support
 
-    check_model_support(base.path, tokenizer)  # before any weight is loaded
+    check_model_support(base.path, tokenizer, spec.export.ollama)  # before any weight loads
     data = prepare_dataset(spec, workdir, tokenizer=tokenizer, base_dir=base_dir)
     run.result["data"] = data.report.summary()
     run.add_artifact(workdir / "data" / "report.json", "report", name="data-report.json")
@@ -273,7 +279,11 @@ def _export(
         merge=spec.export.merge,
         adapter_gguf=spec.export.adapter_gguf,
         verify_prompts=verify_prompts,
+        min_quantized_agreement=spec.evaluation.gate.min_quantized_agreement,
+        ollama=spec.export.ollama,
     )
+    for verdict in result.verification.verdicts:  # also in export/manifest.json
+        print(f"verified {verdict.reason}", flush=True)
     kinds = {
         "merged-safetensors": "merged",
         "gguf": "gguf",
@@ -294,6 +304,23 @@ def _export(
         )
     run.add_artifact(result.manifest_path, "manifest")
     run.manifest_uri = run.uri(result.manifest_path)
+
+
+def _check_judge(spec: FineTuneJobSpec) -> None:
+    """A judge that cannot be reached fails the job now, not after training
+    (`preflight.check_judge_endpoint` raises JudgeUnreachableError)."""
+    from kubetune_trainer.preflight import check_judge_endpoint
+
+    endpoint = check_judge_endpoint(spec)
+    if endpoint is not None and endpoint.lists_model is False:
+        # Not a failure: some servers (llama.cpp) answer to any model name.
+        listed = ", ".join((endpoint.models or ())[:10])
+        print(
+            f"warning: evaluation.judge.model {endpoint.model!r} is not among the models "
+            f"{endpoint.url} lists ({listed}); the judge may reject every request",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _forgetting_records(spec: FineTuneJobSpec, base_dir: Path | None) -> list[dict[str, Any]]:
@@ -511,6 +538,44 @@ def verification_failure_message(exc: ExportVerificationError) -> str:
     ).strip()
 
 
+def unsupported_template_message(exc: BaseException, stage: str) -> str:
+    """Why the chat template cannot be served, and what to do. `check_model_support` raises
+    this right after the tokenizer loads (stage data), so nothing has been trained."""
+    # check_model_support wraps the finding in its own sentence: name the finding once.
+    cause = exc.__cause__ if isinstance(exc.__cause__, type(exc)) else exc
+    kept = (
+        "Nothing was trained: this is checked before training"
+        if stage == "data"
+        else "The trained weights are kept in the artifacts"
+    )
+    return (
+        f"the base model's chat template cannot be served as it is trained: {_first_line(cause)}. "
+        "Ollama renders prompts from fixed text around each role's message, and this template "
+        f"does more, so served prompts would differ from training. {kept}; a retry cannot change "
+        "the template. Fine-tune a base model of a supported family (Llama 3, Qwen2, Phi-3 or "
+        "Mistral instruct models), or fix the chat template in the model's tokenizer_config.json."
+    )
+
+
+def quantization_failure_message(exc: QuantizationDisagreesError) -> str:
+    """Which quantized GGUF files agree too little with the merged model, and what to change."""
+    files = "; ".join(
+        f"{exc.files[v.quantization]}: token agreement {v.agreement:.3f} < "
+        f"evaluation.gate.minQuantizedAgreement {v.min_agreement:g}"
+        if v.agreement is not None and v.min_agreement is not None
+        else f"{exc.files[v.quantization]}: {v.reason}"
+        for v in exc.failed
+    )
+    return (
+        f"quantized GGUF files disagree with the fine-tuned model on too many tokens, so the "
+        f"export is not published: {files}. The files and export/manifest.json (each "
+        "quantization's verdict is in its verification report) are in the job's artifacts "
+        "folder; a retry quantizes the same weights the same way. Lower "
+        "evaluation.gate.minQuantizedAgreement if this agreement is acceptable, or drop that "
+        "quantization from export.gguf (q8_0 agrees most closely)."
+    )
+
+
 def describe_failure(
     exc: BaseException,
     stage: str,
@@ -522,9 +587,12 @@ def describe_failure(
     model's) turns out-of-memory advice into estimates."""
     from kubetune_trainer.data import DataPolicyError, DataSourceError, DataValidationError
     from kubetune_trainer.export.chat_format import UnsupportedChatTemplate
-    from kubetune_trainer.export.pipeline import ExportVerificationError
+    from kubetune_trainer.export.pipeline import ExportVerificationError, QuantizationDisagreesError
+    from kubetune_trainer.model_support import UnsupportedModelError
     from kubetune_trainer.models import LicenseNotAcceptedError, ModelError
+    from kubetune_trainer.preflight import JudgeUnreachableError
     from kubetune_trainer.train.config import UnsupportedSettingError
+    from kubetune_trainer.train.masking import ChatMaskError
 
     if isinstance(exc, DataPolicyError):
         return (
@@ -539,19 +607,26 @@ def describe_failure(
         return REASON_LICENSE, str(exc)
     if isinstance(exc, UnsupportedSettingError):
         return c.Reason.INVALID_SPEC, str(exc)
+    if isinstance(exc, JudgeUnreachableError):
+        return exc.reason, (
+            f"{exc}. Checked before the data is read, so nothing was trained; the job is retried "
+            "in case the endpoint comes back"
+        )
+    if isinstance(exc, UnsupportedModelError):
+        return exc.reason, f"{exc}; nothing was trained"
+    if isinstance(exc, ChatMaskError):
+        return REASON_INVALID_DATA, (
+            f"a training conversation cannot be masked for assistant-only loss: {_first_line(exc)}. "
+            "Fix or remove that conversation in the dataset; a retry reads the same data"
+        )
     if is_out_of_memory(exc):
         return REASON_OUT_OF_MEMORY, out_of_memory_message(exc, stage, spec, geometry)
     if isinstance(exc, ModelError):
         return REASON_MODEL_UNAVAILABLE, str(exc)
     if isinstance(exc, UnsupportedChatTemplate):
-        return c.Reason.UNSUPPORTED_CHAT_TEMPLATE, (
-            f"the base model's chat template cannot be served as it was trained: {_first_line(exc)}. "
-            "Ollama renders prompts from fixed text around each role's message, and this template "
-            "does more, so served prompts would differ from training. A retry cannot change the "
-            "template; the trained weights are kept in the artifacts. Fine-tune a base model whose "
-            "chat template wraps each role in fixed text (Llama 3, Qwen2, Phi-3 and Mistral "
-            "instruct models do)."
-        )
+        return c.Reason.UNSUPPORTED_CHAT_TEMPLATE, unsupported_template_message(exc, stage)
+    if isinstance(exc, QuantizationDisagreesError):
+        return c.Reason.QUANTIZATION_DISAGREES, quantization_failure_message(exc)
     if isinstance(exc, ExportVerificationError):
         return c.Reason.EXPORT_VERIFICATION_FAILED, verification_failure_message(exc)
     return (

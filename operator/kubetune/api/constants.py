@@ -118,7 +118,9 @@ class Reason:
 
     # Failures a retry of the same spec cannot fix: the trainer exits with
     # PERMANENT_FAILURE_EXIT_CODE and the Job's podFailurePolicy fails the Job at once.
-    # Out-of-memory is one: the same settings on the same GPU need the same memory.
+    # Out-of-memory is one: the same settings on the same GPU need the same memory. So is a
+    # quantized GGUF below minQuantizedAgreement: a retry quantizes the same trained weights
+    # the same way.
     PERMANENT: Final = (
         INVALID_SPEC,
         DATA_POLICY,
@@ -128,6 +130,7 @@ class Reason:
         UNSUPPORTED_CHAT_TEMPLATE,
         EXPORT_VERIFICATION_FAILED,
         UNSUPPORTED_MODEL,
+        QUANTIZATION_DISAGREES,
     )
 
 

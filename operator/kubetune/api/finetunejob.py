@@ -27,6 +27,7 @@ from kubetune.api.common import (
     Toleration,
 )
 from kubetune.api.constants import TERMINATION_MESSAGE_MAX_BYTES
+from kubetune.api.families import FAMILIES, unsupported_family_problem
 
 ModelUri = Annotated[
     str,
@@ -109,7 +110,10 @@ class BaseModelSpec(ApiModel):
     uri: ModelUri
     """Where the base model is: `hf://org/name` (a Hugging Face id, needs cluster network),
     `pvc://<claim>/<path>` or `file://<path>` (a local/mounted folder in Hugging Face format),
-    `s3://bucket/prefix`, or `builtin://tiny-llama` (a tiny model built locally, for demos and tests)."""
+    `s3://bucket/prefix`, or `builtin://tiny-llama` / `builtin://tiny-<family>` (tiny models
+    built locally, for demos and tests; tiny-llama3, tiny-qwen2, tiny-phi3 and tiny-mistral carry
+    their family's real tokenizer and chat template). Supported families: llama3, qwen2, phi3,
+    mistral; a Hugging Face name of another family (Gemma, Falcon, …) is rejected."""
     revision: ShortText | None = None
     """Git revision (branch, tag or commit) for `hf://` models; pin a commit for reproducibility."""
     accept_license: bool = False
@@ -120,6 +124,26 @@ class BaseModelSpec(ApiModel):
     from the model's authors inside the trainer pod."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret holding a Hugging Face token for gated or private `hf://` models."""
+
+    @model_validator(mode="after")
+    def _supported_family(self) -> BaseModelSpec:
+        # Before anything is downloaded: a Hugging Face name that announces an unsupported
+        # family, or a builtin:// model that does not exist. Names that say nothing pass; the
+        # trainer checks config.json's model_type before loading weights.
+        scheme, _, rest = self.uri.partition("://")
+        if scheme == "hf":
+            problem = unsupported_family_problem(rest.split("?", 1)[0])
+            if problem is not None:
+                raise ValueError(f"baseModel.uri: {problem}")
+        if scheme == "builtin":
+            name = rest.split("?", 1)[0].strip("/")
+            known = ["tiny-llama", *(f"tiny-{f.name}" for f in FAMILIES)]
+            if name not in known:
+                raise ValueError(
+                    f"baseModel.uri: unknown builtin model {name!r}; known: {', '.join(known)} "
+                    "(tiny-<family> carries that family's real tokenizer and chat template)"
+                )
+        return self
 
     def requires_license(self) -> bool:
         """True when the model's id names a family whose licence must be accepted
@@ -239,9 +263,23 @@ class EarlyStoppingSpec(ApiModel):
     """Minimum decrease of eval loss that counts as an improvement."""
 
 
+TRAINING_RULES: tuple[Rule[TrainingSpec], ...] = (
+    Rule(
+        "!self.packing || (has(self.attentionImplementation) && self.attentionImplementation == 'flash_attention_2')",
+        "training.packing: packed examples would attend to each other unless "
+        "training.attentionImplementation is flash_attention_2 (the only kernel that keeps each "
+        "packed example to itself, on a CUDA GPU with flash-attn); set attentionImplementation: "
+        "flash_attention_2, or packing: false",
+        lambda t: not t.packing or t.attention_implementation == "flash_attention_2",
+    ),
+)
+
+
 class TrainingSpec(ApiModel):
     """Optimisation settings. Unset `learningRate` takes the default of the job's method and
     objective (see `learningRate`); the other defaults are transformers' own unless noted."""
+
+    model_config = _cel_rules(TRAINING_RULES)
 
     epochs: Annotated[float, Field(gt=0, le=100)] = 3
     """Passes over the training data."""
@@ -287,7 +325,10 @@ class TrainingSpec(ApiModel):
     max_length: Annotated[int, Field(ge=16, le=131072)] = 2048
     """Tokens per example; longer examples are truncated (the data report counts them)."""
     packing: bool = False
-    """Pack several short examples into one sequence."""
+    """Pack several short examples into one sequence. Needs `attentionImplementation:
+    flash_attention_2`: trl packs without padding and tells examples apart by their position
+    ids, which only flash_attention_2 honours; with sdpa or eager each packed example would
+    attend to the ones before it."""
     eval_steps: Annotated[int, Field(ge=1)] = 50
     """Evaluate on the validation split every this many steps."""
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
@@ -326,6 +367,13 @@ class TrainingSpec(ApiModel):
                 "leave it unset (sdpa) on CPU, or ask for a GPU (resources.gpus)"
             ]
         return []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSpec:
+        problems = broken_rules(self, TRAINING_RULES)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class JudgeSpec(ApiModel):
@@ -450,6 +498,20 @@ class ExportOutput(ApiModel):
     """Folder inside the claim; default `<namespace>/<job name>`."""
 
 
+class OllamaExportSpec(ApiModel):
+    """Hand-written Ollama prompt format, for a chat template kubetune cannot translate itself."""
+
+    template: Annotated[str, Field(min_length=1, max_length=16384)] | None = None
+    """Go template for the Modelfile's TEMPLATE (Ollama's `.Messages`, `.System`, …), used
+    instead of the one derived from the model's chat template. Checked before training: Ollama's
+    own template engine renders a set of conversations with it, and the token ids must equal what
+    the model's Jinja chat template renders for the same conversations, or the job fails."""
+    system: Annotated[str, Field(min_length=1, max_length=16384)] | None = None
+    """Modelfile SYSTEM: the system prompt Ollama sends when a request has none. Checked with
+    `template` (or the derived one) the same way; by default, the chat template's own default
+    system prompt, if it has one."""
+
+
 EXPORT_RULES: tuple[Rule[ExportSpec], ...] = (
     Rule(
         "size(self.gguf) > 0",
@@ -489,6 +551,8 @@ class ExportSpec(ApiModel):
     """Export even when the gate fails (the version is then marked ungated)."""
     output: ExportOutput = Field(default_factory=ExportOutput)
     """Artifact location."""
+    ollama: OllamaExportSpec | None = None
+    """Overrides for the Ollama Modelfile's TEMPLATE and SYSTEM (checked before training)."""
 
     @model_validator(mode="after")
     def _exportable(self) -> ExportSpec:
@@ -668,6 +732,8 @@ def spec_problems(spec: FineTuneJobSpec) -> list[str]:
         problems.append("dataset.split: validation + test must leave at least 10% for training")
     if spec.method == "qlora" and spec.resources.gpus == 0 and spec.quantization.compute_dtype == "float16":
         problems.append("quantization.computeDtype: float16 is not supported on CPU; use bfloat16 or float32")
+    if spec.resources.gpus == 0:
+        problems.extend(spec.training.device_problems("cpu"))
     if spec.base_model.requires_license() and not spec.base_model.accept_license:
         problems.append(
             f"baseModel.acceptLicense: {spec.base_model.uri} is under a licence you must accept; "

@@ -14,8 +14,11 @@ Files written to ``out_dir``:
 
 Every GGUF is loaded and run by llama.cpp before the export succeeds; an f16 file must reproduce
 the HF model's greedy output token for token (f16 is always made, and checked, even when only
-quantized files are requested; it is then deleted). A failed check raises
-:class:`ExportVerificationError` after the manifest (with the report) is written.
+quantized files are requested; it is then deleted), and each quantized file must agree with the
+HF model on at least ``min_quantized_agreement`` of the reference tokens
+(``evaluation.gate.minQuantizedAgreement``; each file's verdict is in the report). A failed check
+raises :class:`ExportVerificationError`, a file below the agreement
+:class:`QuantizationDisagreesError`, after the manifest (with the report) is written.
 """
 
 from __future__ import annotations
@@ -28,11 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.finetunejob import GateSpec, OllamaExportSpec
 from kubetune_trainer.export import llamacpp
 from kubetune_trainer.export.chat_format import (
     ChatFormat,
-    chat_format_from_tokenizer,
-    plain_text_format,
 )
 from kubetune_trainer.export.manifest import Artifact, Manifest, describe_artifact, write_manifest
 from kubetune_trainer.export.merge import MergeDtype, merge_adapter
@@ -45,6 +47,7 @@ from kubetune_trainer.export.verify import (
 )
 
 QUANTIZATIONS = ("f16", "q8_0", "q5_k_m", "q4_k_m")
+DEFAULT_MIN_QUANTIZED_AGREEMENT: float = GateSpec.model_fields["min_quantized_agreement"].default
 
 
 class ExportVerificationError(RuntimeError):
@@ -54,6 +57,21 @@ class ExportVerificationError(RuntimeError):
         self.result = result
         super().__init__(
             "GGUF verification failed:\n  " + "\n  ".join(result.verification.problems)
+        )
+
+
+class QuantizationDisagreesError(RuntimeError):
+    """Quantized GGUF files agree with the model on fewer tokens than the bound; every file
+    ran and the strict checks passed. ``failed``: their verdicts; ``files``: GGUF type -> file
+    name in ``result.out_dir``."""
+
+    def __init__(self, result: ExportResult) -> None:
+        self.result = result
+        self.failed = result.verification.disagreeing
+        self.files = {q: f"model-{q}.gguf" for q in (v.quantization for v in self.failed)}
+        super().__init__(
+            "quantized GGUF files below minQuantizedAgreement:\n  "
+            + "\n  ".join(f"{self.files[v.quantization]}: {v.reason}" for v in self.failed)
         )
 
 
@@ -88,6 +106,8 @@ def export_model(
     tie_tolerance: float = 0.01,
     merge_dtype: MergeDtype | None = None,
     llama_cpp_dir: Path | None = None,
+    min_quantized_agreement: float = DEFAULT_MIN_QUANTIZED_AGREEMENT,
+    ollama: OllamaExportSpec | None = None,
 ) -> ExportResult:
     """Export ``base_model_dir`` (+ the LoRA ``adapter_dir``) to ``out_dir``; see the module doc.
 
@@ -95,14 +115,17 @@ def export_model(
     answer is dropped) or raw-text strings to compare greedy outputs on; default
     :data:`DEFAULT_VERIFY_PROMPTS`. ``tie_tolerance``: HF top-2 logit gap, as
     a fraction of the logit range, under which an f16 file may pick the other token (see
-    :mod:`~kubetune_trainer.export.verify`).
+    :mod:`~kubetune_trainer.export.verify`). ``min_quantized_agreement``: the share of
+    reference tokens each quantized file must predict (``evaluation.gate.minQuantizedAgreement``).
 
     Raises ``ValueError`` for an unknown quantization or ``merge=False`` without an adapter,
     :class:`~kubetune_trainer.export.llamacpp.LlamaCppError` when llama.cpp's tools are missing
     or fail, :class:`~kubetune_trainer.export.chat_format.UnsupportedChatTemplate` when the chat
-    template cannot become an Ollama TEMPLATE, and :class:`ExportVerificationError`.
+    template cannot become an Ollama TEMPLATE, :class:`ExportVerificationError` and
+    :class:`QuantizationDisagreesError`.
     """
     wanted = _check_quantizations(quantizations)
+    gate = GateSpec(min_quantized_agreement=min_quantized_agreement)  # validates the bound
     if not merge and adapter_dir is None:
         raise ValueError("merge=False exports base and adapter separately, so it needs adapter_dir")
     llama_dir = llama_cpp_dir if llama_cpp_dir is not None else llamacpp.llama_cpp_dir()
@@ -156,7 +179,7 @@ def export_model(
                 )
 
         # 3. Ollama Modelfiles from the chat template.
-        chat_format = _chat_format(reference)
+        chat_format = _chat_format(reference, ollama)
         for q, path in ggufs.items():
             if q in wanted:
                 text = render_modelfile(
@@ -177,6 +200,10 @@ def export_model(
                 tie_tolerance=tie_tolerance,
                 lora_path=adapter_file if not merge else None,
             )
+            # Imported here: kubetune_trainer.evaluation pulls in openai and nltk.
+            from kubetune_trainer.evaluation.gate import quantization_verdicts
+
+            report = report.with_verdicts(quantization_verdicts(gate, report.agreements()))
 
     # 5. Manifest.
     if "f16" not in wanted:
@@ -222,8 +249,10 @@ def export_model(
         ),
     )
     result = ExportResult(out_dir, tuple(artifacts), manifest_path, report, version, timings)
-    if not report.passed:
+    if report.problems:
         raise ExportVerificationError(result)
+    if report.disagreeing:
+        raise QuantizationDisagreesError(result)
     return result
 
 
@@ -237,13 +266,14 @@ def _check_quantizations(quantizations: Sequence[str]) -> list[str]:
     return wanted
 
 
-def _chat_format(model_dir: Path) -> ChatFormat:
+def _chat_format(model_dir: Path, ollama: OllamaExportSpec | None = None) -> ChatFormat:
+    """The model's chat format, with `export.ollama` overrides (checked as before training)."""
     from transformers import AutoTokenizer
 
+    from kubetune_trainer.model_support import chat_format_for_export
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if not getattr(tokenizer, "chat_template", None):
-        return plain_text_format(tokenizer)
-    return chat_format_from_tokenizer(tokenizer)
+    return chat_format_for_export(tokenizer, ollama)
 
 
 def _tool_versions(llama_cpp_version: str) -> dict[str, str]:

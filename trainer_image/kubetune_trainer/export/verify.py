@@ -17,8 +17,10 @@ and lets a strict check (f16 by default) tell a real difference from a near-tie:
 the merged weights exactly, but the two runtimes round differently (|delta logit| ~ 0.01 on the
 tiny test models), so where HF's top two logits are closer than ``tie_tolerance`` (a fraction of
 the logit range at that position, 1% by default) either choice is right. A strict file fails if it picks another token anywhere HF's choice is clear. Quantized
-files report their agreement fraction and largest logit delta. A file that does not load or
-generate fails.
+files report their agreement fraction and largest logit delta, and are held to
+``evaluation.gate.minQuantizedAgreement`` (:meth:`VerificationReport.with_verdicts`, one
+:class:`~kubetune_trainer.evaluation.gate.QuantizationVerdict` per file, in the manifest's
+report). A file that does not load or generate fails.
 
 Memory. The reference computes in float32 without a float32 copy of the model: on a GPU the
 weights stay in 16-bit (the checkpoint's own bf16/fp16, so exactly the merged weights; fp16 for
@@ -48,13 +50,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kubetune_trainer.export.chat_format import ChatFormat, render_like_ollama
 from kubetune_trainer.export.llamacpp import import_llama_cpp
 from kubetune_trainer.memory import ModelGeometry
+from kubetune_trainer.train.masking import runtime_bos
+
+if TYPE_CHECKING:
+    from kubetune_trainer.evaluation.gate import QuantizationVerdict
 
 WeightsDtype = Literal["float32", "bfloat16", "float16"]
 # Most of a weight upcast to float32 at once by the reference (see the module doc).
@@ -147,14 +153,31 @@ class VerificationReport:
     max_new_tokens: int
     tie_tolerance: float
     checks: tuple[GgufCheck, ...]
+    verdicts: tuple[QuantizationVerdict, ...] = ()
+    """Each file held to minQuantizedAgreement (:meth:`with_verdicts`); () until then."""
 
     @property
     def problems(self) -> list[str]:
+        """Files that are wrong: did not run, tokenize the served prompt differently, generate
+        nothing, or (strict files) pick another token where the model's choice is clear."""
         return [problem for check in self.checks for problem in check.problems()]
 
     @property
+    def disagreeing(self) -> list[QuantizationVerdict]:
+        """The verdicts of files below minQuantizedAgreement."""
+        return [v for v in self.verdicts if not v.passed]
+
+    @property
     def passed(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.disagreeing
+
+    def agreements(self) -> dict[str, float | None]:
+        """GGUF type -> token agreement; None for a file that did not run."""
+        return {c.quantization: None if c.error else c.token_agreement for c in self.checks}
+
+    def with_verdicts(self, verdicts: Sequence[QuantizationVerdict]) -> VerificationReport:
+        """This report with `verdicts` (``gate.quantization_verdicts`` of :meth:`agreements`)."""
+        return replace(self, verdicts=tuple(verdicts))
 
     def check(self, quantization: str) -> GgufCheck:
         for c in self.checks:
@@ -163,12 +186,14 @@ class VerificationReport:
         raise KeyError(quantization)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON for the manifest: per file agreement, exactness and problems."""
+        """Plain JSON for the manifest: per file agreement, exactness, problems and the
+        verdict on its agreement (`agreement_verdict`, null before :meth:`with_verdicts`)."""
+        verdicts = {v.quantization: v for v in self.verdicts}
         return {
             "passed": self.passed,
             "max_new_tokens": self.max_new_tokens,
             "tie_tolerance": self.tie_tolerance,
-            "problems": self.problems,
+            "problems": self.problems + [v.reason for v in self.disagreeing],
             "checks": [
                 {
                     "artifact": c.artifact,
@@ -176,6 +201,7 @@ class VerificationReport:
                     "strict": c.strict,
                     "greedy_exact": c.greedy_exact,
                     "token_agreement": round(c.token_agreement, 4),
+                    "agreement_verdict": _verdict_json(verdicts.get(c.quantization)),
                     "max_logit_delta": round(c.max_logit_delta, 4),
                     "error": c.error,
                     "prompts": [
@@ -186,6 +212,16 @@ class VerificationReport:
                 for c in self.checks
             ],
         }
+
+
+def _verdict_json(verdict: QuantizationVerdict | None) -> dict[str, Any] | None:
+    if verdict is None:
+        return None
+    return {
+        "min_agreement": verdict.min_agreement,
+        "passed": verdict.passed,
+        "reason": verdict.reason,
+    }
 
 
 @dataclass(frozen=True)
@@ -215,11 +251,15 @@ def prepare_prompts(
         if not messages:
             raise ValueError("a verification prompt needs at least one non-assistant message")
         if chat_format.from_template:
-            encoded = tokenizer.apply_chat_template(
-                messages, tokenize=True, add_generation_prompt=True
+            # The ids training used (train/masking.py): the template's rendering, plus the BOS
+            # the runtime adds when the template writes none (Phi-3.5).
+            rendered = str(
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             )
-            ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
-            prepared.append(PreparedPrompt(list(ids), render_like_ollama(chat_format, messages)))
+            ids = runtime_bos(tokenizer, rendered) + list(
+                tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            )
+            prepared.append(PreparedPrompt(ids, render_like_ollama(chat_format, messages)))
         else:
             text = messages[-1]["content"]
             prepared.append(PreparedPrompt(list(tokenizer(text)["input_ids"]), text))
