@@ -609,8 +609,8 @@ def describe_failure(
         return c.Reason.INVALID_SPEC, str(exc)
     if isinstance(exc, JudgeUnreachableError):
         return exc.reason, (
-            f"{exc}. Checked before the data is read, so nothing was trained; the job is retried "
-            "in case the endpoint comes back"
+            f"{exc}. Checked before the data is read, so nothing was trained; not a permanent "
+            "failure: a retry (the Job's backoffLimit) succeeds once the endpoint answers"
         )
     if isinstance(exc, UnsupportedModelError):
         return exc.reason, f"{exc}; nothing was trained"
