@@ -58,7 +58,9 @@ def test_apiserver_fills_in_defaults(api: client.CustomObjectsApi, namespace: st
     spec = _create(api, namespace, MINIMAL)["spec"]
     assert spec["method"] == "qlora" and spec["lora"]["r"] == 16 and spec["lora"]["alpha"] == 32
     assert spec["quantization"] == {"type": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"}
-    assert spec["training"]["learningRate"] == 2e-4 and spec["training"]["epochs"] == 3
+    # learningRate has no schema default: unset means the default of the method and objective,
+    # decided in one place (TrainingSpec.effective_learning_rate).
+    assert "learningRate" not in spec["training"] and spec["training"]["epochs"] == 3
     assert spec["baseModel"]["trustRemoteCode"] is False
     assert spec["export"]["gguf"] == ["q4_k_m"]
 

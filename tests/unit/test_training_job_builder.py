@@ -15,17 +15,28 @@ from kubetune.operator.builders.training_job import (
 from kubetune.operator.settings import Settings
 
 SPEC = {
-    "baseModel": {"uri": "pvc://models/qwen2.5-7b", "tokenSecretRef": {"name": "hf", "key": "token"}},
+    "baseModel": {
+        "uri": "pvc://models/qwen2.5-7b",
+        "tokenSecretRef": {"name": "hf", "key": "token"},
+    },
     "dataset": {
         "source": {"configMap": {"name": "support-data", "key": "train.jsonl"}},
         "general": {"source": {"uri": "pvc://datasets/general.jsonl"}},
     },
-    "evaluation": {"judge": {"endpoint": "https://judge.example/v1", "model": "gpt-4o", "apiKeySecretRef": {"name": "judge-key", "key": "api-key"}}},
+    "evaluation": {
+        "judge": {
+            "endpoint": "https://judge.example/v1",
+            "model": "gpt-4o",
+            "apiKeySecretRef": {"name": "judge-key", "key": "api-key"},
+        }
+    },
     "resources": {
         "gpus": 2,
         "gpuProduct": "NVIDIA-A100-SXM4-80GB",
         "nodeSelector": {"pool": "train"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+        ],
         "memory": "64Gi",
         "cpu": "8",
         "priorityClassName": "training",
@@ -46,8 +57,12 @@ def test_job_asks_for_gpus_and_placement() -> None:
     assert container["resources"]["limits"] == {c.GPU_RESOURCE: "2", "memory": "64Gi"}
     assert container["resources"]["requests"] == {"memory": "64Gi", "cpu": "8"}
     assert pod["nodeSelector"] == {"pool": "train", c.GPU_PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB"}
-    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
-    assert {"key": c.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert {"key": c.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
     assert pod["priorityClassName"] == "training"
 
 
@@ -55,22 +70,37 @@ def test_job_is_locked_down() -> None:
     job = _job()
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    )
     assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["restartPolicy"] == "Never"
     assert job["spec"]["backoffLimit"] == 4 and job["spec"]["activeDeadlineSeconds"] == 7200
     rule = job["spec"]["podFailurePolicy"]["rules"][0]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [PERMANENT_FAILURE_EXIT_CODE]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [
+        PERMANENT_FAILURE_EXIT_CODE
+    ]
 
 
 def test_job_mounts_what_the_spec_reads() -> None:
     pod = _job()["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes[mounts[f"{c.PVC_MOUNT_ROOT}/models"]]["persistentVolumeClaim"]["claimName"] == "models"
-    assert volumes[mounts[f"{c.PVC_MOUNT_ROOT}/datasets"]]["persistentVolumeClaim"]["readOnly"] is True
-    assert volumes[mounts[f"{c.CONFIGMAP_MOUNT_ROOT}/support-data"]]["configMap"]["name"] == "support-data"
-    assert volumes[mounts[c.ARTIFACTS_MOUNT_DIR]]["persistentVolumeClaim"]["claimName"] == c.DEFAULT_ARTIFACTS_PVC
+    assert (
+        volumes[mounts[f"{c.PVC_MOUNT_ROOT}/models"]]["persistentVolumeClaim"]["claimName"]
+        == "models"
+    )
+    assert (
+        volumes[mounts[f"{c.PVC_MOUNT_ROOT}/datasets"]]["persistentVolumeClaim"]["readOnly"] is True
+    )
+    assert (
+        volumes[mounts[f"{c.CONFIGMAP_MOUNT_ROOT}/support-data"]]["configMap"]["name"]
+        == "support-data"
+    )
+    assert (
+        volumes[mounts[c.ARTIFACTS_MOUNT_DIR]]["persistentVolumeClaim"]["claimName"]
+        == c.DEFAULT_ARTIFACTS_PVC
+    )
     args = pod["containers"][0]["args"]
     assert args[args.index("--workdir") + 1] == f"{c.ARTIFACTS_MOUNT_DIR}/ml/support-bot"
 
@@ -78,12 +108,18 @@ def test_job_mounts_what_the_spec_reads() -> None:
 def test_secrets_are_referenced_never_inlined() -> None:
     job = _job()
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env[c.ENV_JUDGE_API_KEY]["valueFrom"]["secretKeyRef"] == {"name": "judge-key", "key": "api-key"}
+    assert env[c.ENV_JUDGE_API_KEY]["valueFrom"]["secretKeyRef"] == {
+        "name": "judge-key",
+        "key": "api-key",
+    }
     assert env[c.ENV_HF_TOKEN]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
     assert env[c.ENV_ARTIFACTS_URI]["value"] == "pvc://kubetune-artifacts/ml/support-bot"
     cm = build_spec_configmap("support-bot", "ml", FineTuneJobSpec.model_validate(SPEC))
     resolved = json.loads(cm["data"]["spec.json"])
-    assert resolved["evaluation"]["judge"]["apiKeySecretRef"] == {"name": "judge-key", "key": "api-key"}
+    assert resolved["evaluation"]["judge"]["apiKeySecretRef"] == {
+        "name": "judge-key",
+        "key": "api-key",
+    }
     assert resolved["lora"]["r"] == 16  # defaults are filled in for the trainer
 
 
@@ -100,3 +136,23 @@ def test_names_are_deterministic_and_short() -> None:
     assert training_job_name(long) == training_job_name(long)
     assert len(training_job_name(long)) <= 63
     assert child_name(long, "spec") != child_name("a" * 79, "spec")
+
+
+def test_resolved_spec_carries_the_learning_rate_of_the_method_and_objective() -> None:
+    import json as _json
+
+    from kubetune.api.finetunejob import FineTuneJobSpec
+    from kubetune.operator.builders.training_job import resolved_spec_json
+
+    base = {
+        "baseModel": {"uri": "builtin://tiny-llama"},
+        "dataset": {"source": {"uri": "file://d.jsonl"}},
+    }
+    qlora = _json.loads(resolved_spec_json(FineTuneJobSpec.model_validate(base)))
+    assert qlora["training"]["learningRate"] == 2e-4
+    full = _json.loads(
+        resolved_spec_json(FineTuneJobSpec.model_validate({**base, "method": "full"}))
+    )
+    assert full["training"]["learningRate"] == 2e-5
+    pinned = FineTuneJobSpec.model_validate({**base, "training": {"learningRate": 1e-3}})
+    assert _json.loads(resolved_spec_json(pinned))["training"]["learningRate"] == 1e-3

@@ -31,8 +31,14 @@ def labels_for(name: str, component: str) -> dict[str, str]:
 
 
 def resolved_spec_json(spec: FineTuneJobSpec) -> str:
-    """The spec as the trainer receives it: defaults filled in, secrets referenced by name only."""
-    return json.dumps(spec.to_wire(), indent=2, sort_keys=True)
+    """The spec as the trainer receives it: defaults filled in (the learning rate of the method
+    and objective included), secrets referenced by name only."""
+    training = spec.training.model_copy(
+        update={"learning_rate": spec.training.effective_learning_rate(spec.method, spec.objective)}
+    )
+    return json.dumps(
+        spec.model_copy(update={"training": training}).to_wire(), indent=2, sort_keys=True
+    )
 
 
 def output_path(spec: FineTuneJobSpec, namespace: str, name: str) -> str:
@@ -75,7 +81,9 @@ def _spec_sources(spec: FineTuneJobSpec) -> tuple[list[str], list[str]]:
     return claims, configmaps
 
 
-def _env(name: str, namespace: str, spec: FineTuneJobSpec, artifacts_uri: str) -> list[dict[str, Any]]:
+def _env(
+    name: str, namespace: str, spec: FineTuneJobSpec, artifacts_uri: str
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBETUNE_FINETUNEJOB", "value": name},
         {"name": "KUBETUNE_NAMESPACE", "value": namespace},
@@ -92,7 +100,9 @@ def _env(name: str, namespace: str, spec: FineTuneJobSpec, artifacts_uri: str) -
         secrets.append((c.ENV_JUDGE_API_KEY, spec.evaluation.judge.api_key_secret_ref))
     for var, ref in secrets:
         if ref is not None:
-            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+            env.append(
+                {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            )
     return env
 
 
@@ -136,7 +146,9 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
     return hashlib.sha256(resolved_spec_json(spec).encode()).hexdigest()[:16]
 
 
-def build_training_job(name: str, namespace: str, spec: FineTuneJobSpec, settings: Settings) -> dict[str, Any]:
+def build_training_job(
+    name: str, namespace: str, spec: FineTuneJobSpec, settings: Settings
+) -> dict[str, Any]:
     """The batch/v1 Job running the trainer for the FineTuneJob `name`."""
     claims, configmaps = _spec_sources(spec)
     out_claim = spec.export.output.pvc_name
@@ -157,13 +169,21 @@ def build_training_job(name: str, namespace: str, spec: FineTuneJobSpec, setting
     for i, claim in enumerate(claims):
         if claim == out_claim:
             # Mounting one claim twice is fine for RWX but not RWO; read it through /artifacts.
-            mounts.append({"name": "artifacts", "mountPath": f"{c.PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+            mounts.append(
+                {"name": "artifacts", "mountPath": f"{c.PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+            )
             continue
-        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": f"pvc-{i}", "mountPath": f"{c.PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+        volumes.append(
+            {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append(
+            {"name": f"pvc-{i}", "mountPath": f"{c.PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+        )
     for i, cm in enumerate(configmaps):
         volumes.append({"name": f"cm-{i}", "configMap": {"name": cm}})
-        mounts.append({"name": f"cm-{i}", "mountPath": f"{c.CONFIGMAP_MOUNT_ROOT}/{cm}", "readOnly": True})
+        mounts.append(
+            {"name": f"cm-{i}", "mountPath": f"{c.CONFIGMAP_MOUNT_ROOT}/{cm}", "readOnly": True}
+        )
 
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
@@ -219,7 +239,10 @@ def build_training_job(name: str, namespace: str, spec: FineTuneJobSpec, setting
             ]
         },
         "template": {
-            "metadata": {"labels": labels, "annotations": {f"{c.LABEL_PREFIX}/spec-hash": spec_hash(spec)}},
+            "metadata": {
+                "labels": labels,
+                "annotations": {f"{c.LABEL_PREFIX}/spec-hash": spec_hash(spec)},
+            },
             "spec": pod_spec,
         },
     }
