@@ -151,3 +151,26 @@ def test_progress_line_round_trip() -> None:
 )
 def test_metrics_port_from_env(env: dict[str, str], port: int | None) -> None:
     assert metrics_port_from_env(env) == port
+
+
+def test_session_throughput_ends_with_the_training_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # TrainingSummary.tokensPerSecond: saving the adapter after train() is not training time.
+    import io
+    import time
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from kubetune_trainer.train.callbacks import ProgressCallback
+
+    args, control = TrainingArguments(output_dir="unused", report_to="none"), TrainerControl()
+    progress = ProgressCallback(stream=io.StringIO())
+    state = TrainerState(max_steps=10, num_input_tokens_seen=50)  # resumed: 50 tokens before
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    progress.on_train_begin(args, state, control)
+    clock[0], state.global_step, state.num_input_tokens_seen = 104.0, 10, 450
+    progress.on_step_end(args, state, control)
+    progress.on_train_end(args, state, control)
+    clock[0] = 160.0  # the adapter is being saved
+    assert progress.session_tokens_per_second(state) == 100.0
+    assert progress.progress.step == 10 and progress.progress.eta_seconds == 0

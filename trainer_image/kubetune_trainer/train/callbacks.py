@@ -39,12 +39,14 @@ class ProgressCallback(TrainerCallback):
         self._start_tokens = 0
         self._last_time: float | None = None
         self._last_tokens = 0
+        self._end_time: float | None = None
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         now = time.monotonic()
         self._start_time = self._last_time = now
+        self._end_time = None
         self._start_step = state.global_step
         self._start_tokens = self._last_tokens = int(state.num_input_tokens_seen or 0)
         self.progress = self._with(
@@ -89,16 +91,19 @@ class ProgressCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self._end_time = time.monotonic()
         self.progress = self._with(state, eta_seconds=0)
         self._publish(print_line=False)
 
     # --- helpers -------------------------------------------------------------------------
 
     def session_tokens_per_second(self, state: TrainerState) -> float | None:
-        """Mean throughput of this process's part of the training."""
+        """Mean throughput of this process's part of the training, up to the end of the training
+        loop: saving the result afterwards is not training."""
         if self._start_time is None:
             return None
-        elapsed = time.monotonic() - self._start_time
+        end = self._end_time if self._end_time is not None else time.monotonic()
+        elapsed = end - self._start_time
         tokens = int(state.num_input_tokens_seen or 0) - self._start_tokens
         return tokens / elapsed if elapsed > 0 and tokens > 0 else None
 
