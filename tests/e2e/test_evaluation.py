@@ -244,7 +244,13 @@ def test_full_model_dir_gives_the_same_answers_as_the_adapter(
     models: Models, judged: tuple[EvaluationOutcome, FakeJudgeServer, Path], tmp_path: Path
 ) -> None:
     spec = EvaluationSpec.model_validate(
-        {"max_new_tokens": 12, "metrics": ["exact_match", "rouge_l"]}
+        {
+            "max_new_tokens": 12,
+            "metrics": ["exact_match", "rouge_l"],
+            # The forgetting bound is opt-in and needs a set (its records are passed below).
+            "forgetting_set": {"uri": "file://general.jsonl"},
+            "gate": {"max_forgetting_drop": 0.1},
+        }
     )
     outcome = evaluate(
         spec,

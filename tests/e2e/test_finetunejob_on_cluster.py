@@ -53,7 +53,11 @@ def test_finetunejob_trains_evaluates_and_exports_through_the_operator(
         "lora": {"r": 8, "alpha": 16},
         "training": {"maxSteps": 30, "learningRate": 3e-3, "batchSize": 8, "gradientAccumulationSteps": 1,
                      "maxLength": 128, "evalSteps": 10, "gradientCheckpointing": False},
-        "evaluation": {"metrics": ["exact_match", "rouge_l"], "maxNewTokens": 8, "maxExamples": 12},
+        # A 13M-parameter random model trained for 30 steps: q4_k_m agrees with it on ~0.75 of
+        # the reference tokens. The 0.9 default is meant for real models; this test enforces
+        # the threshold at a bar a tiny model can meet.
+        "evaluation": {"metrics": ["exact_match", "rouge_l"], "maxNewTokens": 8, "maxExamples": 12,
+                       "gate": {"minQuantizedAgreement": 0.5}},
         "export": {"gguf": ["f16", "q4_k_m"]},
         "resources": {"gpus": 0, "nodeSelector": {"kubernetes.io/hostname": LOCAL_NODE},
                       "tolerations": [local_pod_toleration()]},
