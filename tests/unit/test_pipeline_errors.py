@@ -40,6 +40,9 @@ def chat(user: str, answer: str) -> dict[str, Any]:
     }
 
 
+_USER_CACHE = os.environ.get("KUBETUNE_CACHE")
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
@@ -563,21 +566,28 @@ def test_a_setting_the_device_cannot_run_is_an_invalid_spec() -> None:
 def test_unsupported_chat_template_found_before_training_says_nothing_was_trained(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from types import SimpleNamespace
-
-    from kubetune_trainer import model_support
+    """gpt-oss's real template (from the pinned llama.cpp sdist) on a real Llama 3 tokenizer:
+    it writes a system block of its own around other text, which no Ollama TEMPLATE derived
+    per role reproduces."""
+    from kubetune_trainer import model_support, tiny_families
     from kubetune_trainer.export.chat_format import UnsupportedChatTemplate
 
-    def unsupported(tokenizer: Any) -> Any:
-        raise UnsupportedChatTemplate("a system message changes the first user turn")
-
-    monkeypatch.setattr(model_support, "chat_format_from_tokenizer", unsupported)
+    # The real llama.cpp tree and converted tokenizers live in the user's cache, not the
+    # isolated one of this module.
+    if _USER_CACHE is None:
+        monkeypatch.delenv("KUBETUNE_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("KUBETUNE_CACHE", _USER_CACHE)
+    tokenizer = tiny_families.load_family_tokenizer(tiny_families.family("llama3"))
+    template = tiny_families.models_dir() / "templates" / "openai-gpt-oss-120b.jinja"
+    tokenizer.chat_template = template.read_text(encoding="utf-8")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(UnsupportedChatTemplate) as info:
-        model_support.check_model_support(tmp_path, SimpleNamespace(chat_template="{{ x }}"))
+        model_support.check_model_support(tmp_path, tokenizer)
+    finding = "without a system message the template writes"
     reason, message = describe_failure(info.value, "data", _spec())
     assert reason == "UnsupportedChatTemplate"
-    assert message.count("a system message changes the first user turn") == 1
+    assert message.count(finding) == 1
     assert "Nothing was trained" in message and "trained weights" not in message
     assert "retry cannot" in message and "tokenizer_config.json" in message
 
