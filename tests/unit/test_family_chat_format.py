@@ -19,13 +19,13 @@ from kubetune.api.families import FAMILIES
 from kubetune.devcluster.tools import find_ollama_template
 from kubetune_trainer import tiny_families
 from kubetune_trainer.export.chat_format import (
-    OVERRIDE_CONVERSATIONS,
     UnsupportedChatTemplate,
     chat_format_from_tokenizer,
     ollama_template,
     probe_chat_format,
 )
 from kubetune_trainer.export.modelfile import render_modelfile
+from kubetune_trainer.export.ollama_override import OVERRIDE_CONVERSATIONS
 
 # The conversations export.ollama overrides are checked with: one turn and several, with and
 # without a system prompt.

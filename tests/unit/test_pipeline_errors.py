@@ -15,7 +15,8 @@ from kubetune.api.constants import PERMANENT_FAILURE_EXIT_CODE
 from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TrainerResult
 from kubetune_trainer import models
 from kubetune_trainer.__main__ import main
-from kubetune_trainer.pipeline import describe_failure, run_pipeline
+from kubetune_trainer.failures import describe_failure
+from kubetune_trainer.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -379,7 +380,7 @@ def test_gpu_out_of_memory_in_training_estimates_each_setting_that_lowers_it(
 ) -> None:
     import torch
 
-    from kubetune_trainer.pipeline import base_model_geometry
+    from kubetune_trainer.failures import base_model_geometry
 
     spec = FineTuneJobSpec.model_validate(
         {
@@ -459,7 +460,7 @@ def test_hf_model_geometry_comes_from_the_cache_without_download(
 ) -> None:
     import huggingface_hub
 
-    from kubetune_trainer.pipeline import base_model_geometry
+    from kubetune_trainer.failures import base_model_geometry
 
     config = _llama_8b_dir(tmp_path) / "config.json"
     asked: list[tuple[str, str, str | None]] = []

@@ -24,9 +24,9 @@ from kubetune_trainer.export.chat_format import (
     ChatFormat,
     UnsupportedChatTemplate,
     chat_format_from_tokenizer,
-    check_ollama_override,
     plain_text_format,
 )
+from kubetune_trainer.export.ollama_override import check_ollama_override
 
 
 class UnsupportedModelError(ValueError):
