@@ -16,11 +16,12 @@ import pytest
 from kubetune.api.families import FAMILIES
 from kubetune_trainer import tiny_families
 from kubetune_trainer.data.formats import normalise
+from kubetune_trainer.train.masking import runtime_bos, with_runtime_bos
 from kubetune_trainer.train.run import preference_conversations
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-RAW = [
+RAW: list[dict[str, Any]] = [
     {
         "prompt": [
             {"role": "system", "content": "You review code politely."},
@@ -61,16 +62,20 @@ def test_dpo_trains_on_the_ids_the_chat_template_renders(name: str) -> None:
             output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True, max_length=256
         ),
         train_dataset=Dataset.from_list(preference_conversations(records, tokenizer)),
-        processing_class=tokenizer,
+        processing_class=with_runtime_bos(tokenizer),  # as train_model passes it
     )
-    for record, example in zip(records, trainer.train_dataset, strict=True):
+    examples: list[dict[str, Any]] = list(trainer.train_dataset)  # type: ignore[arg-type]
+    for record, example in zip(records, examples, strict=True):
         prompt = record.get("prompt_messages") or [{"role": "user", "content": record["prompt"]}]
         prompt_text = tokenizer.apply_chat_template(
             prompt, tokenize=False, add_generation_prompt=True
         )
-        assert (
-            example["prompt_ids"] == tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        )
+        # Plus the BOS llama.cpp adds when the template writes none (Phi-3.5), exactly once.
+        bos = runtime_bos(tokenizer, prompt_text)
+        plain = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        assert example["prompt_ids"] == bos + plain
+        if tokenizer.bos_token_id is not None:
+            assert example["prompt_ids"].count(tokenizer.bos_token_id) <= 1
         for key in ("chosen", "rejected"):
             whole = tokenizer.apply_chat_template(
                 [*prompt, {"role": "assistant", "content": record[key]}], tokenize=False
@@ -80,7 +85,7 @@ def test_dpo_trains_on_the_ids_the_chat_template_renders(name: str) -> None:
             assert tail.startswith(record[key])  # the answer, then the template's end of turn
             # As the whole conversation tokenizes (SentencePiece would add a "▁" to a tail
             # tokenized alone): the prompt's ids, then exactly the answer's.
-            ids = tokenizer(whole, add_special_tokens=False)["input_ids"]
+            ids = bos + tokenizer(whole, add_special_tokens=False)["input_ids"]
             assert ids[: len(example["prompt_ids"])] == example["prompt_ids"]
             assert example[f"{key}_ids"] == ids[len(example["prompt_ids"]) :]
             assert tokenizer.decode(example[f"{key}_ids"]).startswith(record[key])
@@ -98,12 +103,12 @@ def test_a_conversational_preference_prompt_keeps_its_system_prompt() -> None:
         "content": "You review code politely.",
     }
     assert "You review code politely." in record["prompt"]  # dedup and scans see it too
-    bad, problems = normalise({**RAW[0], "prompt": RAW[0]["prompt"][:1]}, "preference")  # type: ignore[index]
+    bad, problems = normalise({**RAW[0], "prompt": RAW[0]["prompt"][:1]}, "preference")
     assert bad is None and problems
 
 
 def test_a_preference_prompt_must_end_with_the_user_turn() -> None:
-    value = {**RAW[0], "prompt": [*RAW[0]["prompt"], {"role": "assistant", "content": "Hm."}]}  # type: ignore[misc]
+    value = {**RAW[0], "prompt": [*RAW[0]["prompt"], {"role": "assistant", "content": "Hm."}]}
     record, problems = normalise(value, "preference")
     assert record is None
     assert [code for code, _ in problems] == ["not_ending_with_user"]

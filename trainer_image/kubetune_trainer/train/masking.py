@@ -51,6 +51,31 @@ def runtime_bos(tokenizer: Any, text: str) -> list[int]:
     return [tokenizer.bos_token_id] if adds and not text.startswith(bos) else []
 
 
+def with_runtime_bos(tokenizer: Any) -> Any:
+    """``tokenizer``, or a copy whose chat template writes the BOS the runtime adds.
+
+    For trainers that tokenize conversations themselves (trl's DPO): llama.cpp and Ollama
+    prepend BOS when the tokenizer adds one (Phi-3.5), but ``apply_chat_template`` only writes
+    what the template says, so without this DPO would train without the BOS it is served with.
+    The copy is for training only; the saved tokenizer keeps the stock template.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return tokenizer
+    probe = str(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "a"}], tokenize=False, add_generation_prompt=True
+        )
+    )
+    if not runtime_bos(tokenizer, probe):
+        return tokenizer
+    import copy
+
+    training = copy.deepcopy(tokenizer)
+    training.chat_template = "{{- bos_token }}" + template
+    return training
+
+
 def tokenize_chat(
     messages: Sequence[Message], tokenizer: Any, *, specials: set[int] | None = None
 ) -> dict[str, list[int]]:

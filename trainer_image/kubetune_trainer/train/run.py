@@ -32,7 +32,7 @@ from kubetune_trainer.train.config import (
     sft_config,
 )
 from kubetune_trainer.train.diagnosis import diagnose
-from kubetune_trainer.train.masking import tokenize_chat_records
+from kubetune_trainer.train.masking import tokenize_chat_records, with_runtime_bos
 
 OUTCOME_FILE = "train_outcome.json"
 FINGERPRINT_FILE = "train_fingerprint.txt"
@@ -236,7 +236,7 @@ def train_model(
             args=dpo_config(spec, workdir, **common),
             train_dataset=train_ds,
             eval_dataset=eval_ds,
-            processing_class=tokenizer,
+            processing_class=with_runtime_bos(tokenizer),
             peft_config=lora_config(spec),
             callbacks=callbacks,
         )
