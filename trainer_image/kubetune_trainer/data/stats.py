@@ -3,8 +3,9 @@
 Counts are what training will see: a chat record is rendered with the tokenizer's chat template
 (the template's own BOS included); a completion is prompt + completion + EOS; a preference pair
 counts its longer side (prompt + chosen or prompt + rejected). A tokenizer without a chat
-template, or a template that rejects a record (e.g. a ``tool`` role it does not know), falls
-back to ``role: content`` lines, which is close but not exact.
+template falls back to ``role: content`` lines, which is close but not exact. Records the
+template refuses never get here: the data stage rejects them first, at their file:line
+(:func:`kubetune_trainer.data.validate.check_roles`); the fallback below only guards.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _messages_text(
             )
             if isinstance(text, str):
                 return text
-        except Exception:  # a template may reject roles it does not know; count approximately
+        except Exception:  # check_roles rejected such records already; count approximately
             pass
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
 
