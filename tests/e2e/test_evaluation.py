@@ -17,7 +17,8 @@ import pytest
 import sentencepiece  # noqa: F401  (a missing dependency fails, never skips)
 import torch
 
-from kubetune.api.finetunejob import EvaluationSpec, EvaluationSummary
+from kubetune.api.finetunejob import EvaluationSpec
+from kubetune.api.trainer_result import EvaluationSummary
 from kubetune_trainer.evaluation import EvaluationOutcome, evaluate
 from kubetune_trainer.evaluation.examples import to_eval_example
 from kubetune_trainer.evaluation.metrics import normalise

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from kubetune.api.families import FAMILIES
-from kubetune.api.finetunejob import FineTuneJobSpec, TrainerResult
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.trainer_result import TrainerResult
 from kubetune_trainer import tiny_families
 from kubetune_trainer.export.chat_format import chat_format_from_tokenizer, ollama_template
 from kubetune_trainer.pipeline import run_pipeline

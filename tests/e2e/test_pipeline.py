@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from kubetune.api.constants import TERMINATION_MESSAGE_MAX_BYTES
-from kubetune.api.finetunejob import TrainerResult
+from kubetune.api.trainer_result import TrainerResult
 from kubetune_trainer.local import LocalRunError, load_finetunejob, run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

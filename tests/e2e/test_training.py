@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TrainerResult
+from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec
+from kubetune.api.trainer_result import TrainerResult
 from kubetune_trainer.models import (
     ResolvedModel,
     is_4bit,

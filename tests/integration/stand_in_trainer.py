@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kubetune.api import Artifact, FineTuneJobSpec, TrainerResult
 from kubetune.api import constants as c
-from kubetune.api.finetunejob import DataReportSummary, GateResult
+from kubetune.api.trainer_result import DataReportSummary, GateResult
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +48,9 @@ def main(argv: list[str]) -> int:
         manifest_uri=f"{base_uri}/manifest.json",
     )
     (workdir / "result.json").write_text(result.model_dump_json(by_alias=True, exclude_none=True))
-    Path(os.environ.get(c.ENV_TERMINATION_LOG, c.TERMINATION_MESSAGE_PATH)).write_text(result.to_termination_message())
+    Path(os.environ.get(c.ENV_TERMINATION_LOG, c.TERMINATION_MESSAGE_PATH)).write_text(
+        result.to_termination_message()
+    )
     print(f"stand-in trainer wrote {workdir}", flush=True)
     return 0
 

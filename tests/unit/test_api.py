@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from kubetune.api import Artifact, FineTuneJobSpec, TrainerResult
-from kubetune.api.finetunejob import DataReportSummary, GateResult, secret_refs
+from kubetune.api.finetunejob import secret_refs
+from kubetune.api.trainer_result import DataReportSummary, GateResult
 from tests.spec_rules import JUDGE, RULES
 
 MINIMAL = {

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.finetunejob import DataReportSummary, FineTuneJobSpec
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.trainer_result import DataReportSummary
 from kubetune_trainer.data import DataReport, PreparedData, prepare_dataset
 from kubetune_trainer.data.records import Location, Record
 from kubetune_trainer.data.stats import count_tokens, token_stats

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.api.finetunejob import EvaluationSummary, GateSpec, ModelScores
+from kubetune.api.finetunejob import GateSpec
+from kubetune.api.trainer_result import EvaluationSummary, ModelScores
 from kubetune_trainer.evaluation.gate import (
     DEFAULT_MIN_JUDGE_SCORE,
     NO_GATE,
@@ -32,9 +33,7 @@ def test_default_gate_requires_improvement_over_the_base() -> None:
     assert better.passed
     assert better.reason == "passed: rougeL 0.42 improved on base 0.3 (default gate)"
     assert better.judge_score == 4.2
-    worse = decide_gate(
-        _gate(), _summary(base=ModelScores(rouge_l=0.42)), judge_configured=False
-    )
+    worse = decide_gate(_gate(), _summary(base=ModelScores(rouge_l=0.42)), judge_configured=False)
     assert not worse.passed
     assert worse.reason == "failed: rougeL 0.42 did not improve on base 0.42 (default gate)"
 
@@ -68,7 +67,9 @@ def test_forgetting_alone_is_a_check() -> None:
         _summary(forgetting_drop=0.05),
         judge_configured=False,
     )
-    assert result.passed and result.reason == "passed: forgetting drop 0.05 <= maxForgettingDrop 0.1"
+    assert (
+        result.passed and result.reason == "passed: forgetting drop 0.05 <= maxForgettingDrop 0.1"
+    )
 
 
 def test_default_gate_reports_forgetting_that_held() -> None:

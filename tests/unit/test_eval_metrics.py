@@ -9,7 +9,7 @@ import pytest
 import rouge_score  # noqa: F401  (a missing dependency fails, never skips)
 import sacrebleu  # noqa: F401  (a missing dependency fails, never skips)
 
-from kubetune.api.finetunejob import ModelScores
+from kubetune.api.trainer_result import ModelScores
 from kubetune_trainer.evaluation.examples import (
     UnsupportedRecord,
     to_eval_example,

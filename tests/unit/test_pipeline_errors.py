@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from kubetune.api.constants import PERMANENT_FAILURE_EXIT_CODE
-from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec, TrainerResult
+from kubetune.api.finetunejob import BaseModelSpec, FineTuneJobSpec
+from kubetune.api.trainer_result import TrainerResult
 from kubetune_trainer import models
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.failures import describe_failure

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from kubetune.api.finetunejob import Progress
+from kubetune.api.trainer_result import Progress
 from kubetune_trainer.progress import (
     ProgressMetrics,
     format_progress_line,

@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubetune.api import constants as c
-from kubetune.api.finetunejob import FineTuneJobSpec, TrainerResult
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.trainer_result import TrainerResult
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -25,8 +25,9 @@ from rich.progress import (
 from rich.table import Table
 
 from kubetune.api import constants as c
-from kubetune.api.finetunejob import FineTuneJob, ModelScores, TrainerResult
-from kubetune.api.finetunejob import Progress as TrainProgress
+from kubetune.api.finetunejob import FineTuneJob
+from kubetune.api.trainer_result import ModelScores, TrainerResult
+from kubetune.api.trainer_result import Progress as TrainProgress
 
 DEFAULT_RUNS_DIR = "kubetune-runs"
 

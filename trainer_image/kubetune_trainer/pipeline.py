@@ -38,7 +38,8 @@ from typing import Any, Literal
 
 from kubetune.api import constants as c
 from kubetune.api.common import Artifact
-from kubetune.api.finetunejob import FineTuneJobSpec, Progress, TrainerResult, TrainingSummary
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.trainer_result import Progress, TrainerResult, TrainingSummary
 from kubetune_trainer.failures import base_model_geometry, describe_failure, is_out_of_memory
 
 Stage = Literal["data", "train", "evaluate", "export", "done"]

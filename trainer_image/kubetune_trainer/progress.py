@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api import constants as c
-from kubetune.api.finetunejob import Progress
+from kubetune.api.trainer_result import Progress
 
 # Gauge name -> Progress field. Unknown values are exported as NaN and parsed back as None.
 GAUGES: Mapping[str, tuple[str, str]] = {

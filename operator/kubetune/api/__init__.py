@@ -3,19 +3,17 @@ truth for the CRDs, the operator and the trainer), constants, and the CRD genera
 
 from kubetune.api.common import Artifact, Condition, SecretKeyRef
 from kubetune.api.constants import API_VERSION, GROUP, VERSION, ConditionType, Phase, Reason
-from kubetune.api.finetunejob import (
+from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus
+from kubetune.api.modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
+from kubetune.api.trainer_result import (
     DataReportSummary,
     Diagnosis,
     EvaluationSummary,
-    FineTuneJob,
-    FineTuneJobSpec,
-    FineTuneJobStatus,
     GateResult,
     ModelScores,
     Progress,
     TrainerResult,
 )
-from kubetune.api.modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
 
 __all__ = [
     "API_VERSION",

@@ -39,6 +39,7 @@ Name = Annotated[
 ]
 ShortText = Annotated[str, Field(max_length=1024)]
 LongText = Annotated[str, Field(max_length=32768)]
+Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class SecretKeyRef(ApiModel):
@@ -97,7 +98,17 @@ class Artifact(ApiModel):
 
     name: Annotated[str, Field(max_length=253)]
     """File name, e.g. `model-q4_k_m.gguf`."""
-    kind: Literal["gguf", "adapter", "adapter-gguf", "merged", "modelfile", "report", "manifest", "predictions", "other"]
+    kind: Literal[
+        "gguf",
+        "adapter",
+        "adapter-gguf",
+        "merged",
+        "modelfile",
+        "report",
+        "manifest",
+        "predictions",
+        "other",
+    ]
     """What the artifact is."""
     uri: Annotated[str, Field(max_length=2048)]
     """Where it is stored (`pvc://<claim>/<path>` or `file://<path>`)."""

@@ -8,7 +8,6 @@ one GPU with QLoRA (r=16, alpha=32, dropout=0.05, lr=2e-4, 3 epochs, nf4 + doubl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -22,12 +21,20 @@ from kubetune.api.common import (
     ConfigMapKeyRef,
     LongText,
     Name,
+    Ratio,
     SecretKeyRef,
     ShortText,
     Toleration,
 )
-from kubetune.api.constants import TERMINATION_MESSAGE_MAX_BYTES
 from kubetune.api.families import FAMILIES, unsupported_family_problem
+from kubetune.api.trainer_result import (
+    DataReportSummary,
+    Diagnosis,
+    EvaluationSummary,
+    GateResult,
+    Progress,
+    TrainingSummary,
+)
 
 ModelUri = Annotated[
     str,
@@ -45,7 +52,6 @@ DataUri = Annotated[
         examples=["pvc://datasets/support/train.jsonl", "https://example.com/data.jsonl"],
     ),
 ]
-Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 MetricName = Literal["exact_match", "rouge_l", "bleu", "perplexity"]
 GgufType = Literal["f16", "q8_0", "q5_k_m", "q4_k_m"]
 
@@ -56,6 +62,8 @@ def _all_metrics() -> list[MetricName]:
 
 def _default_gguf() -> list[GgufType]:
     return ["q4_k_m"]
+
+
 Quantity = Annotated[
     str,
     Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"),
@@ -70,7 +78,9 @@ MUTABLE_SPEC_FIELDS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinis
 
 def _cel(rule: str, message: str) -> ConfigDict:
     """Model config carrying one CEL rule into the generated CRD schema."""
-    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+    return ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+    )
 
 
 M = TypeVar("M")
@@ -90,7 +100,9 @@ class Rule(Generic[M]):
 def _cel_rules(rules: Sequence[Rule[Any]]) -> ConfigDict:
     """Model config carrying `rules` into the generated CRD schema."""
     return ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in rules]}
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": r.cel, "message": r.message} for r in rules]
+        }
     )
 
 
@@ -157,7 +169,9 @@ class BaseModelSpec(ApiModel):
 class DatasetSource(ApiModel):
     """Where examples come from: exactly one of `uri` or `configMap`."""
 
-    model_config = _cel("has(self.uri) != has(self.configMap)", "set exactly one of uri or configMap")
+    model_config = _cel(
+        "has(self.uri) != has(self.configMap)", "set exactly one of uri or configMap"
+    )
 
     uri: DataUri | None = None
     """JSONL (or JSON array) file or folder: `pvc://<claim>/<path>`, `file://<path>`,
@@ -175,7 +189,10 @@ class DatasetSource(ApiModel):
 class SplitSpec(ApiModel):
     """How the dataset is split into train / validation / test (seeded, leakage-checked)."""
 
-    model_config = _cel("self.validation + self.test < 0.9", "validation + test must leave at least 10% for training")
+    model_config = _cel(
+        "self.validation + self.test < 0.9",
+        "validation + test must leave at least 10% for training",
+    )
 
     validation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     """Fraction held out for evaluation during training (eval loss, early stopping)."""
@@ -235,9 +252,9 @@ class LoraSpec(ApiModel):
     """Scaling numerator; usually 2 × r."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     """Dropout on the adapter's input."""
-    target_modules: Annotated[list[Annotated[str, Field(max_length=128)]], Field(min_length=1, max_length=64)] = Field(
-        default_factory=lambda: ["all-linear"]
-    )
+    target_modules: Annotated[
+        list[Annotated[str, Field(max_length=128)]], Field(min_length=1, max_length=64)
+    ] = Field(default_factory=lambda: ["all-linear"])
     """Modules to adapt; `all-linear` adapts every linear layer but the output head."""
 
 
@@ -569,7 +586,9 @@ class ResourcesSpec(ApiModel):
     """`nvidia.com/gpu` limit; 0 trains on CPU (small models only)."""
     gpu_product: Annotated[str, Field(max_length=253)] | None = None
     """Required value of the node label `nvidia.com/gpu.product`, e.g. `NVIDIA-A100-SXM4-80GB`."""
-    node_selector: dict[str, Annotated[str, Field(max_length=253)]] = Field(default_factory=dict, max_length=32)
+    node_selector: dict[str, Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=dict, max_length=32
+    )
     """Extra node labels the pod requires."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
     """Tolerations, e.g. for tainted GPU pools."""
@@ -631,7 +650,9 @@ SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         f"!has({_GATE}.maxForgettingDrop) || has(self.evaluation.forgettingSet)",
         "evaluation.gate.maxForgettingDrop needs evaluation.forgettingSet: add a general set that "
         "is scored before and after fine-tuning, or remove maxForgettingDrop",
-        lambda s: s.evaluation.gate.max_forgetting_drop is None or s.evaluation.forgetting_set is not None,
+        lambda s: (
+            s.evaluation.gate.max_forgetting_drop is None or s.evaluation.forgetting_set is not None
+        ),
     ),
     Rule(
         f"self.evaluation.compareWithBase || !{_IMPROVEMENT}",
@@ -647,10 +668,12 @@ SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         "evaluation.metrics: the gate compares the fine-tuned model with the base model, but no "
         "metric is computed (the list is empty and there is no judge); list one, e.g. "
         "metrics: [rouge_l]",
-        lambda s: s.evaluation.judge is not None
-        or bool(s.evaluation.metrics)
-        or any(t != "minJudgeScore" for t in s.evaluation.gate.thresholds_set())
-        or not _improvement(s),
+        lambda s: (
+            s.evaluation.judge is not None
+            or bool(s.evaluation.metrics)
+            or any(t != "minJudgeScore" for t in s.evaluation.gate.thresholds_set())
+            or not _improvement(s)
+        ),
     ),
     Rule(
         f"self.export.onGateFailure != 'skip' || has(self.evaluation.judge) || !({_NO_THRESHOLD})"
@@ -658,15 +681,20 @@ SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         "export.onGateFailure: skip, but evaluation.gate checks nothing (requireImprovementOverBase: "
         "false, no threshold, no judge, no maxForgettingDrop), so the gate always fails and nothing "
         "would be exported; give a threshold such as gate.minRougeL, or set onGateFailure: export",
-        lambda s: s.export.on_gate_failure != "skip"
-        or not s.evaluation.gate.checks_nothing(s.evaluation.judge is not None),
+        lambda s: (
+            s.export.on_gate_failure != "skip"
+            or not s.evaluation.gate.checks_nothing(s.evaluation.judge is not None)
+        ),
     ),
     Rule(
         "!has(self.evaluation.judge) || !(self.evaluation.judge.endpoint.endsWith('/completions')"
         " || self.evaluation.judge.endpoint.endsWith('/completions/'))",
         "evaluation.judge.endpoint: give the API's base URL (e.g. https://api.openai.com/v1), not "
         "the /chat/completions route: the client appends it",
-        lambda s: s.evaluation.judge is None or not str(s.evaluation.judge.endpoint).rstrip("/").endswith("/completions"),
+        lambda s: (
+            s.evaluation.judge is None
+            or not str(s.evaluation.judge.endpoint).rstrip("/").endswith("/completions")
+        ),
     ),
     Rule(
         "self.method != 'full' || !self.export.adapterGguf",
@@ -730,8 +758,14 @@ def spec_problems(spec: FineTuneJobSpec) -> list[str]:
     problems = broken_rules(spec, SPEC_RULES)
     if spec.dataset.split.validation + spec.dataset.split.test >= 0.9:
         problems.append("dataset.split: validation + test must leave at least 10% for training")
-    if spec.method == "qlora" and spec.resources.gpus == 0 and spec.quantization.compute_dtype == "float16":
-        problems.append("quantization.computeDtype: float16 is not supported on CPU; use bfloat16 or float32")
+    if (
+        spec.method == "qlora"
+        and spec.resources.gpus == 0
+        and spec.quantization.compute_dtype == "float16"
+    ):
+        problems.append(
+            "quantization.computeDtype: float16 is not supported on CPU; use bfloat16 or float32"
+        )
     if spec.resources.gpus == 0:
         problems.extend(spec.training.device_problems("cpu"))
     if spec.base_model.requires_license() and not spec.base_model.accept_license:
@@ -753,186 +787,6 @@ def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, SecretKeyRef]]:
 
 # ---------------------------------------------------------------------------------------------
 # Status
-
-
-class Progress(ApiModel):
-    """Live training progress, scraped from the trainer's metrics endpoint."""
-
-    step: int = 0
-    """Optimizer steps done."""
-    total_steps: int | None = None
-    """Optimizer steps planned."""
-    percent: Annotated[int, Field(ge=0, le=100)] = 0
-    """step / totalSteps in percent."""
-    epoch: float | None = None
-    """Epochs done (fractional)."""
-    loss: float | None = None
-    """Latest training loss."""
-    eval_loss: float | None = None
-    """Latest validation loss."""
-    learning_rate: float | None = None
-    """Current learning rate."""
-    tokens_per_second: float | None = None
-    """Training throughput."""
-    eta_seconds: int | None = None
-    """Estimated seconds until training ends."""
-
-
-class TrainingSummary(ApiModel):
-    """How training went, reported by the trainer when it ends."""
-
-    steps: int = 0
-    """Optimizer steps done in total."""
-    resumed_from_step: int | None = None
-    """Checkpoint step the last attempt resumed from (absent: started from scratch)."""
-    final_train_loss: float | None = None
-    """Training loss at the end."""
-    best_eval_loss: float | None = None
-    """Lowest validation loss; its checkpoint is the one exported."""
-    stopped_early: bool = False
-    """Early stopping ended training before the planned steps."""
-    tokens_per_second: float | None = None
-    """Training throughput of the last attempt."""
-    seconds: float | None = None
-    """Wall time of the last attempt's training."""
-
-
-class DataReportSummary(ApiModel):
-    """Counts from the data preparation stage (the full report is an artifact)."""
-
-    format: ShortText = ""
-    """Detected or given record format."""
-    total: int = 0
-    """Records read."""
-    invalid: int = 0
-    """Records rejected by validation (file:line in the report)."""
-    duplicates_removed: int = 0
-    """Exact and near duplicates removed."""
-    flagged: int = 0
-    """Records caught by the poisoning / secret / PII scans."""
-    dropped: int = 0
-    """Records removed by the data policy."""
-    train: int = 0
-    """Training examples (after mixing)."""
-    validation: int = 0
-    """Validation examples."""
-    test: int = 0
-    """Test examples."""
-    general_mixed: int = 0
-    """General examples mixed into training."""
-    truncated: int = 0
-    """Examples longer than training.maxLength (they are truncated)."""
-    leakage: int = 0
-    """Examples appearing in more than one split (removed from validation/test)."""
-
-
-class ModelScores(ApiModel):
-    """Scores of one model on the test split."""
-
-    exact_match: float | None = None
-    """Share of answers equal to the reference (normalised)."""
-    rouge_l: float | None = None
-    """Mean ROUGE-L F1."""
-    bleu: float | None = None
-    """Corpus BLEU (0–100)."""
-    perplexity: float | None = None
-    """exp(mean token loss) on the test answers."""
-    judge_score: float | None = None
-    """Mean judge score (1–5)."""
-    general_score: float | None = None
-    """Score on the general (forgetting) set."""
-
-
-class EvaluationSummary(ApiModel):
-    """Base vs fine-tuned on the held-out test split."""
-
-    examples: int = 0
-    """Test examples evaluated."""
-    fine_tuned: ModelScores = Field(default_factory=ModelScores)
-    """Scores of the fine-tuned model."""
-    base: ModelScores | None = None
-    """Scores of the base model (when compareWithBase)."""
-    win_rate: Ratio | None = None
-    """Share of examples where the fine-tuned answer scored higher than the base's."""
-    forgetting_drop: float | None = None
-    """Relative drop of the general-set score (positive = worse after fine-tuning)."""
-    judge_tokens: int | None = None
-    """Tokens the judge used (prompt + completion)."""
-
-
-class Diagnosis(ApiModel):
-    """Verdict from the loss curves, with the suggested fix."""
-
-    verdict: Literal["healthy", "overfitting", "underfitting", "unstable", "unknown"] = "unknown"
-    """What the loss curves show."""
-    message: ShortText = ""
-    """Why."""
-    suggestion: ShortText = ""
-    """What to change."""
-
-
-class GateResult(ApiModel):
-    """Quality gate verdict."""
-
-    passed: bool
-    """Whether the fine-tuned model met every threshold."""
-    reason: ShortText = ""
-    """Which threshold decided it, with the measured value."""
-    judge_score: float | None = None
-    """Mean judge score, when a judge ran (shown as a printer column)."""
-
-
-class TrainerResult(ApiModel):
-    """What a finished trainer pod reports: written in full to `result.json` in the artifacts
-    and, shortened to at most 4 KiB, to the container's termination message."""
-
-    phase: Literal["Succeeded", "Failed"]
-    """Outcome of the pipeline."""
-    reason: ShortText = ""
-    """CamelCase reason on failure (e.g. DataPolicyFailed)."""
-    message: LongText = ""
-    """Actionable message on failure."""
-    stage: Literal["data", "train", "evaluate", "export", "done"] = "done"
-    """Last stage reached."""
-    data: DataReportSummary | None = None
-    """Data preparation counts."""
-    training: TrainingSummary | None = None
-    """How training went."""
-    evaluation: EvaluationSummary | None = None
-    """Evaluation scores."""
-    diagnosis: Diagnosis | None = None
-    """Loss-curve diagnosis."""
-    gate: GateResult | None = None
-    """Quality gate."""
-    artifacts: list[Artifact] = Field(default_factory=list)
-    """Artifacts with sha256 (dropped from the termination message when it is too long)."""
-    manifest_uri: Annotated[str, Field(max_length=2048)] | None = None
-    """Where the full sha256 manifest is."""
-
-    def to_termination_message(self, limit: int = TERMINATION_MESSAGE_MAX_BYTES) -> str:
-        """Compact JSON of at most `limit` bytes: the artifacts list and then the message are
-        shortened first, since the manifest in the artifact store keeps them whole."""
-        data = self.to_wire()
-        text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) <= limit:
-            return text
-        data.pop("artifacts", None)
-        text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) <= limit:
-            return text
-        overflow = len(text.encode()) - limit + 16
-        data["message"] = data.get("message", "")[: max(0, len(data.get("message", "")) - overflow)] + "…"
-        for key in ("evaluation", "diagnosis"):
-            text = json.dumps(data, separators=(",", ":"))
-            if len(text.encode()) <= limit:
-                return text
-            data.pop(key, None)
-        return json.dumps(data, separators=(",", ":"))[:limit]
-
-    @classmethod
-    def from_termination_message(cls, text: str) -> TrainerResult:
-        """Parse a termination message written by `to_termination_message`."""
-        return cls.model_validate(json.loads(text))
 
 
 class FineTuneJobStatus(ApiModel):

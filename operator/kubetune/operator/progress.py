@@ -8,12 +8,13 @@ from typing import Any
 import httpx
 
 from kubetune.api import constants as c
-from kubetune.api.finetunejob import Progress
+from kubetune.api.trainer_result import Progress
 from kubetune_trainer.progress import (
     parse_progress_metrics,  # one parser, shared with the trainer (no torch)
 )
 
 log = logging.getLogger(__name__)
+
 
 def scrape_progress(pod: dict[str, Any], timeout: float) -> Progress | None:
     """Progress of a running trainer pod, or None when its endpoint does not answer."""

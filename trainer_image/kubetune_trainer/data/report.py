@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.finetunejob import DataReportSummary
+from kubetune.api.trainer_result import DataReportSummary
 from kubetune_trainer.data.dedup import Duplicate
 from kubetune_trainer.data.records import Problem
 from kubetune_trainer.data.scan import Finding

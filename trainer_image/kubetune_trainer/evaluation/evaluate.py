@@ -17,7 +17,8 @@ from typing import Any
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.constants import ENV_JUDGE_API_KEY
-from kubetune.api.finetunejob import EvaluationSpec, EvaluationSummary, GateResult, ModelScores
+from kubetune.api.finetunejob import EvaluationSpec
+from kubetune.api.trainer_result import EvaluationSummary, GateResult, ModelScores
 from kubetune_trainer.evaluation.examples import EvalExample, to_eval_examples
 from kubetune_trainer.evaluation.gate import decide_gate
 from kubetune_trainer.evaluation.generation import (

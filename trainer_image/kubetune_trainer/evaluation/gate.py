@@ -27,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kubetune.api.finetunejob import EvaluationSummary, GateResult, GateSpec, ModelScores
+from kubetune.api.finetunejob import GateSpec
+from kubetune.api.trainer_result import EvaluationSummary, GateResult, ModelScores
 
 DEFAULT_MIN_JUDGE_SCORE = 4.0
 """Gate on the mean judge score when a judge is configured and no threshold is given."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from kubetune.api.finetunejob import ModelScores
+from kubetune.api.trainer_result import ModelScores
 
 SCORE_FIELDS = ("exact_match", "rouge_l", "bleu", "perplexity", "judge_score", "general_score")
 

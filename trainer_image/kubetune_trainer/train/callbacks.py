@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from kubetune.api.finetunejob import Progress
+from kubetune.api.trainer_result import Progress
 from kubetune_trainer.progress import ProgressMetrics, format_progress_line
 
 ProgressHook = Callable[[Progress], None]

@@ -39,7 +39,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from kubetune.api.finetunejob import Diagnosis
+from kubetune.api.trainer_result import Diagnosis
 
 # Relative rise of eval loss above its minimum that counts as overfitting (noise is smaller).
 OVERFIT_RISE = 0.05

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kubetune.api.finetunejob import Diagnosis, FineTuneJobSpec
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.trainer_result import Diagnosis
 from kubetune_trainer.models import ResolvedModel, half_dtype_name, load_model, training_device
 from kubetune_trainer.progress import ProgressMetrics
 from kubetune_trainer.train.callbacks import ProgressCallback, ProgressHook

@@ -18,7 +18,8 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubetune.api.constants import Phase, Reason
-from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Progress, secret_refs
+from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, secret_refs
+from kubetune.api.trainer_result import Progress
 from kubetune.operator.builders.names import training_job_name
 from kubetune.operator.builders.training_job import (
     build_spec_configmap,
@@ -78,7 +79,9 @@ def secret_problems(spec: FineTuneJobSpec, namespace: str, secret_keys: SecretKe
     return problems
 
 
-def read_secret_keys(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> list[str] | None:
+def read_secret_keys(
+    core: kubernetes.client.CoreV1Api, namespace: str, name: str
+) -> list[str] | None:
     """The key names of a Secret (never its values), None when it does not exist; raises
     PermissionError when the credentials may not `get` it."""
     try:
@@ -94,7 +97,10 @@ def read_secret_keys(core: kubernetes.client.CoreV1Api, namespace: str, name: st
 
 def _relabel(status: FineTuneJobStatus, old: str, new: str) -> FineTuneJobStatus:
     """`status` with the reason `old` replaced by `new` in status.reason and the conditions."""
-    conditions = [cd.model_copy(update={"reason": new}) if cd.reason == old else cd for cd in status.conditions]
+    conditions = [
+        cd.model_copy(update={"reason": new}) if cd.reason == old else cd
+        for cd in status.conditions
+    ]
     reason = new if status.reason == old else status.reason
     return status.model_copy(update={"reason": reason, "conditions": conditions})
 
@@ -106,7 +112,9 @@ def now_rfc3339() -> str:
 class FineTuneJobReconciler:
     """Keeps FineTuneJobs' children and status true. Safe to call from many threads."""
 
-    def __init__(self, api: KubeApi, settings: Settings, clock: Callable[[], str] = now_rfc3339) -> None:
+    def __init__(
+        self, api: KubeApi, settings: Settings, clock: Callable[[], str] = now_rfc3339
+    ) -> None:
         self.api = api
         self.settings = settings
         self.clock = clock
@@ -145,7 +153,9 @@ class FineTuneJobReconciler:
         raw = dict(body.get("status") or {})
         written = self._written.get(body["metadata"]["uid"])
         rv = int(body["metadata"].get("resourceVersion") or 0)
-        if written is not None and written[0] > rv:  # resourceVersions of one object are etcd revisions
+        if (
+            written is not None and written[0] > rv
+        ):  # resourceVersions of one object are etcd revisions
             raw = written[1]
         try:
             return FineTuneJobStatus.model_validate(raw)
@@ -175,14 +185,18 @@ class FineTuneJobReconciler:
             if missing is None:
                 job = self._apply_children(body, spec, job, current)
         if job is None and current.job_name and current.phase not in ("Succeeded", "Failed"):
-            job = self.api.read_job(ns, job_name)  # the watch cache may lag; confirm before declaring it gone
+            job = self.api.read_job(
+                ns, job_name
+            )  # the watch cache may lag; confirm before declaring it gone
 
         observed = Observed(
             generation=int(meta.get("generation") or 1),
             spec=spec,
             spec_error=spec_error or missing,
             job=job,
-            pods=[p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")] if job else [],
+            pods=[p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+            if job
+            else [],
             job_name=job_name if job is not None else None,
             progress=progress,
         )
@@ -194,7 +208,11 @@ class FineTuneJobReconciler:
             patch = {k: None for k in current.to_wire() if k not in wire} | wire
             version = self.api.patch_finetunejob_status(ns, name, patch)
             self._written[meta["uid"]] = (version, wire)
-            owner = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(meta)}
+            owner = {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "metadata": dict(meta),
+            }
             for event in transition_events(current, new):
                 self.api.post_event(owner, event.type, event.reason, event.message)
         return new
@@ -215,7 +233,11 @@ class FineTuneJobReconciler:
             return read_secret_keys(self.api.core, namespace, name)
         except PermissionError:
             # Without `get` on secrets the kubelet still reports a missing Secret, only later.
-            log.warning("cannot check Secret %s/%s (forbidden): grant the operator get on secrets", namespace, name)
+            log.warning(
+                "cannot check Secret %s/%s (forbidden): grant the operator get on secrets",
+                namespace,
+                name,
+            )
             raise
 
     def _apply_children(

@@ -13,7 +13,8 @@ from typing import Any
 
 from kubetune.api.common import Condition
 from kubetune.api.constants import ConditionType, Phase, Reason
-from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Progress, TrainerResult
+from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from kubetune.api.trainer_result import Progress, TrainerResult
 from kubetune.operator.builders.training_job import PERMANENT_FAILURE_EXIT_CODE, TRAINER_CONTAINER
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
@@ -60,7 +61,9 @@ def _true_condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | 
 def _latest_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not pods:
         return None
-    return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+    return max(
+        pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"])
+    )
 
 
 def _trainer_state(pod: dict[str, Any] | None) -> dict[str, Any]:
@@ -72,7 +75,9 @@ def _trainer_state(pod: dict[str, Any] | None) -> dict[str, Any]:
 
 def _terminated(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The trainer container's termination record in the newest pod that has one."""
-    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
+    for pod in sorted(
+        pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True
+    ):
         term = _trainer_state(pod).get("terminated")
         if term:
             return term  # type: ignore[no-any-return]
@@ -102,7 +107,11 @@ def oom_message(spec: FineTuneJobSpec | None) -> str:
     if spec is not None:
         tips.append(f"shorten training.maxLength (now {spec.training.max_length})")
         tips.append(f"raise resources.memory (now {spec.resources.memory or 'unset'})")
-    return "The trainer was killed for running out of memory (OOMKilled). Try: " + "; ".join(tips) + "."
+    return (
+        "The trainer was killed for running out of memory (OOMKilled). Try: "
+        + "; ".join(tips)
+        + "."
+    )
 
 
 def _failed_verdict(obs: Observed, job_failed: dict[str, Any]) -> Verdict:
@@ -112,7 +121,12 @@ def _failed_verdict(obs: Observed, job_failed: dict[str, Any]) -> Verdict:
     if term.get("reason") == "OOMKilled":
         return Verdict(Phase.FAILED, Reason.OOM_KILLED, oom_message(obs.spec), result)
     if result is not None and result.phase == "Failed":
-        return Verdict(Phase.FAILED, result.reason or Reason.TRAINER_FAILED, result.message or "The trainer failed.", result)
+        return Verdict(
+            Phase.FAILED,
+            result.reason or Reason.TRAINER_FAILED,
+            result.message or "The trainer failed.",
+            result,
+        )
     if job_reason == "DeadlineExceeded":
         deadline = obs.spec.active_deadline_seconds if obs.spec else None
         return Verdict(
@@ -133,9 +147,13 @@ def _failed_verdict(obs: Observed, job_failed: dict[str, Any]) -> Verdict:
             f"(last exit code {code}); backoffLimit reached. Check the pod logs.{tail}",
         )
     if code == PERMANENT_FAILURE_EXIT_CODE:
-        return Verdict(Phase.FAILED, Reason.TRAINER_FAILED, f"The trainer reported a permanent failure.{tail}")
+        return Verdict(
+            Phase.FAILED, Reason.TRAINER_FAILED, f"The trainer reported a permanent failure.{tail}"
+        )
     message = job_failed.get("message") or "The trainer Job failed."
-    return Verdict(Phase.FAILED, job_reason or Reason.TRAINER_FAILED, f"{message} (exit code {code}).{tail}")
+    return Verdict(
+        Phase.FAILED, job_reason or Reason.TRAINER_FAILED, f"{message} (exit code {code}).{tail}"
+    )
 
 
 def _active_verdict(obs: Observed) -> Verdict:
@@ -143,16 +161,27 @@ def _active_verdict(obs: Observed) -> Verdict:
     retry_note = ""
     failed = ((obs.job or {}).get("status") or {}).get("failed") or 0
     if failed:
-        term = _terminated([p for p in obs.pods if (p.get("status") or {}).get("phase") == "Failed"]) or {}
+        term = (
+            _terminated([p for p in obs.pods if (p.get("status") or {}).get("phase") == "Failed"])
+            or {}
+        )
         why = term.get("reason") or f"exit code {term.get('exitCode')}"
         retry_note = f" Attempt {failed} failed ({why}); retrying from the last checkpoint."
     if pod is None or (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
-        return Verdict(Phase.PENDING, Reason.PENDING, "Waiting for the trainer pod to be created." + retry_note)
+        return Verdict(
+            Phase.PENDING, Reason.PENDING, "Waiting for the trainer pod to be created." + retry_note
+        )
     status = pod.get("status") or {}
     if status.get("phase") == "Running":
-        return Verdict(Phase.RUNNING, Reason.TRAINING, "The trainer is running." + retry_note, scheduled=True)
+        return Verdict(
+            Phase.RUNNING, Reason.TRAINING, "The trainer is running." + retry_note, scheduled=True
+        )
     for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
             spec = obs.spec
             want = ""
             if spec is not None:
@@ -179,7 +208,12 @@ def _active_verdict(obs: Observed) -> Verdict:
             scheduled=True,
         )
     scheduled = bool((pod.get("spec") or {}).get("nodeName"))
-    return Verdict(Phase.PENDING, Reason.PENDING, "The trainer pod is starting." + retry_note, scheduled=scheduled or None)
+    return Verdict(
+        Phase.PENDING,
+        Reason.PENDING,
+        "The trainer pod is starting." + retry_note,
+        scheduled=scheduled or None,
+    )
 
 
 def decide(obs: Observed, current: FineTuneJobStatus) -> Verdict | None:
@@ -202,25 +236,53 @@ def decide(obs: Observed, current: FineTuneJobStatus) -> Verdict | None:
         result = parse_result((_terminated(obs.pods) or {}).get("message"))
         gate = ""
         if result is not None and result.gate is not None:
-            gate = " Quality gate passed." if result.gate.passed else f" Quality gate FAILED: {result.gate.reason}"
-        return Verdict(Phase.SUCCEEDED, Reason.SUCCEEDED, "Training, evaluation and export finished." + gate, result)
+            gate = (
+                " Quality gate passed."
+                if result.gate.passed
+                else f" Quality gate FAILED: {result.gate.reason}"
+            )
+        return Verdict(
+            Phase.SUCCEEDED,
+            Reason.SUCCEEDED,
+            "Training, evaluation and export finished." + gate,
+            result,
+        )
     job_failed = _true_condition(obs.job, "Failed")
     if job_failed is not None:
         return _failed_verdict(obs, job_failed)
     if (obs.job.get("spec") or {}).get("suspend"):
-        return Verdict(Phase.SUSPENDED, Reason.SUSPENDED, "Suspended (spec.suspend: true); set it to false to resume from the last checkpoint.")
+        return Verdict(
+            Phase.SUSPENDED,
+            Reason.SUSPENDED,
+            "Suspended (spec.suspend: true); set it to false to resume from the last checkpoint.",
+        )
     return _active_verdict(obs)
 
 
-def _condition(previous: list[Condition], ctype: str, status: str, reason: str, message: str, generation: int, now: str) -> Condition:
+def _condition(
+    previous: list[Condition],
+    ctype: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> Condition:
     old = next((c for c in previous if c.type == ctype), None)
     since = old.last_transition_time if old is not None and old.status == status else now
     return Condition(
-        type=ctype, status=status, reason=reason, message=message, last_transition_time=since, observed_generation=generation
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
     )
 
 
-def _conditions(obs: Observed, verdict: Verdict, current: FineTuneJobStatus, now: str) -> list[Condition]:
+def _conditions(
+    obs: Observed, verdict: Verdict, current: FineTuneJobStatus, now: str
+) -> list[Condition]:
     prev = current.conditions
     gen = obs.generation
     phase = verdict.phase
@@ -230,22 +292,48 @@ def _conditions(obs: Observed, verdict: Verdict, current: FineTuneJobStatus, now
         out.append(_condition(prev, ctype, "True" if ok else "False", reason, message, gen, now))
 
     invalid = verdict.reason == Reason.INVALID_SPEC
-    add(ConditionType.ACCEPTED, not invalid, verdict.reason if invalid else Reason.CREATED, verdict.message if invalid else "")
+    add(
+        ConditionType.ACCEPTED,
+        not invalid,
+        verdict.reason if invalid else Reason.CREATED,
+        verdict.message if invalid else "",
+    )
     if verdict.scheduled is not None:
-        add(ConditionType.SCHEDULED, verdict.scheduled, Reason.SCHEDULED if verdict.scheduled else verdict.reason,
-            "" if verdict.scheduled else verdict.message)
+        add(
+            ConditionType.SCHEDULED,
+            verdict.scheduled,
+            Reason.SCHEDULED if verdict.scheduled else verdict.reason,
+            "" if verdict.scheduled else verdict.message,
+        )
     else:
         old = next((c for c in prev if c.type == ConditionType.SCHEDULED), None)
         if old is not None:
             out.append(old.model_copy(update={"observed_generation": gen}))
     add(ConditionType.RUNNING, phase == Phase.RUNNING, verdict.reason)
-    add(ConditionType.SUSPENDED, phase == Phase.SUSPENDED, Reason.SUSPENDED if phase == Phase.SUSPENDED else Reason.RESUMED)
-    add(ConditionType.COMPLETE, phase == Phase.SUCCEEDED, verdict.reason if phase == Phase.SUCCEEDED else "NotComplete")
-    add(ConditionType.FAILED, phase == Phase.FAILED, verdict.reason if phase == Phase.FAILED else "NotFailed",
-        verdict.message if phase == Phase.FAILED else "")
+    add(
+        ConditionType.SUSPENDED,
+        phase == Phase.SUSPENDED,
+        Reason.SUSPENDED if phase == Phase.SUSPENDED else Reason.RESUMED,
+    )
+    add(
+        ConditionType.COMPLETE,
+        phase == Phase.SUCCEEDED,
+        verdict.reason if phase == Phase.SUCCEEDED else "NotComplete",
+    )
+    add(
+        ConditionType.FAILED,
+        phase == Phase.FAILED,
+        verdict.reason if phase == Phase.FAILED else "NotFailed",
+        verdict.message if phase == Phase.FAILED else "",
+    )
     gate = verdict.result.gate if verdict.result is not None else current.gate
     if gate is not None:
-        add(ConditionType.GATE_PASSED, gate.passed, Reason.GATE_PASSED if gate.passed else Reason.GATE_FAILED, gate.reason)
+        add(
+            ConditionType.GATE_PASSED,
+            gate.passed,
+            Reason.GATE_PASSED if gate.passed else Reason.GATE_FAILED,
+            gate.reason,
+        )
     return out
 
 
@@ -266,7 +354,9 @@ def compute_status(obs: Observed, current: FineTuneJobStatus, now: str) -> FineT
     if verdict.phase == Phase.RUNNING and current.start_time is None:
         update["start_time"] = now
     if verdict.phase in Phase.FINAL:
-        update["completion_time"] = ((obs.job or {}).get("status") or {}).get("completionTime") or now
+        update["completion_time"] = ((obs.job or {}).get("status") or {}).get(
+            "completionTime"
+        ) or now
     if verdict.phase == Phase.RUNNING and obs.progress is not None:
         update["progress"] = obs.progress
     result = verdict.result
@@ -291,8 +381,17 @@ def transition_events(old: FineTuneJobStatus, new: FineTuneJobStatus) -> list[Ev
     """Events for what changed between two statuses (phase, reason, gate)."""
     events: list[Event] = []
     if (old.phase, old.reason) != (new.phase, new.reason) and new.phase is not None:
-        warning = new.phase == Phase.FAILED or new.reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL)
-        events.append(Event("Warning" if warning else "Normal", new.reason or new.phase, new.message or new.phase))
+        warning = new.phase == Phase.FAILED or new.reason in (
+            Reason.UNSCHEDULABLE,
+            Reason.IMAGE_PULL,
+        )
+        events.append(
+            Event(
+                "Warning" if warning else "Normal",
+                new.reason or new.phase,
+                new.message or new.phase,
+            )
+        )
     if new.gate is not None and (old.gate is None or old.gate.passed != new.gate.passed):
         events.append(
             Event(
