@@ -18,6 +18,7 @@ from kubetune_trainer.export.verify import (
     verification_peak_bytes,
 )
 from kubetune_trainer.memory import GIB, LLAMA_3_1_8B
+from tests.model_configs import LLAMA_3_1_8B_CONFIG
 
 
 def comparison(
@@ -101,18 +102,6 @@ def test_report_json_and_load_errors() -> None:
 
 
 # --- the reference model's memory ---------------------------------------------------------------
-
-LLAMA_3_1_8B_CONFIG = {  # the keys of meta-llama/Llama-3.1-8B's config.json that matter here
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
 
 
 def test_verification_of_an_8b_model_fits_a_24_gb_gpu() -> None:

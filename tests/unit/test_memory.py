@@ -3,11 +3,8 @@ each training setting costs."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune_trainer.memory import (
     GIB,
     LLAMA_3_1_8B,
@@ -15,6 +12,7 @@ from kubetune_trainer.memory import (
     estimate_training_memory,
     lower_memory_options,
 )
+from tests.model_configs import method_spec
 
 # config.json of Qwen/Qwen2.5-0.5B (tied embeddings): 494,032,768 parameters, of which 27,648
 # are q/k/v biases this estimate leaves out.
@@ -27,18 +25,6 @@ QWEN2_5_0_5B = {
     "vocab_size": 151936,
     "tie_word_embeddings": True,
 }
-
-
-def spec(method: str = "qlora", objective: str = "sft", **training: Any) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate(
-        {
-            "baseModel": {"uri": "pvc://models/m"},
-            "method": method,
-            "objective": objective,
-            "dataset": {"source": {"uri": "file://d.jsonl"}},
-            "training": training,
-        }
-    )
 
 
 def test_parameter_counts_match_the_published_ones() -> None:
@@ -68,12 +54,12 @@ def test_lora_adapters_on_every_linear_layer() -> None:
 def test_training_estimate_for_llama_8b_at_the_defaults(
     method: str, objective: str, low: float, high: float
 ) -> None:
-    memory = estimate_training_memory(spec(method, objective), LLAMA_3_1_8B)
+    memory = estimate_training_memory(method_spec(method, objective), LLAMA_3_1_8B)
     assert low * GIB < memory.total < high * GIB, memory.describe()
 
 
 def test_settings_that_lower_memory_are_estimated_and_sorted() -> None:
-    s = spec("lora", batchSize=8, maxLength=4096, gradientCheckpointing=False)
+    s = method_spec("lora", batchSize=8, maxLength=4096, gradientCheckpointing=False)
     now = estimate_training_memory(s, LLAMA_3_1_8B).total
     options = lower_memory_options(s, LLAMA_3_1_8B)
     changes = [change for change, _ in options]
@@ -90,9 +76,9 @@ def test_settings_that_lower_memory_are_estimated_and_sorted() -> None:
 
 
 def test_8bit_optimizer_is_offered_for_full_fine_tuning() -> None:
-    options = dict(lower_memory_options(spec("full"), LLAMA_3_1_8B))
+    options = dict(lower_memory_options(method_spec("full"), LLAMA_3_1_8B))
     saved = (
-        estimate_training_memory(spec("full"), LLAMA_3_1_8B).total
+        estimate_training_memory(method_spec("full"), LLAMA_3_1_8B).total
         - options["training.optimizer: paged_adamw_8bit"].total
     )
     assert saved == 6 * LLAMA_3_1_8B.parameters

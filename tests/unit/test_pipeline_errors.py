@@ -18,6 +18,7 @@ from kubetune_trainer import models
 from kubetune_trainer.__main__ import main
 from kubetune_trainer.failures import describe_failure
 from kubetune_trainer.pipeline import run_pipeline
+from tests.model_configs import LLAMA_3_1_8B_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -335,16 +336,6 @@ def test_transient_failures_exit_1_so_the_job_retries() -> None:
 
 # --- failures no retry can fix ---------------------------------------------------------------------
 
-LLAMA_8B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "torch_dtype": "bfloat16",
-}
 CUDA_OOM = (
     "CUDA out of memory. Tried to allocate 3.91 GiB. GPU 0 has a total capacity of 23.55 GiB "
     "of which 1.20 GiB is free. Of the allocated memory 20.1 GiB is allocated by PyTorch"
@@ -354,7 +345,7 @@ CUDA_OOM = (
 def _llama_8b_dir(tmp_path: Path) -> Path:
     model = tmp_path / "llama-8b"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+    (model / "config.json").write_text(json.dumps(LLAMA_3_1_8B_CONFIG))
     return model
 
 
@@ -432,7 +423,7 @@ def test_out_of_memory_message_fits_the_stage(tmp_path: Path) -> None:
 
     from kubetune_trainer.memory import ModelGeometry
 
-    geometry = ModelGeometry.from_config(LLAMA_8B_CONFIG)
+    geometry = ModelGeometry.from_config(LLAMA_3_1_8B_CONFIG)
     spec = _spec()
     _, evaluate = describe_failure(
         torch.cuda.OutOfMemoryError(CUDA_OOM), "evaluate", spec, geometry=geometry

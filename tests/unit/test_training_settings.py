@@ -20,18 +20,7 @@ from kubetune_trainer.train.config import (
     sft_config,
     training_arguments,
 )
-
-
-def spec(method: str = "qlora", objective: str = "sft", **training: Any) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate(
-        {
-            "baseModel": {"uri": "pvc://models/m"},
-            "method": method,
-            "objective": objective,
-            "dataset": {"source": {"uri": "file://d.jsonl"}},
-            "training": training,
-        }
-    )
+from tests.model_configs import method_spec
 
 
 @pytest.mark.parametrize(
@@ -48,7 +37,7 @@ def spec(method: str = "qlora", objective: str = "sft", **training: Any) -> Fine
 def test_unset_learning_rate_takes_the_default_of_method_and_objective(
     method: str, objective: str, expected: float, tmp_path: Path
 ) -> None:
-    s = spec(method, objective)
+    s = method_spec(method, objective)
     assert s.training.learning_rate is None
     assert s.training.effective_learning_rate(method, objective) == expected
     args = training_arguments(
@@ -58,10 +47,10 @@ def test_unset_learning_rate_takes_the_default_of_method_and_objective(
 
 
 def test_explicit_learning_rate_wins(tmp_path: Path) -> None:
-    s = spec("full", "dpo", learningRate=1e-6)
+    s = method_spec("full", "dpo", learningRate=1e-6)
     assert s.training.effective_learning_rate("full", "dpo") == 1e-6
     # An unset rate stays unset on the wire (the trainer resolves it with the same function).
-    assert "learningRate" not in spec().to_wire()["training"]
+    assert "learningRate" not in method_spec().to_wire()["training"]
     assert s.to_wire()["training"]["learningRate"] == 1e-6
 
 
@@ -75,7 +64,7 @@ def test_optimiser_settings_default_to_transformers_and_map_to_training_argument
         1.0,
         None,
     )
-    s = spec(optimizer="paged_adamw_8bit", weightDecay=0.01, maxGradNorm=0.3)
+    s = method_spec(optimizer="paged_adamw_8bit", weightDecay=0.01, maxGradNorm=0.3)
     args = training_arguments(
         s, tmp_path, n_train=100, has_eval=False, device="cuda", half_dtype="bfloat16"
     )
@@ -100,7 +89,7 @@ def test_optimiser_settings_default_to_transformers_and_map_to_training_argument
 )
 def test_out_of_range_settings_are_rejected_with_their_field(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError) as info:
-        spec(**bad)
+        method_spec(**bad)
     assert next(iter(bad)) in str(info.value)
 
 
@@ -111,7 +100,7 @@ def test_every_optimizer_is_one_transformers_accepts(tmp_path: Path) -> None:
     enum = TrainingSpec.model_fields["optimizer"].annotation.__args__  # type: ignore[union-attr]
     assert set(enum) <= names
     # And trl's configs take them (validation happens in TrainingArguments.__post_init__).
-    s = spec(optimizer="adafactor", weightDecay=0.1, maxGradNorm=0.5)
+    s = method_spec(optimizer="adafactor", weightDecay=0.1, maxGradNorm=0.5)
     common = {"n_train": 10, "has_eval": False, "device": "cpu", "half_dtype": "float32"}
     sft = sft_config(s, tmp_path, data_format="chat", **common)
     assert (sft.optim, sft.weight_decay, sft.max_grad_norm, sft.learning_rate) == (
@@ -120,7 +109,7 @@ def test_every_optimizer_is_one_transformers_accepts(tmp_path: Path) -> None:
         0.5,
         2e-4,
     )
-    dpo = dpo_config(spec("lora", "dpo", optimizer="sgd"), tmp_path, **common)
+    dpo = dpo_config(method_spec("lora", "dpo", optimizer="sgd"), tmp_path, **common)
     assert (dpo.optim, dpo.learning_rate, dpo.beta) == ("sgd", 5e-6, 0.1)
 
 
@@ -157,7 +146,7 @@ def test_crd_documents_defaults_and_sources() -> None:
 
 
 def test_flash_attention_on_cpu_is_refused_before_loading() -> None:
-    s = spec(attentionImplementation="flash_attention_2")
+    s = method_spec(attentionImplementation="flash_attention_2")
     assert s.training.device_problems("cuda") == []
     assert "attentionImplementation" in s.training.device_problems("cpu")[0]
     with pytest.raises(UnsupportedSettingError, match="needs a CUDA GPU"):
@@ -167,12 +156,12 @@ def test_flash_attention_on_cpu_is_refused_before_loading() -> None:
 def test_flash_attention_without_flash_attn_in_the_image_is_refused() -> None:
     # The stock trainer image has no flash-attn (see pyproject's trainer extra).
     with pytest.raises(UnsupportedSettingError, match="flash-attn package"):
-        attention_implementation(spec(attentionImplementation="flash_attention_2"), "cuda")
+        attention_implementation(method_spec(attentionImplementation="flash_attention_2"), "cuda")
 
 
 @pytest.mark.parametrize("impl", [None, "eager", "sdpa"])
 def test_other_attention_implementations_pass_through(impl: str | None) -> None:
-    s = spec(attentionImplementation=impl) if impl else spec()
+    s = method_spec(attentionImplementation=impl) if impl else method_spec()
     assert attention_implementation(s, "cpu") == impl
 
 
@@ -180,7 +169,7 @@ def test_bitsandbytes_optimizers_are_allowed_on_cpu() -> None:
     # bitsandbytes 0.50 runs AdamW8bit and the paged optimizers on CPU (checked by a Trainer
     # step on a tiny Llama when this was written), so they are not refused there.
     for name in ("adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
-        assert spec(optimizer=name).training.device_problems("cpu") == []
+        assert method_spec(optimizer=name).training.device_problems("cpu") == []
 
 
 def test_load_model_passes_the_attention_implementation(
@@ -200,13 +189,13 @@ def test_load_model_passes_the_attention_implementation(
         transformers.AutoModelForCausalLM, "from_pretrained", staticmethod(fake_from_pretrained)
     )
     resolved = models.ResolvedModel(uri="file://m", path=tmp_path)
-    models.load_model(resolved, spec("lora", attentionImplementation="eager"), device="cpu")
+    models.load_model(resolved, method_spec("lora", attentionImplementation="eager"), device="cpu")
     assert seen["attn_implementation"] == "eager"
-    models.load_model(resolved, spec("lora"), device="cpu")
+    models.load_model(resolved, method_spec("lora"), device="cpu")
     assert seen["attn_implementation"] is None
     with pytest.raises(UnsupportedSettingError):
         models.load_model(
-            resolved, spec("lora", attentionImplementation="flash_attention_2"), device="cpu"
+            resolved, method_spec("lora", attentionImplementation="flash_attention_2"), device="cpu"
         )
 
 
@@ -227,10 +216,10 @@ def test_packing_without_flash_attention_is_refused_naming_both_fields(impl: str
     if impl is not None:
         training["attentionImplementation"] = impl
     with pytest.raises(ValidationError) as info:
-        spec(**training)
+        method_spec(**training)
     [error] = info.value.errors()
     assert (error["loc"], error["msg"]) == (("training",), f"Value error, {PACKING_NEEDS_FLASH}")
-    packed = spec(packing=True, attentionImplementation="flash_attention_2").training
+    packed = method_spec(packing=True, attentionImplementation="flash_attention_2").training
     assert packed.packing and packed.device_problems("cuda") == []
     assert TrainingSpec(attention_implementation=impl).packing is False  # the default passes
 
@@ -257,4 +246,4 @@ def test_flash_attention_without_a_gpu_is_refused_at_validation() -> None:
             }
         )
     # With a GPU it validates; the trainer then checks the device and flash-attn when it starts.
-    assert spec(attentionImplementation="flash_attention_2").resources.gpus == 1
+    assert method_spec(attentionImplementation="flash_attention_2").resources.gpus == 1
