@@ -1,9 +1,10 @@
 """Training: SFT or DPO with LoRA / QLoRA / full fine-tuning, resumable, with early stopping.
 
 Reads top to bottom: skip if an earlier run of this pod already finished training -> load the
-base model as the method needs it -> build trl's SFTTrainer or DPOTrainer (used as they are) ->
-resume from the latest checkpoint in `workdir/checkpoints` if there is one -> train (eval every
-`evalSteps`, early stopping on eval loss, best checkpoint kept) -> save the adapter to
+base model as the method needs it -> build trl's SFTTrainer (its loss computed as a plain
+Trainer computes it, `sft_trainer.py`) or DPOTrainer (used as it is) -> resume from the
+latest checkpoint in `workdir/checkpoints` if there is one -> train (eval every `evalSteps`,
+early stopping on eval loss, best checkpoint kept) -> save the adapter to
 `workdir/adapter` (or the full model to `workdir/model`) -> diagnose the loss curves.
 
 Raises whatever the libraries raise (out-of-memory included); the pipeline turns it into a
@@ -34,6 +35,7 @@ from kubetune_trainer.train.config import (
 )
 from kubetune_trainer.train.diagnosis import diagnose
 from kubetune_trainer.train.masking import tokenize_chat_records, with_runtime_bos
+from kubetune_trainer.train.sft_trainer import plain_loss_sft_trainer
 
 OUTCOME_FILE = "train_outcome.json"
 FINGERPRINT_FILE = "train_fingerprint.txt"
@@ -242,9 +244,7 @@ def train_model(
             callbacks=callbacks,
         )
     else:
-        from trl import SFTTrainer  # type: ignore[attr-defined]
-
-        trainer = SFTTrainer(
+        trainer = plain_loss_sft_trainer(
             model=model,
             args=sft_config(spec, workdir, data_format=data_format, **common),
             train_dataset=train_ds,
