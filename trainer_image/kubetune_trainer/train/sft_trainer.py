@@ -25,7 +25,7 @@ def plain_loss_sft_trainer(**kwargs: Any) -> Any:
     from transformers import Trainer
     from trl import SFTTrainer  # type: ignore[attr-defined]
 
-    class PlainLossSFTTrainer(SFTTrainer):  # type: ignore[misc]
+    class PlainLossSFTTrainer(SFTTrainer):
         def compute_loss(
             self,
             model: Any,
@@ -35,9 +35,11 @@ def plain_loss_sft_trainer(**kwargs: Any) -> Any:
         ) -> Any:
             if self.aux_loss_enabled or self.compute_loss_func is not None:
                 # MoE router loss and user loss functions: trl's own path handles them
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                return super().compute_loss(  # type: ignore[no-untyped-call]
+                    model, inputs, return_outputs, num_items_in_batch
+                )
             inputs["use_cache"] = False
-            mode = "train" if self.model.training else "eval"
+            mode = "train" if model.training else "eval"
             if mode == "train" and "attention_mask" in inputs:
                 self._total_train_tokens += int(inputs["attention_mask"].sum().item())
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
