@@ -3,7 +3,8 @@
 # hack/versions.env:
 #   apt:  prometheus (+ promtool), openssl, util-linux (unshare, mount)
 #   Go:   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, helm,
-#         ollama-template (Ollama's template package, for the Modelfile parity tests)
+#         ollama-template (Ollama's template package, for the Modelfile parity tests),
+#         ollama (the server the serving tests run as ModelDeployment pods' Ollama container)
 # Go builds are cached in ~/.cache/kubetune/bin/<name>-<version>/ (never in the repo), so a
 # second run takes seconds. Usage: hack/install-tools.sh [--skip-apt]
 set -euo pipefail
@@ -52,10 +53,12 @@ require_go
 "$HACK_DIR/build-kwok.sh"
 "$HACK_DIR/build-helm.sh"
 "$HACK_DIR/build-ollama-template.sh"
+"$HACK_DIR/build-ollama.sh"
 
 step "tools ready in $((SECONDS - start)) s"
 for name_version in "kubernetes $KUBERNETES_VERSION" "etcd $ETCD_VERSION" \
-  "kwok $KWOK_VERSION" "helm $HELM_VERSION" "ollama-template $OLLAMA_VERSION"; do
+  "kwok $KWOK_VERSION" "helm $HELM_VERSION" "ollama-template $OLLAMA_VERSION" \
+  "ollama $OLLAMA_VERSION"; do
   # shellcheck disable=SC2086
   info "$(tool_dir $name_version)"
 done
