@@ -23,11 +23,15 @@ CATEGORIES: Final = ("kubetune",)
 
 DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/kubetune/trainer:0.1.0"
 DEFAULT_ARTIFACTS_PVC: Final = "kubetune-artifacts"
+# The Ollama the serving tests run (hack/versions.env OLLAMA_VERSION, built from its Go module).
+DEFAULT_OLLAMA_IMAGE: Final = "ollama/ollama:0.11.4"
+DEFAULT_SERVING_IMAGE: Final = "ghcr.io/kubetune/operator:0.1.0"  # the serve-agent container
 
 # Labels and annotations put on children.
 LABEL_PREFIX: Final = "kubetune.dev"
 LABEL_FINETUNEJOB: Final = f"{LABEL_PREFIX}/finetunejob"
 LABEL_COMPONENT: Final = f"{LABEL_PREFIX}/component"
+LABEL_MODELDEPLOYMENT: Final = f"{LABEL_PREFIX}/modeldeployment"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 
 # Where the trainer pod finds the resolved spec and writes its results.

@@ -209,10 +209,11 @@ def modeldeployment_crd() -> dict[str, Any]:
         description="ModelDeployment serves chosen fine-tuned versions with Ollama, with sha256 "
         "verification, versioned rollback and drift metrics.",
         columns=[
-            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {"name": "Active", "type": "string", "jsonPath": ".spec.activeVersion", "description": "Version pinned in the spec."},
             {"name": "Served", "type": "string", "jsonPath": ".status.servedVersion", "description": "Version receiving traffic."},
-            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+            {"name": "Active", "type": "string", "jsonPath": ".spec.activeVersion", "description": "Version pinned in the spec (empty: newest gated)."},
+            {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status", "description": "Desired version served on every pod."},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

@@ -8,24 +8,55 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, HttpUrl, model_validator
+from pydantic import ConfigDict, Field, HttpUrl, model_validator
 
-from kubetune.api.common import ApiModel, Condition, Name, SecretKeyRef, ShortText
+from kubetune.api.common import ApiModel, Condition, Name, SecretKeyRef, ShortText, Toleration
+from kubetune.api.constants import DEFAULT_OLLAMA_IMAGE
 
 VersionName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 
 
+URI_NEEDS_SHA256 = (
+    "!has(self.uri) || has(self.sha256)",
+    "uri: a GGUF at a URI must be pinned by its sha256 (set sha256: <64 hex>); GitOps pins "
+    "versions by digest, so a changed file is never served silently",
+)
+ONE_SOURCE = ("has(self.fineTuneJob) != has(self.uri)", "set exactly one of fineTuneJob or uri")
+MODELFILE_NEEDS_SHA256 = (
+    "!has(self.modelfileUri) || (has(self.uri) && has(self.modelfileSha256))",
+    "modelfileUri: only with uri, and pinned by modelfileSha256",
+)
+
+
 class ModelVersion(ApiModel):
-    """One servable version: a finished FineTuneJob's GGUF, or a GGUF at a URI."""
+    """One servable version: a finished FineTuneJob's GGUF, or a GGUF at a URI pinned by sha256."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": rule, "message": message}
+                for rule, message in (ONE_SOURCE, URI_NEEDS_SHA256, MODELFILE_NEEDS_SHA256)
+            ]
+        }
+    )
 
     name: VersionName
-    """Version name, e.g. `v3`; unique within the deployment."""
+    """Version name, e.g. `v3`; unique within the deployment. Ollama serves it as
+    `<deployment>:<name>`."""
     fine_tune_job: Name | None = None
-    """FineTuneJob (same namespace) whose exported GGUF to serve."""
+    """FineTuneJob (same namespace) whose exported GGUF to serve. The job must have Succeeded
+    and passed its quality gate (unless `allowUngated`); the GGUF, its sha256 and its Modelfile
+    (TEMPLATE, SYSTEM, stops) come from the job's status."""
     uri: Annotated[str, Field(max_length=2048, pattern=r"^(pvc|file|s3|https?)://.+$")] | None = None
-    """GGUF location, when not taken from a FineTuneJob."""
+    """GGUF location, when not taken from a FineTuneJob: `pvc://<claim>/<path>`, `https://…`,
+    `s3://bucket/key`. Requires `sha256`."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    """Expected sha256 of the GGUF (taken from the FineTuneJob's status when omitted)."""
+    """sha256 of the GGUF at `uri` (required with `uri`; a FineTuneJob's comes from its status)."""
+    modelfile_uri: Annotated[str, Field(max_length=2048, pattern=r"^(pvc|file|s3|https?)://.+$")] | None = None
+    """Optional Modelfile for a `uri` version (its TEMPLATE, SYSTEM and PARAMETER lines are used);
+    without one Ollama uses the template inside the GGUF."""
+    modelfile_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """sha256 of the Modelfile at `modelfileUri`."""
     quantization: Literal["f16", "q8_0", "q5_k_m", "q4_k_m"] = "q4_k_m"
     """Which of the job's GGUF files to serve."""
     allow_ungated: bool = False
@@ -34,12 +65,18 @@ class ModelVersion(ApiModel):
     @model_validator(mode="after")
     def _one_source(self) -> ModelVersion:
         if (self.fine_tune_job is None) == (self.uri is None):
-            raise ValueError("set exactly one of fineTuneJob or uri")
+            raise ValueError(ONE_SOURCE[1])
+        if self.uri is not None and self.sha256 is None:
+            raise ValueError(URI_NEEDS_SHA256[1])
+        if self.modelfile_uri is not None and (self.uri is None or self.modelfile_sha256 is None):
+            raise ValueError(MODELFILE_NEEDS_SHA256[1])
         return self
 
 
 class RollbackSpec(ApiModel):
-    """When to roll back automatically to the previous healthy version."""
+    """When to roll back automatically on live traffic (error rate, drift), as measured by the
+    serving gateway. A version that fails to fetch, verify, load or answer is always given up,
+    whatever this says (`progressDeadlineSeconds`)."""
 
     enabled: bool = True
     """Roll back automatically."""
@@ -75,10 +112,24 @@ class ModelDeploymentSpec(ApiModel):
     """Automatic rollback."""
     fallback: FallbackSpec | None = None
     """Optional fallback model."""
-    ollama_image: Annotated[str, Field(max_length=1024)] = "ollama/ollama:0.5.7"
-    """Ollama image."""
+    ollama_image: Annotated[str, Field(max_length=1024)] = DEFAULT_OLLAMA_IMAGE
+    """Ollama image. The default is the version kubetune's serving tests run (built from the
+    same Go module version)."""
     gpus: Annotated[int, Field(ge=0, le=16)] = 0
     """`nvidia.com/gpu` per pod."""
+    progress_deadline_seconds: Annotated[int, Field(ge=30, le=86400)] = 600
+    """How long a new version may take to be fetched, verified, loaded and answer on every pod
+    before it is given up (condition Degraded; the last good version keeps serving)."""
+    max_loaded_models: Annotated[int, Field(ge=1, le=4)] = 2
+    """Versions each Ollama keeps loaded (OLLAMA_MAX_LOADED_MODELS): the served and the
+    previous one, so a switch or rollback needs no load. Two 8B q4_k_m versions take about
+    2 x 5.5 GiB of GPU memory with a 4k context."""
+    node_selector: Annotated[dict[str, str], Field(max_length=32)] = Field(default_factory=dict)
+    """Node selector of the serving pods."""
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(default_factory=list)
+    """Tolerations of the serving pods."""
+    storage_size: Annotated[str, Field(max_length=32, pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")] = "20Gi"
+    """Size limit of each pod's local model store (an emptyDir holding every listed version)."""
 
     @model_validator(mode="after")
     def _active_is_listed(self) -> ModelDeploymentSpec:
@@ -95,44 +146,80 @@ class VersionStatus(ApiModel):
 
     name: VersionName
     """Version name."""
+    phase: Literal["Pending", "Progressing", "Ready", "Failed"] = "Pending"
+    """Pending: its source is not ready (job not finished, gate failed, no such artifact);
+    Progressing: pods are fetching, verifying, loading it; Ready: ready on every pod;
+    Failed: fetch, checksum, register, load or generate failed, or the progress deadline
+    passed. A Failed version is never served."""
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """The GGUF's expected sha256."""
     ready: bool = False
-    """Downloaded, sha256-verified and loaded."""
+    """Registered, sha256-verified and answering on every pod."""
     sha256_verified: bool = False
-    """The file's sha256 matched the expected one."""
+    """Every pod hashed the fetched bytes to `sha256`."""
     gated: bool | None = None
-    """Whether the FineTuneJob's gate passed."""
+    """Whether the FineTuneJob's gate passed (None for `uri` versions)."""
+    pods_ready: int = 0
+    """Pods holding it ready."""
+    pods_total: int = 0
+    """Serving pods."""
+    progressing_since: str | None = None
+    """When its pods started preparing it (RFC 3339); `progressDeadlineSeconds` counts from here."""
+    reason: Annotated[str, Field(max_length=128)] | None = None
+    """CamelCase reason when not ready (JobNotFound, JobNotFinished, GateFailed, ChecksumMismatch, …)."""
     message: ShortText = ""
-    """Why the version is not ready."""
+    """Why the version is not ready, naming the step that failed."""
 
 
-class RollbackRecord(ApiModel):
-    """One automatic rollback."""
+class SwitchRecord(ApiModel):
+    """One change of the served version."""
 
     time: str
     """When (RFC 3339)."""
-    from_version: VersionName
-    """Version rolled back from."""
+    from_version: VersionName | None = None
+    """Version served before (None for the first)."""
     to_version: VersionName
-    """Version rolled back to."""
+    """Version served after."""
+    digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """sha256 of the GGUF now served."""
     reason: ShortText
-    """What triggered it."""
+    """Why: ActiveVersionChanged, Promoted (newest gated version), Rollback, …"""
 
 
 class ModelDeploymentStatus(ApiModel):
-    """Observed state of a ModelDeployment."""
+    """Observed state of a ModelDeployment (kstatus-compatible)."""
 
-    phase: Literal["Pending", "Ready", "Degraded", "Failed"] | None = None
-    """Overall state."""
+    phase: Literal["Pending", "Progressing", "Ready", "Degraded"] | None = None
+    """Pending: nothing servable yet; Progressing: pods or a new version are being prepared;
+    Ready: the desired version is served on every pod; Degraded: the desired version failed and
+    the last good version keeps serving."""
     observed_generation: int | None = None
     """metadata.generation the status describes."""
     conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
-    """Ready, RolledBack, Degraded."""
+    """Ready, Reconciling, Stalled, Degraded."""
+    desired_version: VersionName | None = None
+    """The version to serve: spec.activeVersion, or the newest gated version when unset."""
     served_version: VersionName | None = None
-    """Version receiving traffic now (differs from spec.activeVersion after a rollback)."""
+    """Version receiving traffic now (differs from the desired one while it is being prepared
+    or after it failed)."""
+    served_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """sha256 of the served GGUF, as every pod's Ollama reports it."""
+    replicas: int = 0
+    """Serving pods that exist."""
+    ready_replicas: int = 0
+    """Pods serving the served version (alias checked, a generation succeeded)."""
     versions: Annotated[list[VersionStatus], Field(max_length=32)] = Field(default_factory=list)
     """Per-version state."""
-    rollbacks: Annotated[list[RollbackRecord], Field(max_length=32)] = Field(default_factory=list)
-    """Recent automatic rollbacks, newest last."""
+    history: Annotated[list[SwitchRecord], Field(max_length=20)] = Field(default_factory=list)
+    """The last 20 switches of the served version, newest last."""
+    config_revision: Annotated[str, Field(max_length=64)] | None = None
+    """Revision of the serving ConfigMap last written."""
+    reason: Annotated[str, Field(max_length=128)] | None = None
+    """CamelCase reason of the current phase."""
+    message: ShortText = ""
+    """What is happening, or what failed and what still serves."""
+    service: Annotated[str, Field(max_length=253)] | None = None
+    """Service clients call (Ollama's API and `/v1/chat/completions` on model `<name>`)."""
 
 
 class ModelDeployment(ApiModel):

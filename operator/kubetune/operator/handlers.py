@@ -15,15 +15,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
 
 from kubetune.api import constants as c
-from kubetune.operator.kube import KubeApi, load_client_config
+from kubetune.operator.kube import KubeApi, ServingApi, load_client_config
 from kubetune.operator.progress import scrape_progress
 from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler
+from kubetune.operator.reconcile.modeldeployment import ModelDeploymentReconciler
 from kubetune.operator.settings import Settings
 from kubetune.operator.workqueue import WorkQueue, start_workers
 
@@ -38,9 +39,14 @@ class _Runtime:
 
     settings: Settings
     reconciler: FineTuneJobReconciler
+    serving: ModelDeploymentReconciler
 
     def __init__(self) -> None:
         self.queue = WorkQueue()
+        # ModelDeployments: their own queue and workers (they read through the API, not
+        # indexes), and the keys of those that exist, for the resync and FineTuneJob events.
+        self.serving_queue = WorkQueue()
+        self.deployments: set[tuple[str, str]] = set()
         # kopf hands its indexes to handlers only; the first handler call captures them here.
         self.indexes: dict[str, kopf.Index[Any, Any]] = {}
         self.ready = threading.Event()
@@ -83,12 +89,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         start_http_server(runtime.settings.metrics_port)
     start_workers(runtime.queue, _process, runtime.settings.workers)
     threading.Thread(target=_resync_loop, name="kubetune-resync", daemon=True).start()
+    runtime.serving = ModelDeploymentReconciler(ServingApi(), runtime.settings)
+    start_workers(runtime.serving_queue, _process_deployment, 2)
+    threading.Thread(target=_serving_resync_loop, name="kubetune-serving-resync", daemon=True).start()
 
 
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
     runtime.stop.set()
     runtime.queue.shutdown()
+    runtime.serving_queue.shutdown()
 
 
 @kopf.index(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
@@ -118,12 +128,44 @@ def trainer_pods(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body,
 @kopf.on.event(c.GROUP, c.VERSION, c.FINETUNEJOB_PLURAL)
 async def finetunejob_changed(*, event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any) -> None:
     _capture(kwargs)
+    # A served job's phase, gate or artifacts decide what its ModelDeployments may serve.
+    for key in [k for k in runtime.deployments if k[0] == namespace]:
+        runtime.serving_queue.add(key)
     if event["type"] == "DELETED":
         runtime.reconciler.forget(body.metadata.uid or "")
         return
     # A job without a trainer Job yet goes first: creating children before refreshing statuses.
     status = body.get("status") or {}
     runtime.queue.add((namespace, name), urgent=not status.get("jobName") and not status.get("phase"))
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.MODELDEPLOYMENT_PLURAL)
+async def modeldeployment_changed(*, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+    key = (namespace or "", name)
+    if event["type"] == "DELETED":
+        runtime.deployments.discard(key)
+    else:
+        runtime.deployments.add(key)
+    runtime.serving_queue.add(key)
+
+
+@kopf.on.event("", "v1", "pods", labels={c.LABEL_MODELDEPLOYMENT: kopf.PRESENT})
+async def serving_pod_changed(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    runtime.serving_queue.add((namespace or "", labels[c.LABEL_MODELDEPLOYMENT]))
+
+
+def _process_deployment(key: Hashable) -> None:
+    namespace, name = cast(tuple[str, str], key)
+    runtime.serving.reconcile(namespace, name)
+
+
+def _serving_resync_loop() -> None:
+    """Re-read every ModelDeployment's serve-agents periodically: what an agent reports
+    (a version fetched, verified, loaded) changes no Kubernetes object until the pod's
+    readiness does, so events alone would miss it."""
+    while not runtime.stop.wait(runtime.settings.serving_resync):
+        for key in list(runtime.deployments):
+            runtime.serving_queue.add(key)
 
 
 # ---------------------------------------------------------------------------------------------

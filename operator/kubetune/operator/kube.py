@@ -131,3 +131,79 @@ class KubeApi:
             _drain(self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
+
+
+FIELD_MANAGER = "kubetune-operator"
+_APPLY: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml"}
+
+
+class ServingApi(KubeApi):
+    """The calls of the ModelDeployment controller: reads, server-side apply of its children
+    (field manager `kubetune-operator`), status, and the finalizer on served FineTuneJobs."""
+
+    def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
+        super().__init__(client)
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.policy = kubernetes.client.PolicyV1Api(self.client)
+
+    def _get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self._count("get", plural)
+        try:
+            return _json(self.custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, namespace, plural, name, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_modeldeployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_custom(c.MODELDEPLOYMENT_PLURAL, namespace, name)
+
+    def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_custom(c.FINETUNEJOB_PLURAL, namespace, name)
+
+    def list_custom(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        self._count("list", plural)
+        listing = _json(self.custom.list_namespaced_custom_object(
+            c.GROUP, c.VERSION, namespace, plural, _preload_content=False))
+        return list(listing.get("items") or [])
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self._count("list", "pods")
+        listing = _json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
+        return list(listing.get("items") or [])
+
+    def apply(self, body: dict[str, Any]) -> None:
+        """Server-side apply one child (ConfigMap, Deployment, Service, PodDisruptionBudget)."""
+        kind, ns, name = body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
+        self._count("apply", kind.lower())
+        call = {
+            "ConfigMap": self.core.patch_namespaced_config_map,
+            "Service": self.core.patch_namespaced_service,
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
+        }[kind]
+        _drain(call(name, ns, body, _preload_content=False, **_APPLY))
+
+    def delete_pdb(self, namespace: str, name: str) -> None:
+        self._count("delete", "poddisruptionbudgets")
+        try:
+            _drain(self.policy.delete_namespaced_pod_disruption_budget(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def patch_modeldeployment_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._count("patch", "modeldeployments/status")
+        _drain(self.custom.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, namespace, c.MODELDEPLOYMENT_PLURAL, name, {"status": status},
+            _preload_content=False))
+
+    def set_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
+        """Replace a FineTuneJob's finalizers, failing (409) if it changed since it was read."""
+        meta = obj["metadata"]
+        self._count("patch", "finetunejobs")
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        _drain(self.custom.patch_namespaced_custom_object(
+            c.GROUP, c.VERSION, meta["namespace"], c.FINETUNEJOB_PLURAL, meta["name"], patch,
+            _preload_content=False))

@@ -33,6 +33,11 @@ class Settings:
       KUBETUNE_OPERATOR_METRICS_PORT  port of the operator's own /metrics (default 8080; 0 disables)
       KUBETUNE_TRAINER_COMMAND     JSON list replacing the trainer container's command, for images whose
                                    Python is not `python` (default ["python", "-m", "kubetune_trainer"])
+      KUBETUNE_SERVING_IMAGE       image of the serve-agent container in serving pods (default DEFAULT_SERVING_IMAGE)
+      KUBETUNE_SERVE_AGENT_COMMAND JSON list: the serve-agent container's command (default ["kubetune", "serve-agent"])
+      KUBETUNE_OLLAMA_COMMAND      JSON list: the Ollama container's command (default ["ollama", "serve"];
+                                   the local pod runner's tests point it at the Ollama built by hack/)
+      KUBETUNE_SERVING_RESYNC      seconds between re-reads of every ModelDeployment's serve-agents (default 5)
     """
 
     trainer_image: str = c.DEFAULT_TRAINER_IMAGE
@@ -46,6 +51,10 @@ class Settings:
     trainer_command: tuple[str, ...] = ("python", "-m", "kubetune_trainer")
     metrics_port: int = 8080
     workers: int = 8
+    serving_image: str = c.DEFAULT_SERVING_IMAGE
+    serve_agent_command: tuple[str, ...] = ("kubetune", "serve-agent")
+    ollama_command: tuple[str, ...] = ("ollama", "serve")
+    serving_resync: float = 5.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,17 +69,21 @@ class Settings:
             progress_interval=float(os.environ.get("KUBETUNE_PROGRESS_INTERVAL", "30")),
             scrape_timeout=float(os.environ.get("KUBETUNE_SCRAPE_TIMEOUT", "2")),
             gpu_toleration=_env_bool("KUBETUNE_GPU_TOLERATION", True),
-            trainer_command=_trainer_command(),
+            trainer_command=_command("KUBETUNE_TRAINER_COMMAND", cls.trainer_command),
+            serving_image=os.environ.get("KUBETUNE_SERVING_IMAGE", c.DEFAULT_SERVING_IMAGE),
+            serve_agent_command=_command("KUBETUNE_SERVE_AGENT_COMMAND", cls.serve_agent_command),
+            ollama_command=_command("KUBETUNE_OLLAMA_COMMAND", cls.ollama_command),
+            serving_resync=float(os.environ.get("KUBETUNE_SERVING_RESYNC", "5")),
             metrics_port=int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080")),
             workers=int(os.environ.get("KUBETUNE_WORKERS", "8")),
         )
 
 
-def _trainer_command() -> tuple[str, ...]:
-    raw = os.environ.get("KUBETUNE_TRAINER_COMMAND")
+def _command(variable: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(variable)
     if not raw:
-        return Settings.trainer_command
+        return default
     command = json.loads(raw)
     if not isinstance(command, list) or not command or not all(isinstance(x, str) for x in command):
-        raise ValueError(f"KUBETUNE_TRAINER_COMMAND must be a JSON list of strings, got {raw!r}")
+        raise ValueError(f"{variable} must be a JSON list of strings, got {raw!r}")
     return tuple(command)

@@ -1,0 +1,164 @@
+"""Reconcile one ModelDeployment: observe (spec, FineTuneJobs, pods and their serve-agents) →
+decide what is served (:mod:`kubetune.operator.reconcile.serving`) → server-side apply the
+ConfigMap, Deployment, Service and PodDisruptionBudget → patch status → Events.
+
+The ConfigMap is written before the status, so an operator killed between the two converges
+on its next run to the same decision without recording the switch twice: the switch is
+recorded when the status's `servedVersion` changes, and that happens once.
+
+A FineTuneJob that a ModelDeployment lists gets the finalizer `FINALIZER`; it is removed when
+no ModelDeployment in the namespace lists the job any more. Deleting a served job is thus
+blocked (it stays, with a deletionTimestamp, until no deployment lists it), so its artifacts
+and the digest in its status cannot disappear under a serving deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from kubetune.api import constants as c
+from kubetune.api import serving as s
+from kubetune.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
+from kubetune.operator.builders import serving as b
+from kubetune.operator.kube import ServingApi
+from kubetune.operator.reconcile.finetunejob import describe_validation_error
+from kubetune.operator.reconcile.serving import (
+    MdReason,
+    PodView,
+    decide,
+    resolve_version,
+    rfc3339,
+)
+from kubetune.operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FINALIZER = f"{c.GROUP}/served-by-modeldeployment"
+
+AgentReader = Callable[[dict[str, Any], float], PodView]
+
+
+def read_agent(pod: dict[str, Any], timeout: float) -> PodView:
+    """GET /status of the pod's serve-agent (HTTP on the pod IP)."""
+    name = pod["metadata"]["name"]
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return PodView(name, None, "pod has no IP yet")
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{s.AGENT_PORT}/status", timeout=timeout) as r:
+            return PodView(name, s.AgentStatus.model_validate(json.loads(r.read())))
+    except (OSError, urllib.error.URLError, ValueError, ValidationError) as exc:
+        return PodView(name, None, f"serve-agent not answering ({exc})")
+
+
+def _live(pod: dict[str, Any]) -> bool:
+    meta, status = pod["metadata"], pod.get("status") or {}
+    return not meta.get("deletionTimestamp") and status.get("phase") in (None, "Pending", "Running")
+
+
+class ModelDeploymentReconciler:
+    def __init__(self, api: ServingApi, settings: Settings, agent_reader: AgentReader = read_agent) -> None:
+        self.api = api
+        self.settings = settings
+        self.read_agent = agent_reader
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        md = self.api.get_modeldeployment(namespace, name)
+        if md is None or md["metadata"].get("deletionTimestamp"):
+            self.sync_finalizers(namespace)  # children go by garbage collection
+            return
+        generation = md["metadata"].get("generation")
+        current = ModelDeploymentStatus.model_validate(md.get("status") or {})
+        try:
+            spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
+        except ValidationError as exc:
+            msg = "Invalid spec: " + describe_validation_error(exc)
+            self._invalid(md, current, generation, msg)
+            return
+        jobs = {v.fine_tune_job: self.api.get_finetunejob(namespace, v.fine_tune_job)
+                for v in spec.versions if v.fine_tune_job is not None}
+        resolved = [resolve_version(v, jobs.get(v.fine_tune_job) if v.fine_tune_job else None)
+                    for v in spec.versions]
+        selector = ",".join(f"{k}={v}" for k, v in b.selector_labels(name).items())
+        pods = [p for p in self.api.list_pods(namespace, selector) if _live(p)]
+        views = [self.read_agent(p, self.settings.scrape_timeout) for p in pods]
+        now = rfc3339()
+        decision = decide(spec, generation, resolved, views, current, now)
+
+        sources = [r.source for r in resolved if r.source is not None]
+        config = b.serving_config(name, sources, decision.served, decision.keep_loaded)
+        self.api.apply(b.build_configmap(md, config))
+        self.api.apply(b.build_deployment(
+            md, spec, b.pvc_claims(sources),
+            agent_image=self.settings.serving_image,
+            agent_command=self.settings.serve_agent_command,
+            ollama_command=self.settings.ollama_command,
+            image_pull_policy=self.settings.image_pull_policy,
+            uid=self.settings.trainer_uid,
+        ))
+        self.api.apply(b.build_service(md))
+        if spec.replicas > 1:
+            self.api.apply(b.build_pdb(md))
+        else:
+            self.api.delete_pdb(namespace, name)
+        if jobs:
+            self.sync_finalizers(namespace)
+
+        status = decision.status.model_copy(update={"config_revision": config.revision, "service": name})
+        new = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        old = current.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if new != old:
+            # Null out fields the new status no longer has (merge patch keeps absent keys).
+            patch: dict[str, Any] = {k: None for k in old if k not in new}
+            patch.update(new)
+            self.api.patch_modeldeployment_status(namespace, name, patch)
+        for type_, reason, message in decision.events:
+            self.api.post_event(md, type_, reason, message)
+
+    def _invalid(self, md: dict[str, Any], current: ModelDeploymentStatus, generation: int | None,
+                 msg: str) -> None:
+        meta = md["metadata"]
+        from kubetune.api.common import Condition
+
+        now = rfc3339()
+        conds = [Condition(type="Stalled", status="True", reason=MdReason.INVALID_SPEC, message=msg[:1024],
+                           observed_generation=generation, last_transition_time=now),
+                 Condition(type="Ready", status="False", reason=MdReason.INVALID_SPEC, message=msg[:1024],
+                           observed_generation=generation, last_transition_time=now)]
+        if current.reason == MdReason.INVALID_SPEC and current.observed_generation == generation:
+            return
+        status = current.model_copy(update={"observed_generation": generation, "conditions": conds,
+                                            "reason": MdReason.INVALID_SPEC, "message": msg[:1024]})
+        self.api.patch_modeldeployment_status(meta["namespace"], meta["name"],
+                                              status.model_dump(mode="json", by_alias=True, exclude_none=True))
+        self.api.post_event(md, "Warning", MdReason.INVALID_SPEC, msg)
+
+    def sync_finalizers(self, namespace: str) -> None:
+        """FINALIZER on exactly the FineTuneJobs some live ModelDeployment in `namespace` lists."""
+        listed: set[str] = set()
+        for md in self.api.list_custom(c.MODELDEPLOYMENT_PLURAL, namespace):
+            if md["metadata"].get("deletionTimestamp"):
+                continue
+            for v in (md.get("spec") or {}).get("versions") or []:
+                if v.get("fineTuneJob"):
+                    listed.add(v["fineTuneJob"])
+        for job in self.api.list_custom(c.FINETUNEJOB_PLURAL, namespace):
+            finalizers = list(job["metadata"].get("finalizers") or [])
+            has = FINALIZER in finalizers
+            want = job["metadata"]["name"] in listed
+            if has == want or (want and job["metadata"].get("deletionTimestamp")):
+                continue  # (no finalizer may be added to an object being deleted)
+            new = [*finalizers, FINALIZER] if want else [f for f in finalizers if f != FINALIZER]
+            try:
+                self.api.set_finalizers(job, new)
+            except ApiException as exc:
+                if exc.status not in (404, 409):  # gone, or changed: the next pass redoes it
+                    raise
