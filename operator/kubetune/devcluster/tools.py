@@ -101,6 +101,12 @@ def find_ollama_template() -> Path:
     return _cached("ollama-template", read_versions()["OLLAMA_VERSION"], "ollama-template")
 
 
+def find_ollama() -> Path:
+    """The pinned Ollama server built from its Go module (hack/build-ollama.sh); the serving
+    tests run it as ModelDeployment pods' Ollama container."""
+    return _cached("ollama", read_versions()["OLLAMA_VERSION"], "ollama")
+
+
 def find_promtool() -> Path:
     """Debian's promtool (package prometheus), or raise ToolchainError."""
     return _system("promtool", "prometheus")
