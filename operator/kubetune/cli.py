@@ -5,6 +5,7 @@
                             (with --kubeconfig, also that the Secrets they reference exist)
   kubetune crds [--check]   write (or check) the generated CRDs in crds/ and the chart
   kubetune operator         run the operator against the current kubeconfig / in-cluster
+  kubetune serve-agent      run the agent beside Ollama in a ModelDeployment pod
 """
 
 from __future__ import annotations
@@ -196,6 +197,30 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve_agent(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from kubetune.serving.config import AgentSettings, parse_listen
+    from kubetune.serving.server import run_serve_agent
+
+    env = AgentSettings.from_env()
+    try:
+        host, port = parse_listen(args.listen) if args.listen else (env.listen_host, env.listen_port)
+    except ValueError as exc:
+        print(f"--listen: {exc}", file=sys.stderr)
+        return 2
+    settings = replace(
+        env,
+        config_path=Path(args.config) if args.config else env.config_path,
+        ollama_url=args.ollama or env.ollama_url,
+        listen_host=host,
+        listen_port=port,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else env.cache_dir,
+        pvc_root=Path(args.pvc_root) if args.pvc_root else env.pvc_root,
+    )
+    return run_serve_agent(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubetune", description="Declarative LLM fine-tuning on Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="run the operator")
     op.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     op.set_defaults(func=_cmd_operator)
+
+    agent = sub.add_parser(
+        "serve-agent",
+        help="run the serve-agent beside Ollama (flags override the KUBETUNE_* environment)",
+    )
+    agent.add_argument("--config", help="serving.json (env KUBETUNE_SERVING_CONFIG)")
+    agent.add_argument("--ollama", help="Ollama URL (env KUBETUNE_OLLAMA_URL; default http://$POD_IP:11434)")
+    agent.add_argument("--listen", help="HOST:PORT of /healthz, /readyz, /status (env KUBETUNE_AGENT_LISTEN)")
+    agent.add_argument("--cache-dir", help="verified downloads (env KUBETUNE_CACHE_DIR)")
+    agent.add_argument("--pvc-root", help="where pvc://<claim> is mounted (env KUBETUNE_PVC_ROOT)")
+    agent.set_defaults(func=_cmd_serve_agent)
     return parser
 
 
