@@ -97,7 +97,12 @@ class ServeAgent:
         """Reconcile until :meth:`stop` is called."""
         remove_partials(self.settings.cache_dir)
         while not self._stop.is_set():
-            delay = self.reconcile_once()
+            try:
+                delay = self.reconcile_once()
+            except Exception as exc:  # a bug in one pass must not end the loop (and /healthz)
+                log.exception("reconcile pass failed")
+                self._set_ready(False, f"agent error: {exc!r}")
+                delay = self.settings.max_backoff_s
             self._stop.wait(delay)
         self._pool.shutdown(wait=False, cancel_futures=True)
 

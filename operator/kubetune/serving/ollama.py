@@ -72,8 +72,6 @@ class OllamaClient:
         # Creating, loading and generating read or load a whole model: minutes for a big one.
         self._slow = httpx.Timeout(slow_timeout, connect=connect_timeout)
         self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout)
-        self.uploads = 0
-        """Blob uploads made by this client (tests and logs check that restarts re-upload nothing)."""
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -120,7 +118,6 @@ class OllamaClient:
     def push_blob(self, sha256: str, path: Path) -> None:
         """Stream ``path`` to Ollama as blob ``sha256``; Ollama re-hashes it and answers 400 on a
         mismatch (raised as :class:`OllamaError`)."""
-        self.uploads += 1
         size = path.stat().st_size
         self._json(
             "POST",
@@ -131,7 +128,7 @@ class OllamaClient:
         )
 
     def create(self, request: dict[str, Any]) -> None:
-        """``POST /api/create`` (``request`` from :func:`kubetune.serving.modelfile.create_request`)."""
+        """``POST /api/create`` with a body from :func:`~kubetune.serving.modelfile.create_request`."""
         self._json("POST", "/api/create", {**request, "stream": False}, timeout=self._slow)
 
     def copy(self, source: str, destination: str) -> None:

@@ -72,6 +72,9 @@ def run_serve_agent(settings: AgentSettings) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+    # httpx logs every request with its URL at INFO: noise every second, and a presigned
+    # https:// source would put its credentials (the query string) into the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     agent = ServeAgent(settings)
     try:
         server = start_http_server(agent, settings.listen_host, settings.listen_port)
