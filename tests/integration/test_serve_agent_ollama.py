@@ -483,3 +483,38 @@ def test_a_version_removed_from_the_config_is_deleted(
     assert ollama.chat(MODEL) == ollama.chat(f"{MODEL}:v2")
     loaded = {m["name"] for m in ollama.http.get("/api/ps").json()["models"]}
     assert f"{MODEL}:v1" not in loaded
+
+
+def test_files_ollama_refuses_fail_at_register_or_load_and_are_never_served(
+    agent: Agent, ollama: Ollama, pvc_root: Path, tmp_path: Path
+) -> None:
+    """Bytes that match their digest but are no model: not GGUF at all (Ollama refuses the
+    create: permanent at once), or a GGUF cut short (registered, but no runner can load it:
+    permanent after three refusals). The served version is untouched."""
+    v1 = artifact(pvc_root, "v1")
+    junk, truncated = tmp_path / "junk.gguf", tmp_path / "truncated.gguf"
+    junk.write_bytes(b"not a gguf file " * 4096)
+    truncated.write_bytes(v1.path.read_bytes()[: v1.path.stat().st_size * 2 // 3])
+    versions = [v1.version("v1")] + [
+        {"name": name, "ggufUri": path.as_uri(), "sha256": _sha(path)}
+        for name, path in (("junk", junk), ("cut", truncated))
+    ]
+    agent.write_config("r1", versions, "v1", ["v1"])
+    agent.start()
+    agent.wait(ready_on(agent, "v1", v1.sha256), "ready on v1")
+    agent.wait(lambda: agent.version("junk").permanent, "junk Failed, permanent")
+    agent.wait(lambda: agent.version("cut").permanent, "cut Failed, permanent", timeout=60)
+
+    junk_state, cut_state = agent.version("junk"), agent.version("cut")
+    assert (junk_state.phase, junk_state.step, junk_state.sha256_verified) == (
+        "Failed",
+        "register",
+        True,
+    )
+    assert "not in GGUF format" in junk_state.message and "junk" in junk_state.message
+    assert (cut_state.phase, cut_state.step) == ("Failed", "load")
+    assert "unable to load model" in cut_state.message and "version cut" in cut_state.message
+    assert (
+        agent.log_since_start().count(f"{MODEL}:cut: fetching") == 1
+    )  # fetched once, retried from Ollama's blob
+    assert agent.readyz() == 200 and agent.status().served == "v1"
