@@ -203,11 +203,11 @@ def _cmd_serve_agent(args: argparse.Namespace) -> int:
     from kubetune.serving.config import AgentSettings, parse_listen
     from kubetune.serving.server import run_serve_agent
 
-    env = AgentSettings.from_env()
     try:
+        env = AgentSettings.from_env()
         host, port = parse_listen(args.listen) if args.listen else (env.listen_host, env.listen_port)
-    except ValueError as exc:
-        print(f"--listen: {exc}", file=sys.stderr)
+    except ValueError as exc:  # --listen or KUBETUNE_AGENT_LISTEN
+        print(f"serve-agent: {exc}", file=sys.stderr)
         return 2
     settings = replace(
         env,
