@@ -114,15 +114,6 @@ def remove_partials(cache_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _copy_hashing(
     uri: str, pvc_root: Path, timeout: float, fd: int, size_bytes: int | None
 ) -> tuple[str, int]:

@@ -77,10 +77,6 @@ class OllamaClient:
         """Close the connection pool."""
         self._http.close()
 
-    def version(self) -> str:
-        """Ollama's version (``GET /api/version``)."""
-        return str(self._json("GET", "/api/version").get("version", ""))
-
     def tags(self) -> dict[str, str]:
         """Every registered model, name -> manifest digest (``GET /api/tags``)."""
         models = self._json("GET", "/api/tags").get("models") or []
