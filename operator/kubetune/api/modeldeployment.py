@@ -12,9 +12,7 @@ from pydantic import ConfigDict, Field, HttpUrl, model_validator
 
 from kubetune.api.common import ApiModel, Condition, Name, SecretKeyRef, ShortText, Toleration
 from kubetune.api.constants import DEFAULT_OLLAMA_IMAGE
-
-VersionName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
-
+from kubetune.api.serving import RESERVED_VERSION_NAME, VersionName
 
 URI_NEEDS_SHA256 = (
     "!has(self.uri) || has(self.sha256)",
@@ -22,6 +20,10 @@ URI_NEEDS_SHA256 = (
     "versions by digest, so a changed file is never served silently",
 )
 ONE_SOURCE = ("has(self.fineTuneJob) != has(self.uri)", "set exactly one of fineTuneJob or uri")
+NOT_LATEST = (
+    "self.name != 'latest'",
+    "name: 'latest' is reserved (Ollama serves the active version as <deployment>:latest)",
+)
 MODELFILE_NEEDS_SHA256 = (
     "!has(self.modelfileUri) || (has(self.uri) && has(self.modelfileSha256))",
     "modelfileUri: only with uri, and pinned by modelfileSha256",
@@ -35,7 +37,7 @@ class ModelVersion(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": rule, "message": message}
-                for rule, message in (ONE_SOURCE, URI_NEEDS_SHA256, MODELFILE_NEEDS_SHA256)
+                for rule, message in (ONE_SOURCE, URI_NEEDS_SHA256, MODELFILE_NEEDS_SHA256, NOT_LATEST)
             ]
         }
     )
@@ -64,6 +66,8 @@ class ModelVersion(ApiModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelVersion:
+        if self.name == RESERVED_VERSION_NAME:
+            raise ValueError(NOT_LATEST[1])
         if (self.fine_tune_job is None) == (self.uri is None):
             raise ValueError(ONE_SOURCE[1])
         if self.uri is not None and self.sha256 is None:
@@ -121,8 +125,9 @@ class ModelDeploymentSpec(ApiModel):
     """How long a new version may take to be fetched, verified, loaded and answer on every pod
     before it is given up (condition Degraded; the last good version keeps serving)."""
     max_loaded_models: Annotated[int, Field(ge=1, le=4)] = 2
-    """Versions each Ollama keeps loaded (OLLAMA_MAX_LOADED_MODELS): the served and the
-    previous one, so a switch or rollback needs no load. Two 8B q4_k_m versions take about
+    """Versions each pod keeps loaded: the served one, the one being prepared and the previous
+    one, so a switch or rollback needs no load (Ollama's OLLAMA_MAX_LOADED_MODELS is set one
+    higher, so that checking another version never evicts them). Two 8B q4_k_m versions take about
     2 x 5.5 GiB of GPU memory with a 4k context."""
     node_selector: Annotated[dict[str, str], Field(max_length=32)] = Field(default_factory=dict)
     """Node selector of the serving pods."""

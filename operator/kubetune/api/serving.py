@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kubetune.api.common import ApiModel, ShortText
 
@@ -33,6 +33,8 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 VersionName = Annotated[
     str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 ]
+# `<model>` is `<model>:latest` in Ollama: the alias of the served version, never a version.
+RESERVED_VERSION_NAME: Final = "latest"
 # Where a GGUF (or Modelfile) is read from: pvc://<claim>/<path> (the claim is mounted read-only
 # at /mnt/pvc/<claim>), file:///abs/path, https://…, s3://bucket/key.
 SourceUri = Annotated[str, Field(max_length=2048, pattern=r"^(pvc|file|s3|https?)://.+$")]
@@ -57,7 +59,15 @@ class ServingVersion(ApiModel):
     """The Modelfile exported with the GGUF (TEMPLATE, SYSTEM, PARAMETER lines are used; FROM
     is replaced by the verified GGUF)."""
     modelfile_sha256: Sha256 | None = None
-    """Expected sha256 of the Modelfile."""
+    """Expected sha256 of the Modelfile (required with ``modelfile_uri``)."""
+
+    @model_validator(mode="after")
+    def _modelfile_pinned(self) -> ServingVersion:
+        if self.name == RESERVED_VERSION_NAME:
+            raise ValueError("a version may not be named 'latest' (the served alias)")
+        if (self.modelfile_uri is None) != (self.modelfile_sha256 is None):
+            raise ValueError("modelfileUri and modelfileSha256 go together")
+        return self
 
 
 class ServingConfig(ApiModel):
@@ -73,6 +83,16 @@ class ServingConfig(ApiModel):
     """The version the alias ``<model>`` points at; none: no alias yet (nothing ready)."""
     keep_loaded: Annotated[list[VersionName], Field(max_length=4)] = Field(default_factory=list)
     """Versions kept loaded in memory (served and previous), so a switch needs no load."""
+
+    @model_validator(mode="after")
+    def _listed(self) -> ServingConfig:
+        names = [v.name for v in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError("versions: names must be unique")
+        for name in [self.served, *self.keep_loaded]:
+            if name is not None and name not in names:
+                raise ValueError(f"{name!r} (served or keepLoaded) is not among the listed versions")
+        return self
 
 
 VersionPhase = Literal["Pending", "Fetching", "Registered", "Ready", "Failed"]

@@ -134,7 +134,9 @@ def build_deployment(
             {"name": "OLLAMA_HOST", "value": f"$(POD_IP):{s.OLLAMA_PORT}"},
             {"name": "OLLAMA_MODELS", "value": s.MODELS_DIR},
             {"name": "HOME", "value": s.MODELS_DIR},  # Ollama writes its key pair under $HOME/.ollama
-            {"name": "OLLAMA_MAX_LOADED_MODELS", "value": str(spec.max_loaded_models)},
+            # One more than kept loaded: checking a version that is not kept (at pod start, or
+            # after an Ollama restart) then never evicts the served runner.
+            {"name": "OLLAMA_MAX_LOADED_MODELS", "value": str(spec.max_loaded_models + 1)},
             {"name": "OLLAMA_KEEP_ALIVE", "value": "-1"},  # the agent decides what stays loaded
         ],
         "ports": [{"name": "ollama", "containerPort": s.OLLAMA_PORT, "protocol": "TCP"}],
