@@ -412,6 +412,24 @@ def test_a_corrupted_gguf_is_refused_and_the_other_version_keeps_serving(
     assert agent.version("v2").phase == "Failed"
 
 
+def test_a_broken_config_edit_keeps_the_pod_serving_the_last_good_one(
+    agent: Agent, ollama: Ollama, pvc_root: Path
+) -> None:
+    v1 = artifact(pvc_root, "v1")
+    agent.write_config("r1", [v1.version("v1")], "v1", ["v1"])
+    agent.start()
+    agent.wait(ready_on(agent, "v1", v1.sha256), "ready on v1")
+    staged = agent.config.with_suffix(".tmp")
+    staged.write_text('{"model": "support", "revision": "r2", "versions": "oops"}')
+    staged.replace(agent.config)
+    agent.wait(lambda: "not a valid ServingConfig" in agent.status().message, "config error reported")
+    status = agent.status()
+    assert status.revision == "r1" and status.ready and agent.readyz() == 200
+    assert "holding revision r1" in status.message
+    assert ollama.chat(MODEL)  # still answers, and nothing was deleted
+    assert f"{MODEL}:v1" in ollama.tags()
+
+
 def test_a_restarted_agent_fetches_uploads_and_creates_nothing(
     agent: Agent, ollama: Ollama, pvc_root: Path
 ) -> None:

@@ -149,7 +149,9 @@ class ServeAgent:
         if self._s.config_error is not None:
             config = self._s.config
             held = f"; holding revision {config.revision}" if config is not None else ""
-            ready, why = False, f"{self._s.config_error}{held}" + (f"; {why}" if why else "")
+            # Keep serving what the last good config says: one bad edit of the ConfigMap must
+            # not take every pod out of the Service at once. /status carries the error.
+            why = f"{self._s.config_error}{held}" + (f"; {why}" if why else "")
         self._set_ready(ready, why)
         return delay
 
