@@ -21,7 +21,7 @@ from kubernetes import client
 
 from kubetune.devcluster import control_plane, kwok
 from kubetune.devcluster.kube import api_client_from_kubeconfig, create_unless_exists
-from kubetune.devcluster.local_pod_run import local_pod_logs
+from kubetune.devcluster.local_pod_run import local_pod_logs, pod_dir
 from kubetune.devcluster.local_storage import storage_class_manifest
 from kubetune.devcluster.pki import (
     ADMIN_USER,
@@ -115,6 +115,11 @@ class DevCluster:
     def local_pod_logs(self, namespace: str, name: str, container: str | None = None) -> str:
         """Output of a pod that ran on the local runner (``kubectl logs`` does not work)."""
         return local_pod_logs(self.state_dir, namespace, name, container)
+
+    def local_pod_dir(self, namespace: str, name: str) -> Path:
+        """Where the local runner keeps a pod's files: ``<container>.log``, volumes under
+        ``volumes/<volume>`` (ConfigMap files there are symlinks through ``..data``)."""
+        return pod_dir(self.state_dir, namespace, name)
 
     def check_alive(self) -> None:
         """Raise ComponentError if any component process has died."""

@@ -3,7 +3,12 @@
 A PodRun owns a thread that materialises the pod's volumes, starts each container as
 ``unshare --mount --propagation private -- python local_exec.py PLAN`` (its own process group,
 output to ``<state-dir>/pods/<namespace>/<pod>/<container>.log``), restarts containers as the
-pod's ``restartPolicy`` says, and patches the pod status as the kubelet would.
+pod's ``restartPolicy`` says, and patches the pod status as the kubelet would, only when it
+changed. The pod has its own IP (given by the runner, see
+:mod:`kubetune.devcluster.local_pod_network`). Beside the run thread, each probe of a running
+container has a thread (:mod:`kubetune.devcluster.local_pod_probe`) and one thread refreshes the
+pod's ConfigMap/Secret/projected volumes every ``VOLUME_REFRESH_SECONDS``
+(:mod:`kubetune.devcluster.local_pod_volumes`).
 """
 
 from __future__ import annotations
@@ -25,26 +30,42 @@ from typing import Any
 from kubernetes import client
 
 from kubetune.devcluster import local_exec
+from kubetune.devcluster.local_pod_probe import (
+    Probe,
+    ProbeTarget,
+    ProbeWorker,
+    container_probes,
+)
 from kubetune.devcluster.local_pod_setup import (
+    LaunchPlan,
     Pod,
     UnsupportedPodSpec,
     VolumeNotReady,
     base_environment,
     build_launch_plan,
-    materialise_volumes,
 )
 from kubetune.devcluster.local_pod_status import (
+    ConditionTimes,
     ContainerState,
+    Status,
     now,
     pod_status_patch,
     terminated_state,
     termination_message,
+)
+from kubetune.devcluster.local_pod_volumes import (
+    REFRESHED_KINDS,
+    TokenCache,
+    materialise_volumes,
+    refresh_volumes,
 )
 from kubetune.devcluster.processes import kill_when_parent_dies
 
 log = logging.getLogger(__name__)
 MAX_KILL_GRACE_SECONDS = 10.0
 MAX_RESTART_BACKOFF_SECONDS = 10.0
+STATUS_RESYNC_SECONDS = 5.0
+VOLUME_REFRESH_SECONDS = 1.0  # a real kubelet: its sync period (~1 min) plus its cache's TTL
 
 
 def pod_dir(state_dir: Path, namespace: str, name: str) -> Path:
@@ -69,7 +90,8 @@ class PodRun:
     """Runs one pod's containers until they end, the pod is deleted or the runner stops."""
 
     def __init__(self, core: client.CoreV1Api, pod: Pod, state_dir: Path,
-                 apiserver: tuple[str, int], on_exit: Callable[[PodRun], None]) -> None:
+                 apiserver: tuple[str, int], pod_ip: str,
+                 on_exit: Callable[[PodRun], None]) -> None:
         self.core = core
         self.pod = pod
         self.uid: str = pod["metadata"]["uid"]
@@ -78,11 +100,14 @@ class PodRun:
         self.state_dir = state_dir
         self.dir = pod_dir(state_dir, self.namespace, self.name)
         self.apiserver = apiserver
+        self.pod_ip = pod_ip
         self.on_exit = on_exit
         self.created_paths: list[str] = []
         self._stopping = threading.Event()
+        self._done = threading.Event()  # the run thread ended: helpers stop
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._lock = threading.Lock()
+        self._probe_stops: dict[str, threading.Event] = {}  # per container run
+        self._lock = threading.Lock()  # processes, probe stops and probe results
         self._thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
         spec = pod["spec"]
         self._containers = [ContainerState(c["name"], c.get("image", ""))
@@ -90,6 +115,11 @@ class PodRun:
         self._init_containers = [ContainerState(c["name"], c.get("image", ""))
                                  for c in spec.get("initContainers") or []]
         self._start_time = now()
+        self._tokens = TokenCache()
+        self._status_lock = threading.Lock()  # status patches come from several threads
+        self._phase = "Pending"
+        self._condition_times = ConditionTimes()
+        self._last_status: Status | None = None
 
     def start(self) -> None:
         if self.dir.exists() and (self.dir / ".uid").read_text(errors="ignore") != self.uid:
@@ -103,7 +133,13 @@ class PodRun:
         self._stopping.set()
         with self._lock:
             processes = list(self._processes.values())
+            for stop in self._probe_stops.values():
+                stop.set()
         live = [p for p in processes if p.poll() is None]
+        self._terminate(live, grace)
+        self._thread.join(timeout=MAX_KILL_GRACE_SECONDS)
+
+    def _terminate(self, live: list[subprocess.Popen[bytes]], grace: float) -> None:
         self._signal(live, signal.SIGTERM)
         deadline = time.monotonic() + min(grace, MAX_KILL_GRACE_SECONDS)
         while time.monotonic() < deadline and any(p.poll() is None for p in live):
@@ -112,7 +148,6 @@ class PodRun:
         for process in live:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)  # reap, so no zombie outlives the pod
-        self._thread.join(timeout=MAX_KILL_GRACE_SECONDS)
 
     @staticmethod
     def _signal(processes: list[subprocess.Popen[bytes]], signum: int) -> None:
@@ -125,13 +160,19 @@ class PodRun:
     def _run(self) -> None:
         try:
             volumes = self._wait_for_volumes()
-            if volumes is not None and self._run_init_containers(volumes):
-                self._run_containers(volumes)
+            if volumes is not None:
+                self._start_volume_refresh()
+                if self._run_init_containers(volumes):
+                    self._run_containers(volumes)
         except UnsupportedPodSpec as error:
             self._fail_unsupported(str(error))
         except Exception:
             log.exception("pod %s/%s: run failed", self.namespace, self.name)
         finally:
+            self._done.set()
+            with self._lock:
+                for stop in self._probe_stops.values():
+                    stop.set()
             self._collect_created_paths()
             self.on_exit(self)
 
@@ -140,26 +181,79 @@ class PodRun:
             self.created_paths.extend(listing.read_text().split())
             listing.unlink()
 
-    def _patch(self, phase: str) -> None:
-        if self._stopping.is_set() and phase in ("Succeeded", "Failed"):
-            return  # being deleted: the pod object is going away
-        body = pod_status_patch(phase, self._containers, self._init_containers, self._start_time)
+    def _patch(self, phase: str | None = None) -> None:
+        """Patch the pod status for ``phase`` (None: the current one), unless nothing changed."""
+        with self._status_lock:
+            if phase is not None:
+                self._phase = phase
+            if self._stopping.is_set() and (phase is None or phase in ("Succeeded", "Failed")):
+                return  # being deleted: the pod object is going away
+            body = pod_status_patch(self._phase, self._containers, self._init_containers,
+                                    self._start_time, self.pod_ip, self._condition_times)
+            if body == self._last_status:
+                return
+            try:
+                self.core.patch_namespaced_pod_status(self.name, self.namespace, body)
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+            self._last_status = body
+
+    def _try_patch(self) -> None:
+        """Patch from outside the run thread, or to retry one that failed: failures are logged
+        (the next call sends the status again, since only a sent status counts as sent)."""
         try:
-            self.core.patch_namespaced_pod_status(self.name, self.namespace, body)
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
+            self._patch()
+        except Exception as error:
+            log.warning("pod %s/%s: status not patched: %s", self.namespace, self.name, error)
+
+    def _record_event(self, container: str, reason: str, message: str) -> None:
+        """A Warning event on the pod, as the kubelet records failed probes and kills."""
+        stamp = now()
+        event = {
+            "metadata": {"generateName": f"{self.name}."},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": self.namespace,
+                               "name": self.name, "uid": self.uid,
+                               "fieldPath": f"spec.containers{{{container}}}"},
+            "reason": reason, "message": message[:1024], "type": "Warning", "count": 1,
+            "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "source": {"component": "kubelet", "host": self.pod["spec"].get("nodeName", "")},
+        }
+        try:
+            self.core.create_namespaced_event(self.namespace, event)  # type: ignore[arg-type]
+        except Exception as error:  # an event is worth no failure
+            log.info("pod %s/%s: event %s not recorded: %s", self.namespace, self.name,
+                     reason, error)
 
     def _wait_for_volumes(self) -> dict[str, Path] | None:
         while not self._stopping.is_set():
             try:
-                return materialise_volumes(self.core, self.pod, self.dir, self.state_dir)
+                return materialise_volumes(self.core, self.pod, self.dir, self.state_dir,
+                                           self.pod_ip, self._tokens)
             except VolumeNotReady as error:
                 for state in self._init_containers or self._containers:
                     state.waiting_message = f"waiting for volumes: {error}"
                 self._patch("Pending")
                 self._stopping.wait(1.0)
         return None
+
+    def _start_volume_refresh(self) -> None:
+        volumes = self.pod["spec"].get("volumes") or []
+        if any(kind in volume for volume in volumes for kind in REFRESHED_KINDS):
+            threading.Thread(target=self._refresh_volumes, daemon=True,
+                             name=f"volumes-{self.name}").start()
+
+    def _refresh_volumes(self) -> None:
+        while not self._done.wait(VOLUME_REFRESH_SECONDS) and not self._stopping.is_set():
+            try:
+                changed = refresh_volumes(self.core, self.pod, self.dir, self.pod_ip,
+                                          self._tokens)
+            except Exception as error:  # the apiserver away, a source gone bad: try again
+                log.info("pod %s/%s: volumes not refreshed: %s", self.namespace, self.name,
+                         error)
+                continue
+            if changed:
+                log.info("pod %s/%s: volumes %s updated", self.namespace, self.name, changed)
 
     def _spec(self, name: str, init: bool) -> dict[str, Any]:
         key = "initContainers" if init else "containers"
@@ -169,7 +263,8 @@ class PodRun:
                          volumes: dict[str, Path]) -> subprocess.Popen[bytes]:
         spec = self._spec(state.name, init)
         plan = build_launch_plan(self.core, self.pod, spec, volumes, self.dir,
-                                 base_environment(self.pod, *self.apiserver))
+                                 base_environment(self.pod, *self.apiserver), self.pod_ip)
+        probes = {} if init else container_probes(spec)
         plan_file = self.dir / f"{state.name}.plan.json"
         plan_file.write_text(json.dumps(plan.to_json_dict(), indent=1))
         Path(plan.start_error_file).unlink(missing_ok=True)
@@ -181,11 +276,63 @@ class PodRun:
                                        preexec_fn=kill_when_parent_dies)
         with self._lock:
             self._processes[state.name] = process
-        state.pid, state.started_at, state.terminated = process.pid, now(), None
+            state.pid, state.started_at, state.terminated = process.pid, now(), None
+            state.startup_passed = False if "startup" in probes else None
+            state.readiness_passed = False if "readiness" in probes else None
+            stop = self._probe_stops[state.name] = threading.Event()
+        if probes:
+            self._start_probes(state, spec, plan, process, probes, stop)
         return process
+
+    # -- probes ---------------------------------------------------------------------------
+
+    def _start_probes(self, state: ContainerState, spec: dict[str, Any], plan: LaunchPlan,
+                      process: subprocess.Popen[bytes], probes: dict[str, Probe],
+                      stop: threading.Event) -> None:
+        ports = {p["name"]: int(p["containerPort"]) for p in spec.get("ports") or []
+                 if p.get("name")}
+        target = ProbeTarget(self.pod_ip, process.pid, plan.env, ports)
+        started = threading.Event()  # the startup probe passed (at once without one)
+        if "startup" not in probes:
+            started.set()
+        begun = time.monotonic()
+        for kind, probe in probes.items():
+            def on_change(passed: bool, detail: str, kind: str = kind) -> None:
+                self._on_probe_result(state, process, kind, passed, detail, started)
+
+            ProbeWorker(probe, target, begun, on_change, stop,
+                        gate=None if kind == "startup" else started).start()
+
+    def _on_probe_result(self, state: ContainerState, process: subprocess.Popen[bytes],
+                         kind: str, passed: bool, detail: str, started: threading.Event) -> None:
+        with self._lock:
+            if self._processes.get(state.name) is not process or state.terminated is not None:
+                return  # a result about a container run that is over
+            if kind == "startup":
+                state.startup_passed = passed
+            elif kind == "readiness":
+                state.readiness_passed = passed
+        where = f"pod {self.namespace}/{self.name} container {state.name}"
+        log.info("%s: %s probe %s (%s)", where, kind, "passed" if passed else "failed", detail)
+        if not passed:
+            self._record_event(state.name, "Unhealthy",
+                               f"{kind.capitalize()} probe failed: {detail}")
+        if kind == "startup" and passed:
+            started.set()
+        if kind in ("startup", "liveness") and not passed:
+            self._record_event(state.name, "Killing", f"Container {state.name} failed "
+                               f"{kind} probe, will be restarted")
+            grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+            self._terminate([process], grace)  # the run thread sees the exit and restarts it
+            return
+        self._try_patch()
+
+    # -- containers -----------------------------------------------------------------------
 
     def _finish_container(self, state: ContainerState, init: bool, exit_code: int) -> None:
         spec = self._spec(state.name, init)
+        with self._lock:
+            self._probe_stops[state.name].set()
         start_error = self.dir / f"{state.name}.start-error"
         reason = None
         if start_error.exists():
@@ -213,7 +360,11 @@ class PodRun:
     def _wait(self, states: list[ContainerState], init: bool, volumes: dict[str, Path],
               phase: str) -> bool:
         """Run ``states`` until all ended for good; False when the run is being stopped."""
+        resync = time.monotonic() + STATUS_RESYNC_SECONDS
         while not self._stopping.is_set():
+            if time.monotonic() >= resync:  # sends only what a failed patch did not
+                self._try_patch()
+                resync = time.monotonic() + STATUS_RESYNC_SECONDS
             changed = False
             for state in states:
                 process = self._processes.get(state.name)

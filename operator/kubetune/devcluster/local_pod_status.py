@@ -1,4 +1,11 @@
-"""Pod status patches the local runner sends, built like the kubelet's (pure functions)."""
+"""Pod status patches the local runner sends, built like the kubelet's.
+
+A container is ``started`` while it runs and its startupProbe (if any) has passed, and ``ready``
+while it is started and its readinessProbe (if any) passes (see
+:mod:`kubetune.devcluster.local_pod_probe`); the pod's ContainersReady and Ready conditions
+follow its containers, with ``lastTransitionTime`` kept until their status changes, so the same
+states give the same patch and the runner can skip patches that change nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.devcluster.local_pod_setup import LOCAL_IP
+from kubetune.devcluster.local_pod_setup import HOST_IP
 
 MAX_MESSAGE_BYTES = 4096  # the kubelet's per-container limit
 FALLBACK_LOG_LINES = 80
@@ -32,6 +39,21 @@ class ContainerState:
     last_terminated: Status | None = None
     waiting_reason: str = "ContainerCreating"
     waiting_message: str = ""
+    # Results of this run of the container's probes; None: the container has no such probe.
+    startup_passed: bool | None = None
+    readiness_passed: bool | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.terminated is None and self.started_at is not None
+
+    @property
+    def started(self) -> bool:
+        return self.running and self.startup_passed is not False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and self.readiness_passed is not False
 
     def to_status(self) -> Status:
         status: Status = {
@@ -39,8 +61,8 @@ class ContainerState:
             "image": self.image,
             "imageID": "",
             "restartCount": self.restart_count,
-            "ready": self.terminated is None and self.started_at is not None,
-            "started": self.terminated is None and self.started_at is not None,
+            "ready": self.ready,
+            "started": self.started,
         }
         if self.pid is not None:
             status["containerID"] = f"local://{self.pid}"
@@ -89,36 +111,44 @@ def terminated_state(exit_code: int, message: str, started_at: str, pid: int | N
     return state
 
 
-def _conditions(initialized: bool, ready: bool, reason: str | None = None) -> list[Status]:
-    def condition(kind: str, status: bool) -> Status:
+class ConditionTimes:
+    """``lastTransitionTime`` of each pod condition: now() when its status changes, else kept."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[bool, str]] = {}
+
+    def condition(self, kind: str, status: bool, reason: str | None = None) -> Status:
+        seen = self._seen.get(kind)
+        if seen is None or seen[0] != status:
+            seen = self._seen[kind] = (status, now())
         entry: Status = {"type": kind, "status": "True" if status else "False",
-                         "lastTransitionTime": now()}
+                         "lastTransitionTime": seen[1]}
         if not status and reason:
             entry["reason"] = reason
         return entry
 
-    return [condition("PodReadyToStartContainers", True), condition("Initialized", initialized),
-            condition("ContainersReady", ready), condition("Ready", ready)]
-
 
 def pod_status_patch(phase: str, containers: list[ContainerState],
-                     init_containers: list[ContainerState], start_time: str) -> Status:
+                     init_containers: list[ContainerState], start_time: str, pod_ip: str,
+                     times: ConditionTimes) -> Status:
     """A strategic-merge patch of the whole pod status for the given container states."""
     initialized = all(c.terminated is not None and c.terminated["exitCode"] == 0
                       for c in init_containers)
     terminal = phase in ("Succeeded", "Failed")
-    ready = not terminal and initialized and all(
-        c.started_at is not None and c.terminated is None for c in containers)
+    ready = not terminal and initialized and all(c.ready for c in containers)
     reason = "PodCompleted" if terminal else ("ContainersNotReady" if initialized
                                               else "ContainersNotInitialized")
     status: Status = {
         "phase": phase,
-        "hostIP": LOCAL_IP,
-        "hostIPs": [{"ip": LOCAL_IP}],
-        "podIP": LOCAL_IP,
-        "podIPs": [{"ip": LOCAL_IP}],
+        "hostIP": HOST_IP,
+        "hostIPs": [{"ip": HOST_IP}],
+        "podIP": pod_ip,
+        "podIPs": [{"ip": pod_ip}],
         "startTime": start_time,
-        "conditions": _conditions(initialized, ready, reason),
+        "conditions": [times.condition("PodReadyToStartContainers", True),
+                       times.condition("Initialized", initialized, reason),
+                       times.condition("ContainersReady", ready, reason),
+                       times.condition("Ready", ready, reason)],
         "containerStatuses": [c.to_status() for c in containers],
     }
     if init_containers:

@@ -7,6 +7,12 @@ process (see :mod:`kubetune.devcluster.local_pod_run`). kwok keeps the node Read
 its pods alone. The runner also provisions PersistentVolumes for claims
 (:mod:`kubetune.devcluster.local_storage`).
 
+Every pod gets its own IP for as long as it runs (``status.podIP``, and the downward API's
+``status.podIP``): an address of ``--pod-cidr`` made local on ``lo``, so that replicas can
+listen on the same port and Services list them (see :mod:`kubetune.devcluster.local_pod_network`).
+A test finds a pod's IP in its status and its files with ``DevCluster.local_pod_dir`` (logs:
+``<container>.log``; volumes: ``volumes/<name>``).
+
 Run: ``python -m kubetune.devcluster.local_runner --kubeconfig K --state-dir D``.
 """
 
@@ -28,6 +34,7 @@ import urllib3
 from kubernetes import client, watch
 
 from kubetune.devcluster.kube import api_client_from_kubeconfig, as_dict
+from kubetune.devcluster.local_pod_network import POD_CIDR, PodAddresses, ensure_local_network
 from kubetune.devcluster.local_pod_run import PodRun
 from kubetune.devcluster.local_storage import run_provisioner
 from kubetune.devcluster.simulation import LOCAL_NODE
@@ -39,8 +46,10 @@ class LocalRunner:
     """Keeps one PodRun per live pod on the node; finishes deletions like the kubelet."""
 
     def __init__(self, core: client.CoreV1Api, state_dir: Path, node: str,
-                 apiserver: tuple[str, int], ready_file: Path | None = None) -> None:
+                 apiserver: tuple[str, int], addresses: PodAddresses,
+                 ready_file: Path | None = None) -> None:
         self.core = core
+        self.addresses = addresses
         self.ready_file = ready_file
         self.state_dir = state_dir
         self.node = node
@@ -91,7 +100,9 @@ class LocalRunner:
         with self.lock:
             if uid in self.runs or uid in self.finished or phase in ("Succeeded", "Failed"):
                 return
-            run = PodRun(self.core, pod, self.state_dir, self.apiserver, self._on_exit)
+            # A pod the runner ran before it restarted keeps its IP where it can.
+            pod_ip = self.addresses.allocate(uid, (pod.get("status") or {}).get("podIP"))
+            run = PodRun(self.core, pod, self.state_dir, self.apiserver, pod_ip, self._on_exit)
             self.runs[uid] = run
         log.info("pod %s/%s: starting", meta["namespace"], meta["name"])
         run.start()
@@ -113,6 +124,7 @@ class LocalRunner:
         with self.lock:
             self.runs.pop(run.uid, None)
             self.finished.add(run.uid)
+            self.addresses.release(run.uid)  # its processes are gone: nothing listens there
             self.created_paths.extend(run.created_paths)
             idle = not self.runs
         if idle:
@@ -148,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--node-name", default=LOCAL_NODE)
     parser.add_argument("--ready-file", type=Path, help="touched once pods are watched")
+    parser.add_argument("--pod-cidr", default=POD_CIDR,
+                        help="pod IPs come from here; routed to lo if not local yet")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # Commands resolve on PATH with this interpreter's bin first (the venv's python).
@@ -155,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
 
     api = api_client_from_kubeconfig(args.kubeconfig)
     core = client.CoreV1Api(api)
+    addresses = PodAddresses(ensure_local_network(args.pod_cidr))
     runner = LocalRunner(core, args.state_dir.resolve(), args.node_name, _apiserver_address(api),
-                         args.ready_file)
+                         addresses, args.ready_file)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
