@@ -355,17 +355,19 @@ def test_serves_v1_then_switches_to_v2_with_no_failed_request(
     loop = threading.Thread(target=request_loop)
     loop.start()
     try:
-        time.sleep(1)
+        # Requests before, during and after the switch (counted, not timed: the machine is shared).
+        agent.wait(lambda: served[0] >= 3, "requests answered before the switch", timeout=60)
         agent.write_config("r2", [v1.version("v1"), v2.version("v2")], "v2", ["v2", "v1"])
         switch = agent.wait(ready_on(agent, "v2", v2.sha256), "ready on v2", timeout=30)
-        time.sleep(1)
+        after = served[0]
+        agent.wait(lambda: served[0] >= after + 3, "requests answered after the switch", timeout=60)
     finally:
         stop.set()
         loop.join(timeout=60)
 
     assert failures == [], failures[:5]
     assert "HTTP Request:" not in agent.log_since_start()  # no per-request (URL) logging
-    assert served[0] > 10
+    assert served[0] >= 6
     assert ollama.chat(MODEL) == answer_v2
     assert agent.readyz() == 200
     assert (
