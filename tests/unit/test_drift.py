@@ -103,20 +103,45 @@ def test_drift_score_is_the_max_of_signals_over_their_critical_levels() -> None:
     assert drift_score(DriftSignals()) is None
     assert drift_score(DriftSignals(psi_prompt=0.1, psi_response=0.0)) == pytest.approx(0.4)
     # feedback 4.2 -> 3.7: a drop of 0.5 over the critical 1.0
-    assert drift_score(DriftSignals(psi_prompt=0.0, feedback_reference=4.2, feedback_recent=3.7)) == pytest.approx(0.5)
+    assert drift_score(
+        DriftSignals(psi_prompt=0.0, feedback_reference=4.2, feedback_recent=3.7)
+    ) == pytest.approx(0.5)
     # refusals 2 % -> 12 %: +0.10 over the critical +0.20
-    assert drift_score(DriftSignals(refusal_reference=0.02, refusal_recent=0.12)) == pytest.approx(0.5)
+    assert drift_score(DriftSignals(refusal_reference=0.02, refusal_recent=0.12)) == pytest.approx(
+        0.5
+    )
     # empty answers 0 -> 5 %: +0.05 over the critical +0.10
     assert drift_score(DriftSignals(empty_reference=0.0, empty_recent=0.05)) == pytest.approx(0.5)
     # capped at 1; one strong signal is not averaged away by quiet ones
-    assert drift_score(DriftSignals(psi_prompt=3.0, psi_response=0.0, refusal_reference=0.1, refusal_recent=0.1)) == 1.0
+    assert (
+        drift_score(
+            DriftSignals(
+                psi_prompt=3.0, psi_response=0.0, refusal_reference=0.1, refusal_recent=0.1
+            )
+        )
+        == 1.0
+    )
     # improvements count as no drift
-    assert drift_score(DriftSignals(feedback_reference=3.0, feedback_recent=4.5, refusal_reference=0.3, refusal_recent=0.0)) == 0.0
+    assert (
+        drift_score(
+            DriftSignals(
+                feedback_reference=3.0,
+                feedback_recent=4.5,
+                refusal_reference=0.3,
+                refusal_recent=0.0,
+            )
+        )
+        == 0.0
+    )
 
 
 SMALL = DriftSettings(
-    reference_size=100, recent_size=50, reference_feedback=40, recent_feedback=20,
-    min_samples=50, min_feedback=10,
+    reference_size=100,
+    recent_size=50,
+    reference_feedback=40,
+    recent_feedback=20,
+    min_samples=50,
+    min_feedback=10,
 )
 
 
@@ -177,13 +202,23 @@ def test_supplied_reference_sample_replaces_the_first_requests_lengths() -> None
     for i in range(50):
         tracker.observe("v1", 10 + i, 1 + 2 * i, "ok")
     signals = tracker.signals("v1")
-    assert signals is not None and signals.psi_prompt is not None and signals.psi_response is not None
+    assert (
+        signals is not None and signals.psi_prompt is not None and signals.psi_response is not None
+    )
     assert signals.psi_prompt > PSI_CRITICAL  # far shorter prompts than the test split
     assert signals.psi_response < 0.1  # same spread as the test split
 
 
 def test_windows_and_versions_stay_bounded() -> None:
-    settings = DriftSettings(reference_size=100, recent_size=50, reference_feedback=40, recent_feedback=20, min_samples=50, min_feedback=10, max_versions=3)
+    settings = DriftSettings(
+        reference_size=100,
+        recent_size=50,
+        reference_feedback=40,
+        recent_feedback=20,
+        min_samples=50,
+        min_feedback=10,
+        max_versions=3,
+    )
     tracker = DriftTracker("support", settings)
     long_answer = "x" * 10_000
     for i in range(20_000):  # five versions one after the other, 4000 requests each

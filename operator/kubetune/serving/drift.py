@@ -278,9 +278,18 @@ def _share(flags: Iterable[bool]) -> float:
 
 
 _SERIES = {
-    "score": ("kubetune_drift_score", "Drift of a version's recent traffic, 0..1 (max of its signals, each over its critical level)."),
-    "psi": ("kubetune_drift_psi", "Population stability index of a length distribution, recent vs reference window."),
-    "feedback": ("kubetune_feedback_mean", "Mean feedback score (1..5) of the recent and the reference window."),
+    "score": (
+        "kubetune_drift_score",
+        "Drift of a version's recent traffic, 0..1 (max of its signals, each over its critical level).",
+    ),
+    "psi": (
+        "kubetune_drift_psi",
+        "Population stability index of a length distribution, recent vs reference window.",
+    ),
+    "feedback": (
+        "kubetune_feedback_mean",
+        "Mean feedback score (1..5) of the recent and the reference window.",
+    ),
     "refusal": ("kubetune_refusal_rate", "Share of refusals among the recent window's answers."),
     "empty": ("kubetune_empty_answer_rate", "Share of empty answers in the recent window."),
     "samples": ("kubetune_drift_window_samples", "Requests held in each drift window."),
@@ -387,7 +396,10 @@ class DriftTracker(Collector):
             score = drift_score(signals)
             if score is not None:
                 families["score"].add_metric(labels, score)
-            psis = (("prompt_length", signals.psi_prompt), ("response_length", signals.psi_response))
+            psis = (
+                ("prompt_length", signals.psi_prompt),
+                ("response_length", signals.psi_response),
+            )
             for signal, value in psis:
                 if value is not None:
                     families["psi"].add_metric([*labels, signal], value)
