@@ -1,0 +1,511 @@
+"""The gateway's aiohttp application (:func:`create_app`).
+
+Routes:
+
+- ``POST /v1/chat/completions``: forwarded to Ollama's ``/v1/chat/completions`` with ``model``
+  set to the deployment's alias, whatever the client sent (the gateway serves one model).
+  Streamed answers are relayed event by event as they arrive; the gateway asks Ollama for usage
+  (``stream_options.include_usage``, supported since Ollama 0.5) and drops that extra chunk
+  again unless the client asked for it. Should an upstream stream carry no usage, output tokens
+  are the content chunks counted (one token each, as Ollama sends them) and input tokens unknown.
+- ``GET /v1/models``: the deployment's model only.
+- ``POST /v1/feedback`` ``{"requestId", "score": 1..5, "comment"?}``: 200 once durable, 404 for
+  a request id never logged, 422 naming the field that is wrong.
+- ``GET /metrics`` (Prometheus text), ``GET /healthz`` (the gateway itself is up).
+
+Every response carries ``x-request-id`` (the client's, when it sent a usable one: 1-128 of
+``A-Za-z0-9._:-``; generated otherwise), ``x-kubetune-version`` and ``x-kubetune-digest`` (the
+version served when the request arrived; ``none`` before one is). Errors are OpenAI-style JSON
+(``{"error": {"message", "type", "param", "code"}}``), never a stack trace: 400 malformed JSON,
+413 a body above ``max_body_bytes``, 404/405 unknown route or method, 422 invalid fields; Ollama
+unreachable or answering 5xx -> 502, no byte from Ollama within ``upstream_timeout_s`` -> 504;
+Ollama's own 4xx (a request it refuses) is relayed with its status. A stream that fails after
+its first byte can no longer change status: it ends with an error event and no ``[DONE]``.
+
+One event loop, one pooled keep-alive connector to Ollama, no thread per request; the only
+thread is the prediction log's writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kubetune.serving.gateway.metrics import GatewayMetrics, finish_reason_label
+from kubetune.serving.gateway.predictions import Prediction, PredictionLog
+from kubetune.serving.gateway.settings import GatewaySettings, ServedVersion, VersionProvider
+
+log = logging.getLogger("kubetune.serving.gateway")
+
+ROUTE: Final = "local"  # the pod's own Ollama (fallback routes come later)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NONE = "none"
+
+SETTINGS_KEY: Final = web.AppKey("settings", GatewaySettings)
+METRICS_KEY: Final = web.AppKey("metrics", GatewayMetrics)
+LOG_KEY: Final = web.AppKey("prediction_log", PredictionLog)
+PROVIDER_KEY: Final[web.AppKey[VersionProvider]] = web.AppKey("version_provider")
+SESSION_KEY: Final = web.AppKey("upstream_session", aiohttp.ClientSession)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Fixed when a request arrives, so headers, metrics and the log agree."""
+
+    request_id: str
+    served: ServedVersion
+    started: float
+
+    @property
+    def version_label(self) -> str:
+        return self.served.version or _NONE
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-request-id": self.request_id,
+            "x-kubetune-version": self.served.version or _NONE,
+            "x-kubetune-digest": self.served.digest or _NONE,
+        }
+
+
+class GatewayError(Exception):
+    """A request answered with an OpenAI-style error."""
+
+    def __init__(
+        self, status: int, message: str, error_type: str, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type, self.param = status, message, error_type, param
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape."""
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+_CTX: Final = web.RequestKey("kubetune_context", RequestContext)
+
+
+def _context(request: web.Request) -> RequestContext:
+    return request[_CTX]
+
+
+@web.middleware
+async def _stamp_and_catch(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Fix the request's context, stamp its headers, and turn every failure into JSON."""
+    app = request.app
+    given = request.headers.get("x-request-id", "")
+    ctx = RequestContext(
+        request_id=given if _REQUEST_ID.match(given) else uuid.uuid4().hex,
+        served=app[PROVIDER_KEY](),
+        started=time.perf_counter(),
+    )
+    request[_CTX] = ctx
+    error_type: str | None = None
+    try:
+        response = await handler(request)
+    except GatewayError as error:
+        response = web.json_response(
+            error_body(error.status, error.message, error.param), status=error.status
+        )
+        error_type = error.error_type
+    except web.HTTPException as error:  # aiohttp's own: 404, 405, 413
+        message = {
+            404: f"no route {request.method} {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: f"request body above {app[SETTINGS_KEY].max_body_bytes} bytes",
+        }.get(error.status, error.reason)
+        response = web.json_response(error_body(error.status, message), status=error.status)
+        error_type = "body_too_large" if error.status == 413 else "bad_request"
+    except Exception:
+        log.exception("gateway: %s %s failed", request.method, request.path)
+        response = web.json_response(error_body(500, "internal error"), status=500)
+        error_type = "internal"
+    if error_type is not None:
+        settings = app[SETTINGS_KEY]
+        app[METRICS_KEY].errors.labels(
+            settings.deployment_label, ctx.version_label, error_type
+        ).inc()
+    if not response.prepared:
+        response.headers.update(ctx.headers())
+    return response
+
+
+async def _read_json(request: web.Request) -> Any:
+    body = await request.read()  # 413 above client_max_size
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GatewayError(400, f"the body is not JSON: {error}", "bad_request") from None
+
+
+# --- chat completions ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    """What a chat completion turned into, for the metrics and the log."""
+
+    finish_reason: str = "error"
+    error: str | None = None
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    response_text: str | None = None
+    raised: bool = False
+    """The error went up to the middleware as an error response (which counts it)."""
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``: relay to Ollama, measure, log."""
+    app, ctx = request.app, _context(request)
+    settings = app[SETTINGS_KEY]
+    outcome = _Outcome()
+    body: Any = None
+    stream = False
+    try:
+        body = await _read_json(request)
+        if not isinstance(body, dict):
+            raise GatewayError(422, "the body must be a JSON object", "bad_request")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise GatewayError(
+                422, "messages: a non-empty list is required", "bad_request", "messages"
+            )
+        stream = body.get("stream") is True
+        upstream_body = {**body, "model": settings.model}
+        if stream:
+            options = body.get("stream_options")
+            wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+            upstream_body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+            return await _relay_stream(request, ctx, upstream_body, wants_usage, outcome)
+        return await _relay(request, upstream_body, outcome)
+    except GatewayError as error:
+        outcome.error, outcome.raised = error.error_type, True
+        raise
+    except web.HTTPRequestEntityTooLarge:
+        outcome.error, outcome.raised = "body_too_large", True
+        raise
+    finally:
+        _account(app, ctx, stream, outcome, body)
+
+
+def _upstream_error(error: BaseException) -> GatewayError:
+    if isinstance(error, TimeoutError):
+        return GatewayError(504, "the model server did not answer in time", "upstream_timeout")
+    return GatewayError(502, f"the model server is unreachable: {error}", "upstream_unreachable")
+
+
+async def _upstream_status_error(upstream: aiohttp.ClientResponse) -> GatewayError:
+    text = (await upstream.read()).decode(errors="replace")
+    try:
+        message = json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = text.strip()[:500] or upstream.reason or ""
+    status = upstream.status if 400 <= upstream.status < 500 else 502
+    return GatewayError(
+        status, f"the model server answered {upstream.status}: {message}", "upstream_status"
+    )
+
+
+async def _relay(
+    request: web.Request, upstream_body: dict[str, Any], outcome: _Outcome
+) -> web.StreamResponse:
+    session = request.app[SESSION_KEY]
+    url = request.app[SETTINGS_KEY].ollama_url.rstrip("/") + "/v1/chat/completions"
+    try:
+        async with session.post(url, json=upstream_body) as upstream:
+            if upstream.status != 200:
+                raise await _upstream_status_error(upstream)
+            data = await upstream.read()
+    except (TimeoutError, aiohttp.ClientError) as error:
+        raise _upstream_error(error) from None
+    try:
+        answer = json.loads(data)
+        choice = answer["choices"][0]
+        usage = answer.get("usage") or {}
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise GatewayError(502, "the model server's answer is not a chat completion",
+                           "upstream_protocol") from None  # fmt: skip
+    outcome.finish_reason = finish_reason_label(choice.get("finish_reason"))
+    message = choice.get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else None
+    outcome.response_text = content if isinstance(content, str) else None
+    outcome.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+    outcome.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+    return web.Response(body=data, content_type="application/json")
+
+
+async def _relay_stream(
+    request: web.Request,
+    ctx: RequestContext,
+    upstream_body: dict[str, Any],
+    wants_usage: bool,
+    outcome: _Outcome,
+) -> web.StreamResponse:
+    app = request.app
+    session = app[SESSION_KEY]
+    url = app[SETTINGS_KEY].ollama_url.rstrip("/") + "/v1/chat/completions"
+    try:
+        async with session.post(url, json=upstream_body) as upstream:
+            if upstream.status != 200:
+                raise await _upstream_status_error(upstream)
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    **ctx.headers(),
+                }
+            )
+            await response.prepare(request)
+            # From here on the status is sent: _pump ends the stream itself on any failure.
+            await _pump(upstream, response, ctx, wants_usage, outcome)
+            return response
+    except (TimeoutError, aiohttp.ClientError) as error:
+        raise _upstream_error(error) from None
+
+
+async def _pump(
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    ctx: RequestContext,
+    wants_usage: bool,
+    outcome: _Outcome,
+) -> None:
+    """Relay Ollama's SSE events (``data: …\\n\\n``) one by one, reading each as it passes."""
+    buffer = b""
+    parts: list[str] = []
+    chunks_with_content = 0
+    saw_usage = False
+    try:
+        async for data in upstream.content.iter_any():
+            buffer += data
+            while (end := buffer.find(b"\n\n")) >= 0:
+                event, buffer = buffer[: end + 2], buffer[end + 2 :]
+                payload = event.strip()
+                if not payload.startswith(b"data:"):
+                    await response.write(event)
+                    continue
+                payload = payload[5:].strip()
+                if payload == b"[DONE]":
+                    if outcome.finish_reason == "error":
+                        outcome.finish_reason = "other"
+                    _finish_counts(outcome, parts, chunks_with_content, saw_usage)
+                    await response.write(event)
+                    return
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    await response.write(event)
+                    continue
+                usage = chunk.get("usage") if isinstance(chunk, dict) else None
+                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                if isinstance(usage, dict):
+                    saw_usage = True
+                    outcome.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+                    outcome.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+                if isinstance(choices, list) and choices:
+                    if outcome.ttft_s is None:
+                        outcome.ttft_s = time.perf_counter() - ctx.started
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if isinstance(content, str) and content:
+                        parts.append(content)
+                        chunks_with_content += 1
+                    if choice.get("finish_reason"):
+                        outcome.finish_reason = finish_reason_label(choice["finish_reason"])
+                elif isinstance(usage, dict) and not wants_usage:
+                    continue  # the usage chunk the client did not ask for
+                await response.write(event)
+        outcome.error = "upstream_protocol"  # the stream ended without [DONE]
+        outcome.finish_reason = "error"
+        _finish_counts(outcome, parts, chunks_with_content, saw_usage)
+        await _stream_error(response, "the model server's stream ended early")
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+        outcome.error, outcome.finish_reason = "client_disconnected", "cancelled"
+        _finish_counts(outcome, parts, chunks_with_content, saw_usage)
+    except (TimeoutError, aiohttp.ClientError) as error:
+        outcome.error = (
+            "upstream_timeout" if isinstance(error, TimeoutError) else "upstream_unreachable"
+        )
+        outcome.finish_reason = "error"
+        _finish_counts(outcome, parts, chunks_with_content, saw_usage)
+        await _stream_error(response, "the model server stopped answering")
+
+
+def _finish_counts(outcome: _Outcome, parts: list[str], chunks: int, saw_usage: bool) -> None:
+    outcome.response_text = "".join(parts)
+    if not saw_usage:
+        outcome.completion_tokens = chunks
+
+
+async def _stream_error(response: web.StreamResponse, message: str) -> None:
+    event = json.dumps(error_body(502, message))
+    with contextlib.suppress(ConnectionResetError):  # the client has left
+        await response.write(f"data: {event}\n\n".encode())
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _account(
+    app: web.Application, ctx: RequestContext, stream: bool, outcome: _Outcome, body: Any
+) -> None:
+    """Metrics and the prediction log of one chat completion (no I/O: the log is queued)."""
+    settings, metrics = app[SETTINGS_KEY], app[METRICS_KEY]
+    elapsed = time.perf_counter() - ctx.started
+    dep, ver = settings.deployment_label, ctx.version_label
+    reason = outcome.finish_reason if outcome.error is None else (
+        "cancelled" if outcome.error == "client_disconnected" else "error"
+    )  # fmt: skip
+    metrics.requests.labels(dep, ver, ROUTE, reason).inc()
+    metrics.request_duration.labels(dep, ver, ROUTE, reason).observe(elapsed)
+    if outcome.error is not None and not outcome.raised:  # a stream that failed midway
+        metrics.errors.labels(dep, ver, outcome.error).inc()
+    if outcome.ttft_s is not None:
+        metrics.time_to_first_token.labels(dep, ver).observe(outcome.ttft_s)
+        tokens = outcome.completion_tokens
+        if tokens is not None and tokens > 1 and outcome.error is None:
+            metrics.time_per_output_token.labels(dep, ver).observe(
+                (elapsed - outcome.ttft_s) / (tokens - 1)
+            )
+    if outcome.prompt_tokens is not None:
+        metrics.token_usage.labels(dep, ver, "input").observe(outcome.prompt_tokens)
+    if outcome.completion_tokens is not None and outcome.error is None:
+        metrics.token_usage.labels(dep, ver, "output").observe(outcome.completion_tokens)
+    prompt = None
+    if isinstance(body, dict) and outcome.error not in ("bad_request", "body_too_large"):
+        prompt = json.dumps(body.get("messages"), ensure_ascii=False)
+    app[LOG_KEY].record(
+        Prediction(
+            time=time.time(),
+            request_id=ctx.request_id,
+            version=ctx.served.version,
+            digest=ctx.served.digest,
+            route=ROUTE,
+            stream=stream,
+            latency_s=elapsed,
+            ttft_s=outcome.ttft_s,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            finish_reason=reason,
+            error=outcome.error,
+            prompt=prompt,
+            response=outcome.response_text,
+        )
+    )
+
+
+# --- the other routes ---------------------------------------------------------------------------
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the one model this deployment serves."""
+    settings = request.app[SETTINGS_KEY]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": settings.model, "object": "model", "created": 0, "owned_by": "kubetune"}
+            ],
+        }
+    )
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """``POST /v1/feedback``: one score per request id; a second post replaces the first."""
+    body = await _read_json(request)
+    if not isinstance(body, dict):
+        raise GatewayError(422, "the body must be a JSON object", "bad_request")
+    request_id = body.get("requestId")
+    if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
+        raise GatewayError(422, "requestId: a string of 1-128 characters is required",
+                           "bad_request", "requestId")  # fmt: skip
+    score = body.get("score")
+    if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
+        raise GatewayError(422, "score: an integer from 1 to 5 is required", "bad_request",
+                           "score")  # fmt: skip
+    comment = body.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > 4096):
+        raise GatewayError(422, "comment: a string of at most 4096 characters", "bad_request",
+                           "comment")  # fmt: skip
+    outcome = await asyncio.wrap_future(request.app[LOG_KEY].feedback(request_id, score, comment))
+    if outcome == "unknown_request":
+        raise GatewayError(404, f"no prediction with requestId {request_id!r}", "bad_request",
+                           "requestId")  # fmt: skip
+    return web.json_response({"requestId": request_id, "score": score, "status": outcome})
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    """``GET /metrics``: the gateway's registry in Prometheus' text format."""
+    data = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: the gateway answers (whether Ollama does is /readyz of the agent)."""
+    return web.Response(text="ok\n")
+
+
+# --- the application ----------------------------------------------------------------------------
+
+
+def create_app(
+    settings: GatewaySettings,
+    version: VersionProvider,
+    *,
+    metrics: GatewayMetrics | None = None,
+) -> web.Application:
+    """The gateway as an aiohttp application; its startup opens the log and the upstream pool,
+    its cleanup writes what is queued and closes both."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_stamp_and_catch])
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = metrics or GatewayMetrics()
+    app[PROVIDER_KEY] = version
+    app[LOG_KEY] = PredictionLog(settings, app[METRICS_KEY])
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/feedback", feedback)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def _resources(app: web.Application) -> Any:
+    settings = app[SETTINGS_KEY]
+    await asyncio.get_running_loop().run_in_executor(None, app[LOG_KEY].start)
+    app[SESSION_KEY] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=settings.upstream_connections, keepalive_timeout=60, ttl_dns_cache=None
+        ),
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.upstream_connect_timeout_s,
+            sock_read=settings.upstream_timeout_s,
+        ),
+        skip_auto_headers=("User-Agent",),
+    )
+    yield
+    await app[SESSION_KEY].close()
+    await asyncio.get_running_loop().run_in_executor(None, app[LOG_KEY].close)

@@ -1,0 +1,84 @@
+"""What the gateway is told, and where it learns which version is served.
+
+The served version changes while the gateway runs (the serve-agent moves the alias), so it is
+not a setting but a :data:`VersionProvider`: a callable the gateway asks once per request. The
+serve-agent passes one that reads its own status; tests and the stand-alone process pass a
+:class:`StaticVersion`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+ContentMode = Literal["full", "redacted", "none"]
+CONTENT_MODES: tuple[ContentMode, ...] = ("full", "redacted", "none")
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """The version the alias points at, as the serve-agent last read it back from Ollama."""
+
+    version: str | None
+    """Version name (``v2``); None while nothing is served yet."""
+    digest: str | None
+    """sha256 of the served GGUF."""
+
+
+VersionProvider = Callable[[], ServedVersion]
+"""Called on every request, on the event loop: it must return at once (no I/O)."""
+
+
+@dataclass(frozen=True)
+class StaticVersion:
+    """A provider that always answers the same version (tests, a stand-alone gateway)."""
+
+    served: ServedVersion
+
+    def __call__(self) -> ServedVersion:
+        return self.served
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway is told. Limits and why:"""
+
+    ollama_url: str
+    """The pod's Ollama, e.g. ``http://127.0.0.1:11434``."""
+    model: str
+    """The model name clients call and the alias of the served version (the deployment's name)."""
+    db_path: Path
+    """The prediction log (SQLite, WAL); its directory must exist."""
+    deployment: str = ""
+    """The ``deployment`` label of every metric; the model name when empty."""
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    content: ContentMode = "redacted"
+    """What of prompts and answers is stored: ``full``; ``redacted`` (secrets and personal data
+    replaced by ``[REDACTED:<rule>]``); ``none`` (counts and timings only)."""
+    max_body_bytes: int = MIB
+    """Largest request body (413 above): 1 MiB is a long conversation (~250k tokens of text)."""
+    upstream_timeout_s: float = 300.0
+    """Longest wait for Ollama's next byte (504 after): a cold load of an 8B model plus a long
+    generation without streaming stays well under five minutes."""
+    upstream_connect_timeout_s: float = 5.0
+    upstream_connections: int = 256
+    """Pooled keep-alive connections to Ollama; Ollama queues beyond OLLAMA_NUM_PARALLEL."""
+    retention_days: float = 30.0
+    """Predictions and feedback older than this are deleted (checked hourly and at start)."""
+    max_db_bytes: int = 1024 * MIB
+    """Above this the oldest predictions are deleted down to 90 % of it (checked every 100)."""
+    max_stored_chars: int = 32_768
+    """A stored prompt or answer is cut to this many characters."""
+    max_pending: int = 10_000
+    """Predictions waiting for the writer; beyond, new ones are dropped and counted
+    (``kubetune_gateway_errors_total{error_type="log_dropped"}``) rather than slowing answers."""
+
+    @property
+    def deployment_label(self) -> str:
+        """The deployment label value."""
+        return self.deployment or self.model
