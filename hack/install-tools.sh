@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install every tool the dev cluster and the tests need, at the versions pinned in
 # hack/versions.env:
-#   apt:  prometheus (+ promtool), openssl, util-linux (unshare, mount)
+#   apt:  prometheus (+ promtool), openssl, util-linux (unshare, mount), iproute2 (the local
+#         runner's pod-IP route), g++ (Ollama's cgo runner)
 #   Go:   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, helm,
 #         ollama-template (Ollama's template package, for the Modelfile parity tests),
 #         ollama (the server the serving tests run as ModelDeployment pods' Ollama container)
