@@ -1,9 +1,11 @@
 """The rendered alert rules and dashboard queries in Debian's real Prometheus server.
 
-A small HTTP server exports the gateway's series with prometheus-client — request and error
-counters, the latency, time-to-first-token, token-usage and feedback histograms, and a real
-:class:`~kubetune.serving.drift.DriftTracker` fed request by request; it stands in for the
-gateway in the serving pods, which Prometheus would scrape the same way. Prometheus scrapes it
+A small HTTP server (prometheus-client's) exports the gateway's own series
+(:class:`~kubetune.serving.gateway.metrics.GatewayMetrics`: request and error counters, the
+latency, time-to-first-token, token-usage and feedback histograms) with traffic made up here,
+and a real :class:`~kubetune.serving.drift.DriftTracker` fed request by request; it stands in
+for the gateway in the serving pods, which Prometheus would scrape the same way. Both versions
+also see the client's mistakes (``bad_request``) and dropped log writes, which are no failures. Prometheus scrapes it
 every second and evaluates the rules from :func:`kubetune.serving.alerts.render_rule_file`
 every second, with the thresholds of deploy/ and only the windows shortened (rate window 5 s,
 ``for:`` 2 s).
@@ -32,10 +34,11 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import start_http_server
 
 from kubetune.serving.alerts import AlertThresholds, render_dashboard, render_rule_file
 from kubetune.serving.drift import DriftSettings, DriftTracker
+from kubetune.serving.gateway.metrics import GatewayMetrics
 
 DEPLOYMENT = "support"
 FAST = AlertThresholds(rate_window="5s", for_warning="2s", for_critical="2s")
@@ -67,49 +70,9 @@ class StandInGateway:
     """The gateway's /metrics with traffic made up here; ``sick`` turns v2 bad."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        labels = ["deployment", "version"]
-        self.requests = Counter(
-            "kubetune_gateway_requests",
-            "Requests.",
-            [*labels, "route", "finish_reason"],
-            registry=self.registry,
-        )
-        self.errors = Counter(
-            "kubetune_gateway_errors",
-            "Failed requests.",
-            [*labels, "error_type"],
-            registry=self.registry,
-        )
-        buckets = (0.5, 1, 2, 5, 10, 20, 30, 60, 120)
-        self.duration = Histogram(
-            "gen_ai_server_request_duration_seconds",
-            "Request duration.",
-            [*labels, "route", "finish_reason"],
-            buckets=buckets,
-            registry=self.registry,
-        )
-        self.ttft = Histogram(
-            "gen_ai_server_time_to_first_token_seconds",
-            "TTFT.",
-            labels,
-            buckets=buckets,
-            registry=self.registry,
-        )
-        self.tokens = Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens.",
-            [*labels, "gen_ai_token_type"],
-            buckets=(16, 64, 256, 1024, 4096),
-            registry=self.registry,
-        )
-        self.feedback = Histogram(
-            "kubetune_feedback_score",
-            "Feedback.",
-            labels,
-            buckets=(1, 2, 3, 4, 5),
-            registry=self.registry,
-        )
+        # the gateway's own series definitions, so the names here are the names it exports
+        self.metrics = GatewayMetrics()
+        self.registry = self.metrics.registry
         self.drift = DriftTracker(
             DEPLOYMENT,
             DriftSettings(
@@ -129,7 +92,7 @@ class StandInGateway:
             "v2": 0,
         }  # per version, so each sees the same cycle of lengths and scores
         for version in ("v1", "v2"):
-            self.errors.labels(DEPLOYMENT, version, "ollama")  # exported at 0 from the start
+            self.metrics.errors.labels(DEPLOYMENT, version, "upstream_status")  # 0 from the start
             for _ in range(200):  # the reference window: the first requests after promotion
                 self._request(version, bad=False)
 
@@ -140,14 +103,19 @@ class StandInGateway:
         completion = 100 + i % 40
         answer = "I'm sorry, I can't help with that." if bad and i % 3 == 0 else "Here is how."
         score = 2 if bad else 4 + i % 2
-        self.requests.labels(DEPLOYMENT, version, "chat", "stop").inc()
-        if bad and i % 5 < 2:
-            self.errors.labels(DEPLOYMENT, version, "ollama").inc()
-        self.duration.labels(DEPLOYMENT, version, "chat", "stop").observe(90 if bad else 1.5)
-        self.ttft.labels(DEPLOYMENT, version).observe(3 if bad else 0.2)
-        self.tokens.labels(DEPLOYMENT, version, "input").observe(prompt)
-        self.tokens.labels(DEPLOYMENT, version, "output").observe(completion)
-        self.feedback.labels(DEPLOYMENT, version).observe(score)
+        m, failed = self.metrics, bad and i % 5 < 2
+        reason = "error" if failed else "stop"
+        m.requests.labels(DEPLOYMENT, version, "local", reason).inc()
+        if failed:
+            m.errors.labels(DEPLOYMENT, version, "upstream_status").inc()
+        if i % 10 == 0:  # the client's mistakes and dropped log writes are no failed requests
+            m.errors.labels(DEPLOYMENT, version, "bad_request").inc()
+            m.errors.labels(DEPLOYMENT, version, "log_dropped").inc()
+        m.request_duration.labels(DEPLOYMENT, version, "local", reason).observe(90 if bad else 1.5)
+        m.time_to_first_token.labels(DEPLOYMENT, version).observe(3 if bad else 0.2)
+        m.token_usage.labels(DEPLOYMENT, version, "input").observe(prompt)
+        m.token_usage.labels(DEPLOYMENT, version, "output").observe(completion)
+        m.feedback_score.labels(DEPLOYMENT, version).observe(score)
         self.drift.observe(version, prompt, completion, answer, feedback=score)
 
     def _traffic(self) -> None:

@@ -172,20 +172,28 @@ def _series(name: str, version: str, values: str, **labels: str) -> dict[str, st
 
 
 def _error_series() -> list[dict[str, str]]:
-    # per minute: 100 requests; ok 1 % errors, warn 10 %, crit 50 %; quiet: 50 % of 0.5 per 5m
+    # per minute: 100 requests; ok 1 % errors, warn 10 %, crit 50 %; quiet: 50 % of 0.5 per 5m;
+    # clients: 50 % of the requests are the client's fault or dropped log writes, not failures
     out = []
-    for version, requests, errors in (
-        ("ok", 100, 1),
-        ("warn", 100, 10),
-        ("crit", 100, 50),
-        ("quiet", 0.1, 0.05),
+    for version, requests, errors, error_type in (
+        ("ok", 100, 1, "upstream_status"),
+        ("warn", 100, 10, "upstream_timeout"),
+        ("crit", 100, 50, "internal"),
+        ("quiet", 0.1, 0.05, "upstream_unreachable"),
+        ("clients", 100, 25, "bad_request"),
+        ("clients", 100, 25, "log_dropped"),
     ):
         out.append(
-            _series("kubetune_gateway_requests_total", version, f"0+{requests}x40", route="chat")
+            _series(
+                "kubetune_gateway_errors_total", version, f"0+{errors}x40", error_type=error_type
+            )
         )
-        out.append(
-            _series("kubetune_gateway_errors_total", version, f"0+{errors}x40", error_type="ollama")
-        )
+        if error_type != "log_dropped":
+            out.append(
+                _series(
+                    "kubetune_gateway_requests_total", version, f"0+{requests}x40", route="local"
+                )
+            )
     return out
 
 

@@ -43,6 +43,16 @@ class AlertThresholds:
     """Share of failed requests over ``rate_window`` above which a warning fires."""
     error_rate_critical: float = 0.20
     """… and above which a critical alert fires."""
+    server_error_types: tuple[str, ...] = (
+        "upstream_unreachable",
+        "upstream_timeout",
+        "upstream_status",
+        "upstream_protocol",
+        "internal",
+    )
+    """``error_type`` values of kubetune_gateway_errors_total that count as failed requests: the
+    service's own failures. Left out: the client's (``bad_request``, ``body_too_large``,
+    ``client_disconnected``) and ``log_dropped``, which is a dropped log write, not a request."""
     min_requests: int = 10
     """Requests a version must have had in ``rate_window`` for its error rate or latency to be
     judged (2 failures out of 3 requests on a quiet service pages nobody)."""
@@ -86,6 +96,7 @@ _TARGET = (
 
 def _alerts(t: AlertThresholds) -> list[_Alert]:
     w = t.rate_window
+    server_errors = f'error_type=~"{"|".join(t.server_error_types)}"'
     enough = (
         f"and on ({GROUP_BY})\n"
         f"  sum by ({GROUP_BY}) (increase({{series}}[{w}])) >= {t.min_requests}"
@@ -93,7 +104,8 @@ def _alerts(t: AlertThresholds) -> list[_Alert]:
     return [
         _Alert(
             "KubetuneErrorRateHigh",
-            f"(\n  sum by ({GROUP_BY}) (rate(kubetune_gateway_errors_total[{w}]))\n/\n"
+            f"(\n  sum by ({GROUP_BY}) (rate(kubetune_gateway_errors_total{{{server_errors}}}[{w}]))"
+            "\n/\n"
             f"  sum by ({GROUP_BY}) (rate(kubetune_gateway_requests_total[{w}]))\n"
             f") > {{threshold}}\n" + enough.format(series="kubetune_gateway_requests_total"),
             (t.error_rate_warning, t.error_rate_critical),
@@ -236,11 +248,13 @@ SELECTOR = 'deployment=~"$deployment", version=~"$version"'
 BY = "deployment, version"
 
 
-def dashboard_queries() -> list[tuple[str, list[str]]]:
+def dashboard_queries(t: AlertThresholds | None = None) -> list[tuple[str, list[str]]]:
     """(panel title, PromQL queries) of every dashboard panel, in order."""
+    t = t or AlertThresholds()
     s, r = SELECTOR, "$__rate_interval"
+    server_errors = f'{s}, error_type=~"{"|".join(t.server_error_types)}"'
     requests = f"sum by ({BY}) (rate(kubetune_gateway_requests_total{{{s}}}[{r}]))"
-    errors = f"sum by ({BY}) (rate(kubetune_gateway_errors_total{{{s}}}[{r}]))"
+    errors = f"sum by ({BY}) (rate(kubetune_gateway_errors_total{{{server_errors}}}[{r}]))"
 
     def quantile(q: float, metric: str) -> str:
         return f"histogram_quantile({q}, sum by ({BY}, le) (rate({metric}_bucket{{{s}}}[{r}])))"
@@ -330,7 +344,7 @@ def render_dashboard(t: AlertThresholds | None = None) -> str:
     t = t or AlertThresholds()
     datasource = {"type": "prometheus", "uid": "${datasource}"}
     panels: list[dict[str, Any]] = []
-    for index, (title, queries) in enumerate(dashboard_queries()):
+    for index, (title, queries) in enumerate(dashboard_queries(t)):
         steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
         steps += [{"color": color, "value": value} for color, value in _thresholds(title, t)]
         panels.append(
