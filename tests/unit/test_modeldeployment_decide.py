@@ -152,3 +152,34 @@ def test_a_pending_new_version_leaves_the_served_one_in_place() -> None:
     d = decide(spec("v2"), 2, pending, [agent(p, {"v1": ""}, "v1") for p in ("p0", "p1")], serving.status, T1)
     assert d.served == "v1" and d.status.phase == "Progressing"
     assert d.status.versions[1].phase == "Pending" and d.status.versions[1].reason == MdReason.JOB_NOT_FINISHED
+
+
+def test_unhealthy_traffic_rolls_back_to_the_last_healthy_version_until_the_spec_changes() -> None:
+    both = [agent(p, {"v1": "", "v2": ""}, "v1") for p in ("p0", "p1")]
+    on_v1 = run(spec("v1"), both)
+    on_v2 = decide(spec("v2"), 2, BOTH, both, on_v1.status, T1)
+    assert on_v2.served == "v2"
+    why = "error rate 0.40 > maxErrorRate 0.05 over the last 300 s (20 of 50 requests failed)"
+    rolled = decide(spec("v2"), 2, BOTH, both, on_v2.status, T1, unhealthy=why)
+    assert rolled.served == "v1"
+    last = rolled.status.history[-1]
+    assert (last.from_version, last.to_version, last.reason, last.message) == ("v2", "v1", "AutomaticRollback", why)
+    assert rolled.status.rolled_back is not None and rolled.status.rolled_back.from_version == "v2"
+    assert rolled.status.phase == "Degraded" and rolled.status.desired_version == "v2"
+    cond = {c.type: c.status for c in rolled.status.conditions}
+    assert cond["RolledBack"] == "True" and cond["Degraded"] == "True"
+    assert ("Warning", MdReason.ROLLED_BACK) in {(t, r) for t, r, _ in rolled.events}
+    # Healthy again (the traffic moved to v1): it stays rolled back, no flapping.
+    held = decide(spec("v2"), 2, BOTH, both, rolled.status, T1)
+    assert held.served == "v1" and len(held.status.history) == len(rolled.status.history)
+    # A spec change (generation 3) tries the desired version again.
+    retried = decide(spec("v2"), 3, BOTH, both, held.status, T1)
+    assert retried.served == "v2" and retried.status.rolled_back is None
+
+
+def test_unhealthy_with_no_earlier_version_keeps_serving_and_says_so() -> None:
+    pods = [agent(p, {"v1": ""}, "v1") for p in ("p0", "p1")]
+    first = run(spec("v1"), pods)
+    d = decide(spec("v1"), 1, BOTH, pods, first.status, T1, unhealthy="error rate 0.9 > 0.05")
+    assert d.served == "v1" and d.status.rolled_back is None
+    assert any(r == MdReason.NO_HEALTHY_VERSION for _, r, _ in d.events)

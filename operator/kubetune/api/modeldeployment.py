@@ -90,6 +90,9 @@ class RollbackSpec(ApiModel):
     """Drift score above which the active version is rolled back."""
     window_seconds: Annotated[int, Field(ge=10, le=86400)] = 300
     """Observation window."""
+    min_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    """Requests the served version must have answered in the window before its error rate or
+    drift can roll it back (a quiet service never flaps)."""
 
 
 class FallbackSpec(ApiModel):
@@ -188,7 +191,25 @@ class SwitchRecord(ApiModel):
     digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     """sha256 of the GGUF now served."""
     reason: ShortText
-    """Why: ActiveVersionChanged, Promoted (newest gated version), Rollback, …"""
+    """Why: ActiveVersionChanged, Promoted (newest gated version), Rollback (an older version
+    chosen in the spec), AutomaticRollback, ServedVersionRemoved."""
+    message: ShortText = ""
+    """For AutomaticRollback: the values that triggered it."""
+
+
+class RolledBack(ApiModel):
+    """An automatic rollback in force: it lasts until the spec changes (a new generation)."""
+
+    generation: int
+    """metadata.generation it applies to."""
+    from_version: VersionName
+    """The version that was rolled back."""
+    to_version: VersionName
+    """The last healthy version, served instead."""
+    reason: ShortText
+    """The values that triggered it (error rate or drift score over the window)."""
+    time: str
+    """When (RFC 3339)."""
 
 
 class ModelDeploymentStatus(ApiModel):
@@ -201,7 +222,7 @@ class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = None
     """metadata.generation the status describes."""
     conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
-    """Ready, Reconciling, Stalled, Degraded."""
+    """Ready, Reconciling, Stalled, Degraded, RolledBack."""
     desired_version: VersionName | None = None
     """The version to serve: spec.activeVersion, or the newest gated version when unset."""
     served_version: VersionName | None = None
@@ -217,6 +238,8 @@ class ModelDeploymentStatus(ApiModel):
     """Per-version state."""
     history: Annotated[list[SwitchRecord], Field(max_length=20)] = Field(default_factory=list)
     """The last 20 switches of the served version, newest last."""
+    rolled_back: RolledBack | None = None
+    """The automatic rollback in force, if any (condition RolledBack)."""
     config_revision: Annotated[str, Field(max_length=64)] | None = None
     """Revision of the serving ConfigMap last written."""
     reason: Annotated[str, Field(max_length=128)] | None = None

@@ -25,6 +25,8 @@ from kubetune.api.common import ApiModel, ShortText
 SERVING_CONFIG_KEY: Final = "serving.json"
 SERVING_CONFIG_DIR: Final = "/etc/kubetune-serving"
 AGENT_PORT: Final = 8081
+GATEWAY_PORT: Final = 8080  # the OpenAI-compatible gateway (kubetune.serving.gateway) and its /metrics
+PREDICTIONS_DB: Final = "/models/kubetune-predictions.db"  # the gateway's prediction log
 OLLAMA_PORT: Final = 11434
 MODELS_DIR: Final = "/models"  # OLLAMA_MODELS, an emptyDir: the pod's own model store
 CACHE_DIR: Final = "/models/kubetune-cache"  # fetched GGUFs, verified, before registration

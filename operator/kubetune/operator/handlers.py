@@ -140,10 +140,12 @@ async def finetunejob_changed(*, event: kopf.RawEvent, namespace: str | None, na
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.MODELDEPLOYMENT_PLURAL)
-async def modeldeployment_changed(*, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+async def modeldeployment_changed(*, event: kopf.RawEvent, namespace: str | None, name: str,
+                                  body: kopf.Body, **_: Any) -> None:
     key = (namespace or "", name)
     if event["type"] == "DELETED":
         runtime.deployments.discard(key)
+        runtime.serving.forget(body.metadata.uid or "")
     else:
         runtime.deployments.add(key)
     runtime.serving_queue.add(key)

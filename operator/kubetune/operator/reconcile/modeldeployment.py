@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from kubetune.operator.reconcile.serving import (
     resolve_version,
     rfc3339,
 )
+from kubetune.operator.reconcile.traffic import TrafficWindows, rollback_reason, scrape_gateway
 from kubetune.operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,11 @@ def read_agent(pod: dict[str, Any], timeout: float) -> PodView:
         return PodView(name, None, f"serve-agent not answering ({exc})")
 
 
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def _live(pod: dict[str, Any]) -> bool:
     meta, status = pod["metadata"], pod.get("status") or {}
     return not meta.get("deletionTimestamp") and status.get("phase") in (None, "Pending", "Running")
@@ -69,6 +76,9 @@ class ModelDeploymentReconciler:
         self.api = api
         self.settings = settings
         self.read_agent = agent_reader
+        # Live traffic per ModelDeployment uid, kept in memory: after an operator restart the
+        # rollback window starts again (it needs minRequests before it can judge).
+        self.traffic: dict[str, TrafficWindows] = {}
 
     def reconcile(self, namespace: str, name: str) -> None:
         md = self.api.get_modeldeployment(namespace, name)
@@ -90,8 +100,9 @@ class ModelDeploymentReconciler:
         selector = ",".join(f"{k}={v}" for k, v in b.selector_labels(name).items())
         pods = [p for p in self.api.list_pods(namespace, selector) if _live(p)]
         views = [self.read_agent(p, self.settings.scrape_timeout) for p in pods]
+        unhealthy = self._traffic_verdict(md, spec, current, pods)
         now = rfc3339()
-        decision = decide(spec, generation, resolved, views, current, now)
+        decision = decide(spec, generation, resolved, views, current, now, unhealthy)
 
         sources = [r.source for r in resolved if r.source is not None]
         config = b.serving_config(name, sources, decision.served, decision.keep_loaded)
@@ -122,6 +133,29 @@ class ModelDeploymentReconciler:
             self.api.patch_modeldeployment_status(namespace, name, patch)
         for type_, reason, message in decision.events:
             self.api.post_event(md, type_, reason, message)
+
+    def _traffic_verdict(self, md: dict[str, Any], spec: ModelDeploymentSpec,
+                         current: ModelDeploymentStatus, pods: list[dict[str, Any]]) -> str | None:
+        """Scrape every ready pod's gateway and judge the served version's window."""
+        if not spec.rollback.enabled or current.served_version is None:
+            return None
+        windows = self.traffic.setdefault(md["metadata"]["uid"], TrafficWindows())
+        window = float(spec.rollback.window_seconds)
+        now = time.monotonic()
+        names = []
+        for pod in pods:
+            ip = (pod.get("status") or {}).get("podIP")
+            if not ip or not _ready(pod):
+                continue
+            names.append(pod["metadata"]["name"])
+            sample = scrape_gateway(ip, s.GATEWAY_PORT, md["metadata"]["name"], now, self.settings.scrape_timeout)
+            if sample is not None:
+                windows.add(pod["metadata"]["name"], sample, window)
+        windows.forget_pods(names)
+        return rollback_reason(spec.rollback, windows.traffic(current.served_version, window, now))
+
+    def forget(self, uid: str) -> None:
+        self.traffic.pop(uid, None)
 
     def _invalid(self, md: dict[str, Any], current: ModelDeploymentStatus, generation: int | None,
                  msg: str) -> None:

@@ -13,6 +13,10 @@ The rules (issue #9):
   or is not ready everywhere within `progressDeadlineSeconds`, is Failed and never served; the
   deployment stays on the last good version with condition Degraded. The spec is never
   rewritten.
+- Automatic rollback: when the served (desired) version's live traffic is unhealthy (error
+  rate or drift over `spec.rollback`, :mod:`kubetune.operator.reconcile.traffic`), the last
+  healthy version — the newest one served before it that is still ready everywhere — is served
+  instead, with condition RolledBack; it holds until the spec changes (a new generation).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from kubetune.api.modeldeployment import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     ModelVersion,
+    RolledBack,
     SwitchRecord,
     VersionStatus,
 )
@@ -49,6 +54,8 @@ class MdReason:
     DEADLINE = "ProgressDeadlineExceeded"
     SERVED = "VersionServed"
     ROLLED_BACK = "RolledBack"
+    AUTOMATIC_ROLLBACK = "AutomaticRollback"
+    NO_HEALTHY_VERSION = "NoHealthyVersionToRollBackTo"
     INVALID_SPEC = "InvalidSpec"
     NO_VERSION = "NoServableVersion"
     WAITING_FOR_PODS = "WaitingForPods"
@@ -227,18 +234,39 @@ def decide(
     pods: Sequence[PodView],
     current: ModelDeploymentStatus,
     now: str,
+    unhealthy: str | None = None,
 ) -> Decision:
-    """The served version, the versions to keep loaded, the new status and the Events."""
+    """The served version, the versions to keep loaded, the new status and the Events.
+
+    `unhealthy`: why the served version's live traffic calls for an automatic rollback
+    (:func:`kubetune.operator.reconcile.traffic.rollback_reason`), or None.
+    """
     by_name = {r.name: r for r in resolved}
     previous = {v.name: v for v in current.versions}
     versions = [_version_status(r, pods, previous.get(r.name), now, spec.progress_deadline_seconds)
                 for r in resolved]
     vstat = {v.name: v for v in versions}
-    desired = desired_version(spec, resolved)
+    wanted = desired_version(spec, resolved)
     served = current.served_version
+    events: list[tuple[str, str, str]] = []
 
     def servable(name: str | None) -> bool:
         return name is not None and name in vstat and vstat[name].phase == "Ready"
+
+    # An automatic rollback holds until the spec changes (a new generation tries again).
+    rolled_back = current.rolled_back
+    if rolled_back is not None and (rolled_back.generation != generation or not servable(rolled_back.to_version)):
+        rolled_back = None
+    if unhealthy is not None and rolled_back is None and served is not None and served == wanted:
+        target = next((h.from_version for h in reversed(current.history)
+                       if h.from_version not in (None, served) and servable(h.from_version)), None)
+        if target is None:
+            events.append(("Warning", MdReason.NO_HEALTHY_VERSION,
+                           f"{served} is unhealthy ({unhealthy}) but no earlier version is ready to take over"))
+        else:
+            rolled_back = RolledBack(generation=generation or 0, from_version=served, to_version=target,
+                                     reason=unhealthy[:1024], time=now)
+    desired = rolled_back.to_version if rolled_back is not None else wanted
 
     # The served version stays while it is listed with the same digest; if it was removed,
     # the newest version ready everywhere takes over (never a gap when one exists).
@@ -247,7 +275,10 @@ def decide(
         if src is None or src.source is None or (current.served_digest not in (None, src.source.sha256)):
             served = None
     reason = None
-    if servable(desired) and desired != served:
+    if servable(desired) and desired != served and rolled_back is not None and desired == rolled_back.to_version:
+        reason = MdReason.AUTOMATIC_ROLLBACK
+        served = desired
+    elif servable(desired) and desired != served:
         reason = "ActiveVersionChanged" if spec.active_version else "Promoted"
         old_index = next((i for i, r in enumerate(resolved) if r.name == current.served_version), None)
         new_index = next(i for i, r in enumerate(resolved) if r.name == desired)
@@ -260,16 +291,18 @@ def decide(
             served, reason = ready_now[-1], "ServedVersionRemoved" if current.served_version else "Promoted"
 
     history = list(current.history)
-    events: list[tuple[str, str, str]] = []
     served_digest = by_name[served].source.sha256 if served is not None and by_name[served].source else None  # type: ignore[union-attr]
     if served is not None and served != current.served_version and served_digest is not None:
+        automatic = reason == MdReason.AUTOMATIC_ROLLBACK and rolled_back is not None
         history.append(SwitchRecord(time=now, from_version=current.served_version, to_version=served,
-                                    digest=served_digest, reason=reason or "Promoted"))
+                                    digest=served_digest, reason=reason or "Promoted",
+                                    message=rolled_back.reason if automatic and rolled_back else ""))
         history = history[-HISTORY_LIMIT:]
-        events.append(("Normal", MdReason.ROLLED_BACK if reason == "Rollback" else MdReason.SERVED,
+        events.append(("Warning" if automatic else "Normal",
+                       MdReason.ROLLED_BACK if reason in ("Rollback", MdReason.AUTOMATIC_ROLLBACK) else MdReason.SERVED,
                        f"now serving {served} (sha256 {served_digest[:12]}…)"
                        + (f", was {current.served_version}" if current.served_version else "")
-                       + f": {reason}"))
+                       + f": {reason}" + (f": {rolled_back.reason}" if automatic and rolled_back else "")))
     for v in versions:
         old = previous.get(v.name)
         if v.phase == "Failed" and (old is None or old.phase != "Failed" or old.sha256 != v.sha256):
@@ -285,7 +318,7 @@ def decide(
 
     agents_on_served = [p for p in pods if p.agent is not None and p.agent.ready
                         and p.agent.served == served and p.agent.served_digest == served_digest]
-    desired_failed = desired is not None and desired in vstat and vstat[desired].phase == "Failed"
+    desired_failed = wanted is not None and wanted in vstat and vstat[wanted].phase == "Failed"
     all_ready = served is not None and len(agents_on_served) == len(pods) and len(pods) >= spec.replicas
     if served is None:
         phase = "Pending"
@@ -294,7 +327,11 @@ def decide(
         p_reason = MdReason.NO_VERSION
     elif desired_failed:
         phase, p_reason = "Degraded", MdReason.FAILED
-        msg = f"{vstat[desired].message}; still serving {served}"  # type: ignore[index]
+        msg = f"{vstat[wanted].message}; still serving {served}"  # type: ignore[index]
+    elif rolled_back is not None:
+        phase, p_reason = "Degraded", MdReason.ROLLED_BACK
+        msg = (f"rolled back from {rolled_back.from_version} to {rolled_back.to_version}: {rolled_back.reason}; "
+               "it stays rolled back until the spec changes")
     elif served != desired:
         phase, p_reason = "Progressing", MdReason.PROGRESSING
         d = vstat.get(desired) if desired else None
@@ -310,8 +347,11 @@ def decide(
         _condition(conds, "Reconciling", phase in ("Pending", "Progressing"), p_reason, msg, generation, now),
         _condition(conds, "Stalled", desired_failed, p_reason if desired_failed else MdReason.READY,
                    msg if desired_failed else "", generation, now),
-        _condition(conds, "Degraded", desired_failed, p_reason if desired_failed else MdReason.READY,
-                   msg if desired_failed else "", generation, now),
+        _condition(conds, "Degraded", phase == "Degraded", p_reason if phase == "Degraded" else MdReason.READY,
+                   msg if phase == "Degraded" else "", generation, now),
+        _condition(conds, "RolledBack", rolled_back is not None,
+                   MdReason.AUTOMATIC_ROLLBACK if rolled_back is not None else MdReason.READY,
+                   msg if rolled_back is not None else "", generation, now),
     ]
     if phase == "Degraded" and current.phase != "Degraded":
         events.append(("Warning", MdReason.FAILED, msg))
@@ -319,7 +359,8 @@ def decide(
         "phase": phase,
         "observed_generation": generation,
         "conditions": conditions,
-        "desired_version": desired,
+        "desired_version": wanted,
+        "rolled_back": rolled_back,
         "served_version": served,
         "served_digest": served_digest,
         "replicas": len(pods),
