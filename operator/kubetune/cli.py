@@ -209,6 +209,30 @@ def _cmd_serve_agent(args: argparse.Namespace) -> int:
     except ValueError as exc:  # --listen or KUBETUNE_AGENT_LISTEN
         print(f"serve-agent: {exc}", file=sys.stderr)
         return 2
+    gateway = None
+    if args.gateway:
+        from kubetune.serving.gateway.settings import GatewaySettings
+
+        try:
+            gw_host, gw_port = parse_listen(args.gateway)
+        except ValueError as exc:
+            print(f"serve-agent: --gateway: {exc}", file=sys.stderr)
+            return 2
+        if not args.model:
+            print("serve-agent: --gateway needs --model (the name clients call)", file=sys.stderr)
+            return 2
+        gateway = GatewaySettings(
+            ollama_url=args.ollama or env.ollama_url,
+            model=args.model,
+            deployment=args.model,
+            db_path=Path(args.predictions_db),
+            listen_host=gw_host,
+            listen_port=gw_port,
+            content=args.log_content,
+            retention_days=args.log_retention_days,
+            max_db_bytes=args.log_max_mib * (1 << 20),
+        )
+        Path(args.predictions_db).parent.mkdir(parents=True, exist_ok=True)
     settings = replace(
         env,
         config_path=Path(args.config) if args.config else env.config_path,
@@ -218,7 +242,7 @@ def _cmd_serve_agent(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache_dir) if args.cache_dir else env.cache_dir,
         pvc_root=Path(args.pvc_root) if args.pvc_root else env.pvc_root,
     )
-    return run_serve_agent(settings)
+    return run_serve_agent(settings, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--listen", help="HOST:PORT of /healthz, /readyz, /status (env KUBETUNE_AGENT_LISTEN)")
     agent.add_argument("--cache-dir", help="verified downloads (env KUBETUNE_CACHE_DIR)")
     agent.add_argument("--pvc-root", help="where pvc://<claim> is mounted (env KUBETUNE_PVC_ROOT)")
+    agent.add_argument("--gateway", help="HOST:PORT of the OpenAI-compatible gateway in this process (off when unset)")
+    agent.add_argument("--model", help="the model name clients call (the ModelDeployment's name); needed with --gateway")
+    agent.add_argument("--predictions-db", default="/models/kubetune-predictions.db", help="the gateway's SQLite prediction log")
+    agent.add_argument("--log-content", choices=("full", "redacted", "none"), default="redacted",
+                       help="what of prompts and answers the prediction log keeps")
+    agent.add_argument("--log-retention-days", type=float, default=30.0)
+    agent.add_argument("--log-max-mib", type=int, default=1024)
     agent.set_defaults(func=_cmd_serve_agent)
     return parser
 

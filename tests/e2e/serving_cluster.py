@@ -160,8 +160,8 @@ def alias_digest(pod_ip: str, model: str) -> str | None:
     return m.group(1) if m else None
 
 
-def chat(pod_ip: str, model: str, timeout: float = 60) -> dict[str, Any]:
-    return post_json(f"http://{pod_ip}:{s.OLLAMA_PORT}/v1/chat/completions",
+def chat(pod_ip: str, model: str, timeout: float = 60, port: int = s.OLLAMA_PORT) -> dict[str, Any]:
+    return post_json(f"http://{pod_ip}:{port}/v1/chat/completions",
                      {"model": model, "messages": [{"role": "user", "content": "Where is my order?"}],
                       "max_tokens": 2, "temperature": 0}, timeout)
 
@@ -173,8 +173,10 @@ class RequestLoop:
 
     ips: list[str]
     model: str
+    port: int = s.OLLAMA_PORT
     ok: int = 0
     failures: list[str] = field(default_factory=list)
+    failure_times: list[float] = field(default_factory=list)  # time.monotonic() of each
     latencies: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -196,7 +198,7 @@ class RequestLoop:
             i += 1
             started = time.monotonic()
             try:
-                answer = chat(ip, self.model)
+                answer = chat(ip, self.model, port=self.port)
                 if not answer.get("choices"):
                     raise ValueError(f"no choices: {answer}")
                 self.ok += 1
@@ -204,3 +206,5 @@ class RequestLoop:
             except (OSError, urllib.error.URLError, ValueError) as exc:
                 body = exc.read().decode(errors="replace")[:300] if isinstance(exc, urllib.error.HTTPError) else ""
                 self.failures.append(f"{ip}: {exc} {body}")
+                self.failure_times.append(time.monotonic())
+                time.sleep(0.05)  # a failing upstream answers at once: do not spin

@@ -13,7 +13,9 @@ the deployment removes everything it created.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +24,7 @@ import pytest
 from kubernetes import client
 
 from kubetune.api import constants as c
+from kubetune.api import serving as s
 from kubetune.devcluster import DevCluster
 from kubetune.operator.builders.serving import configmap_name
 from kubetune.operator.reconcile.modeldeployment import FINALIZER
@@ -95,6 +98,14 @@ def test_two_real_ollama_pods_serve_the_active_version(
     for ip in ips:
         answer = chat(ip, MODEL)
         assert answer["choices"][0]["message"]["role"] == "assistant"
+        # The same through the pod's gateway (the Service's http port), which says who answered.
+        req = urllib.request.Request(
+            f"http://{ip}:{s.GATEWAY_PORT}/v1/chat/completions",
+            json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}).encode(),
+            {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.headers["x-kubetune-version"] == "v1" and r.headers["x-kubetune-digest"] == sha_a
+            assert r.headers["x-request-id"] and json.loads(r.read())["choices"]
     v1 = next(v for v in status["versions"] if v["name"] == "v1")
     assert v1["ready"] and v1["sha256Verified"] and v1["gated"] is True and v1["podsReady"] == 2
     assert [(h.get("fromVersion"), h["toVersion"]) for h in status["history"]] == [(None, "v1")]
@@ -180,6 +191,58 @@ def test_operator_killed_mid_switch_converges_without_a_duplicate_switch(
     history = md.status()["history"]
     assert [(h.get("fromVersion"), h["toVersion"]) for h in history[before:]] == [("v1", "v2")]
     assert _digests(md) == {f16_sha(trained["job-b"])}
+
+
+# A version that loads and passes the agent's 1-token check (its prompt is "Hi") but whose
+# template fails on every real conversation: a real Ollama answering 500 to chat requests.
+FAULTY_MODELFILE = (
+    'TEMPLATE """{{ range .Messages }}{{ if eq .Content "Hi" }}{{ .Content }}'
+    '{{ else }}{{ index $.Messages 99 }}{{ end }}{{ end }}"""\n'
+)
+
+
+def test_a_version_that_fails_live_traffic_is_rolled_back_automatically(
+    cluster: DevCluster, ns: str, md: Md, operator: OperatorProcess, trained: dict[str, dict[str, Any]]
+) -> None:
+    md.wait_serving("v2", operator)
+    gguf = next(a for a in trained["job-b"]["artifacts"] if a["kind"] == "gguf")
+    volume = cluster.state_dir / "pvc" / ns / c.DEFAULT_ARTIFACTS_PVC
+    modelfile = volume / "faulty" / "Modelfile"
+    modelfile.parent.mkdir(parents=True, exist_ok=True)
+    modelfile.write_text(FAULTY_MODELFILE)
+    versions = md.get()["spec"]["versions"]
+    md.patch_spec({
+        "versions": [*versions, {
+            "name": "v4", "uri": gguf["uri"], "sha256": gguf["sha256"],
+            "modelfileUri": f"pvc://{c.DEFAULT_ARTIFACTS_PVC}/faulty/Modelfile",
+            "modelfileSha256": hashlib.sha256(modelfile.read_bytes()).hexdigest()}],
+        "activeVersion": "v4",
+        "rollback": {"windowSeconds": 10, "minRequests": 5, "maxErrorRate": 0.2},
+    })
+    with RequestLoop(md.pod_ips(), MODEL, port=s.GATEWAY_PORT) as load:
+        md.wait_status(lambda st: st.get("servedVersion") == "v4", "v4 served", operator=operator)
+        served_at = time.monotonic()
+        status = md.wait_status(
+            lambda st: (st.get("rolledBack") or {}).get("toVersion") == "v2" and st.get("readyReplicas") == 2
+            and st.get("servedVersion") == "v2", "rolled back to v2 on every pod", timeout=180, operator=operator)
+        switched_at = time.monotonic()
+        time.sleep(5)
+    detection = switched_at - served_at
+    print(f"\nautomatic rollback: {detection:.1f} s from v4 served to v2 back on every pod; "
+          f"{len(load.failures)} failed while v4 served, {load.ok} ok")
+    assert load.failures, "the faulty version failed no request: the test proves nothing"
+    assert [t for t in load.failure_times if t > switched_at + 1] == [], "requests failed after the rollback"
+    last = status["history"][-1]
+    assert (last["fromVersion"], last["toVersion"], last["reason"]) == ("v4", "v2", "AutomaticRollback")
+    assert "error rate" in last["message"]
+    cond = {x["type"]: x["status"] for x in status["conditions"]}
+    assert cond["RolledBack"] == "True" and status["phase"] == "Degraded"
+    assert md.get()["spec"]["activeVersion"] == "v4", "the spec is never rewritten"
+    assert any(e.reason == "RolledBack" and "v4" in (e.message or "") for e in md.events())
+    time.sleep(3)
+    assert md.status()["servedVersion"] == "v2", "it stays rolled back until the spec changes"
+    md.patch_spec({"versions": versions, "activeVersion": "v2"})
+    md.wait_serving("v2", operator)
 
 
 def test_a_served_job_cannot_be_deleted_and_deleting_the_deployment_cleans_up(

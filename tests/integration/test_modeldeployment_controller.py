@@ -70,7 +70,8 @@ def test_children_are_applied_and_the_pdb_follows_replicas(
     cm = core.read_namespaced_config_map(configmap_name("chat"), namespace)
     config = s.ServingConfig.model_validate_json(cm.data[s.SERVING_CONFIG_KEY])
     assert [(v.name, v.sha256) for v in config.versions] == [("v1", SHA)] and config.served is None
-    assert core.read_namespaced_service("chat", namespace).spec.ports[0].port == s.OLLAMA_PORT
+    ports = {p.name: p.port for p in core.read_namespaced_service("chat", namespace).spec.ports}
+    assert ports == {"http": s.GATEWAY_PORT, "ollama": s.OLLAMA_PORT}  # the gateway first
     assert policy.read_namespaced_pod_disruption_budget("chat", namespace).spec.max_unavailable == 1
 
     api = client.CustomObjectsApi(cluster.api_client())

@@ -95,6 +95,18 @@ class RollbackSpec(ApiModel):
     drift can roll it back (a quiet service never flaps)."""
 
 
+class LoggingSpec(ApiModel):
+    """The gateway's prediction log (SQLite in WAL mode on each pod's model volume)."""
+
+    content: Literal["full", "redacted", "none"] = "redacted"
+    """What of prompts and answers is kept: `full`; `redacted` (secrets and personal data
+    replaced by the trainer's scanner); `none` (counts, timings, tokens and feedback only)."""
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    """Predictions and feedback older than this are deleted."""
+    max_size_mib: Annotated[int, Field(ge=16, le=1_048_576)] = 1024
+    """Above this size the oldest predictions are deleted."""
+
+
 class FallbackSpec(ApiModel):
     """A stronger model (OpenAI-compatible) answering when the served model fails."""
 
@@ -118,7 +130,9 @@ class ModelDeploymentSpec(ApiModel):
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)
     """Automatic rollback."""
     fallback: FallbackSpec | None = None
-    """Optional fallback model."""
+    """Optional fallback model (not acted on yet: the gateway answers from the local model only)."""
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    """The gateway's prediction log."""
     ollama_image: Annotated[str, Field(max_length=1024)] = DEFAULT_OLLAMA_IMAGE
     """Ollama image. The default is the version kubetune's serving tests run (built from the
     same Go module version)."""

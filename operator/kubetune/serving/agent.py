@@ -40,6 +40,7 @@ from kubetune.api.serving import (
 from kubetune.serving.config import AgentSettings, ConfigError, read_serving_config
 from kubetune.serving.failures import StepFailure
 from kubetune.serving.fetch import cached_path, remove_partials
+from kubetune.serving.gateway.settings import ServedVersion
 from kubetune.serving.ollama import OllamaClient, OllamaError, OllamaUnreachable
 from kubetune.serving.tags import ALIAS_TAG, ModelTags, VersionView
 from kubetune.serving.versions import Sources, prepare_version
@@ -79,6 +80,7 @@ class ServeAgent:
         self.client = client or OllamaClient(settings.ollama_url)
         self.sources = Sources(cache_dir=settings.cache_dir, pvc_root=settings.pvc_root)
         self.heartbeat = time.monotonic()
+        self.served_version = ServedVersion(None, None)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kubetune-version")
@@ -153,6 +155,9 @@ class ServeAgent:
             # not take every pod out of the Service at once. /status carries the error.
             why = f"{self._s.config_error}{held}" + (f"; {why}" if why else "")
         self._set_ready(ready, why)
+        status = self.status()
+        # Read by the gateway on every request (no lock, no I/O): an attribute swap is atomic.
+        self.served_version = ServedVersion(status.served, status.served_digest)
         return delay
 
     def _reconcile(self) -> tuple[float, bool, str]:

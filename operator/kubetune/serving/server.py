@@ -21,6 +21,8 @@ from types import FrameType
 
 from kubetune.serving.agent import ServeAgent
 from kubetune.serving.config import AgentSettings
+from kubetune.serving.gateway.process import start_gateway_thread
+from kubetune.serving.gateway.settings import GatewaySettings
 
 log = logging.getLogger("kubetune.serving")
 
@@ -66,8 +68,10 @@ def start_http_server(agent: ServeAgent, host: str, port: int) -> ThreadingHTTPS
     return server
 
 
-def run_serve_agent(settings: AgentSettings) -> int:
-    """Run the agent and its endpoints until SIGTERM or SIGINT; the exit code."""
+def run_serve_agent(settings: AgentSettings, gateway: GatewaySettings | None = None) -> int:
+    """Run the agent and its endpoints until SIGTERM or SIGINT; the exit code. With `gateway`,
+    the OpenAI-compatible gateway serves in the same process (its own event loop in a thread),
+    answering for the version the agent last read back from Ollama."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -83,6 +87,16 @@ def run_serve_agent(settings: AgentSettings) -> int:
             "cannot listen on %s:%d: %s", settings.listen_host, settings.listen_port, exc.strerror
         )
         return 1
+
+    gateway_thread = None
+    if gateway is not None:
+        try:
+            gateway_thread = start_gateway_thread(gateway, lambda: agent.served_version)
+        except OSError as exc:
+            server.shutdown()
+            log.error("gateway cannot listen on %s:%d: %s", gateway.listen_host, gateway.listen_port,
+                      exc.strerror)
+            return 1
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -101,6 +115,8 @@ def run_serve_agent(settings: AgentSettings) -> int:
     try:
         agent.run()
     finally:
+        if gateway_thread is not None:
+            gateway_thread.stop()
         server.shutdown()
         agent.client.close()
     return 0

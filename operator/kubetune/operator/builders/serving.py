@@ -166,9 +166,20 @@ def build_deployment(
             "--listen", f"$(POD_IP):{s.AGENT_PORT}",
             "--cache-dir", s.CACHE_DIR,
             "--pvc-root", s.PVC_MOUNT_ROOT,
+            # The OpenAI-compatible gateway in the same process (prediction log, feedback,
+            # metrics): what the Service's `http` port reaches.
+            "--gateway", f"$(POD_IP):{s.GATEWAY_PORT}",
+            "--model", name,
+            "--predictions-db", s.PREDICTIONS_DB,
+            "--log-content", spec.logging.content,
+            "--log-retention-days", str(spec.logging.retention_days),
+            "--log-max-mib", str(spec.logging.max_size_mib),
         ],
         "env": [pod_ip],
-        "ports": [{"name": "agent", "containerPort": s.AGENT_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": s.GATEWAY_PORT, "protocol": "TCP"},
+            {"name": "agent", "containerPort": s.AGENT_PORT, "protocol": "TCP"},
+        ],
         "volumeMounts": agent_mounts,
         # Ready only while the alias resolves to the configured digest and answers.
         "readinessProbe": {
@@ -236,7 +247,12 @@ def build_service(md: dict[str, Any]) -> dict[str, Any]:
         "metadata": _metadata(md, name),
         "spec": {
             "selector": selector_labels(name),
-            "ports": [{"name": "ollama", "port": s.OLLAMA_PORT, "targetPort": "ollama", "protocol": "TCP"}],
+            "ports": [
+                # The gateway: OpenAI-compatible API, prediction log, feedback, /metrics.
+                {"name": "http", "port": s.GATEWAY_PORT, "targetPort": "http", "protocol": "TCP"},
+                # Ollama's native API, unlogged (for tools that speak it).
+                {"name": "ollama", "port": s.OLLAMA_PORT, "targetPort": "ollama", "protocol": "TCP"},
+            ],
         },
     }
 
