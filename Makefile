@@ -38,6 +38,7 @@ demo: setup
 ## test: lint, then every test tier; exit code 5 (no tests collected) fails like any other failure
 test: setup tools lint
 	$(VENV)/bin/kubetune crds --check
+	$(VENV)/bin/kubetune alerts --check
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 ## crds: regenerate crds/ from kubetune.api

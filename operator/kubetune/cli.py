@@ -4,6 +4,7 @@
   kubetune validate FILE…   check FineTuneJob / ModelDeployment YAML against the API models
                             (with --kubeconfig, also that the Secrets they reference exist)
   kubetune crds [--check]   write (or check) the generated CRDs in crds/ and the chart
+  kubetune alerts [--check] write (or check) the alert rules and dashboard in deploy/monitoring/
   kubetune operator         run the operator against the current kubeconfig / in-cluster
   kubetune serve-agent      run the agent beside Ollama in a ModelDeployment pod
 """
@@ -156,6 +157,12 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    from kubetune.serving import alerts
+
+    return alerts.main((["--check"] if args.check else []) + (["--out", args.out] if args.out else []))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
@@ -272,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--out", help="write to this folder instead of crds/ and the chart")
     crds.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     crds.set_defaults(func=_cmd_crds)
+
+    alerts = sub.add_parser("alerts", help="generate the alert rules and Grafana dashboard in deploy/monitoring/")
+    alerts.add_argument("--out", help="write to this folder instead of deploy/monitoring/")
+    alerts.add_argument("--check", action="store_true", help="fail if the files differ from kubetune.serving.alerts")
+    alerts.set_defaults(func=_cmd_alerts)
 
     op = sub.add_parser("operator", help="run the operator")
     op.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
