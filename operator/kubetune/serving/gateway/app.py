@@ -11,7 +11,16 @@ Routes:
 - ``GET /v1/models``: the deployment's model only.
 - ``POST /v1/feedback`` ``{"requestId", "score": 1..5, "comment"?}``: 200 once durable, 404 for
   a request id never logged, 422 naming the field that is wrong.
-- ``GET /metrics`` (Prometheus text), ``GET /healthz`` (the gateway itself is up).
+- ``GET /metrics`` (Prometheus text, the drift gauges included), ``GET /healthz`` (the gateway
+  itself is up).
+
+Drift: every request the local model answered (finish reason other than error or cancelled)
+is one :meth:`~kubetune.serving.drift.DriftTracker.observe` of the version that answered it:
+Ollama's prompt and completion tokens and the answer text (a stream's assembled text). A
+request without a prompt token count (a stream that carried no usage) is not observed: a
+made-up length would move the PSI. Feedback reaches the tracker from the prediction log, with
+the version that answered that request id. A version no longer served for
+``drift_forget_after_s`` is forgotten (:class:`VersionRetirement`).
 
 Every response carries ``x-request-id`` (the client's, when it sent a usable one: 1-128 of
 ``A-Za-z0-9._:-``; generated otherwise), ``x-kubetune-version`` and ``x-kubetune-digest`` (the
@@ -43,6 +52,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubetune.serving.drift import DriftTracker
 from kubetune.serving.gateway.metrics import GatewayMetrics, finish_reason_label
 from kubetune.serving.gateway.predictions import Prediction, PredictionLog
 from kubetune.serving.gateway.settings import GatewaySettings, ServedVersion, VersionProvider
@@ -58,6 +68,36 @@ METRICS_KEY: Final = web.AppKey("metrics", GatewayMetrics)
 LOG_KEY: Final = web.AppKey("prediction_log", PredictionLog)
 PROVIDER_KEY: Final[web.AppKey[VersionProvider]] = web.AppKey("version_provider")
 SESSION_KEY: Final = web.AppKey("upstream_session", aiohttp.ClientSession)
+DRIFT_KEY: Final = web.AppKey("drift", DriftTracker)
+
+
+class VersionRetirement:
+    """Forgets the drift windows of versions that have not been served for ``after_s``.
+
+    Told the served version on every request and every ``/metrics`` scrape; sweeps at most
+    once a minute, so the per-request cost is a dict write.
+    """
+
+    def __init__(self, tracker: DriftTracker, after_s: float) -> None:
+        self.tracker = tracker
+        self.after_s = after_s
+        self.last_served: dict[str, float] = {}
+        self._next_sweep = 0.0
+
+    def served(self, version: str | None, now: float) -> None:
+        """``version`` is served at ``now`` (monotonic seconds); forget the long-gone ones."""
+        if version is not None:
+            self.last_served[version] = now
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(60.0, self.after_s)
+        for name, seen in list(self.last_served.items()):
+            if now - seen > self.after_s:
+                del self.last_served[name]
+                self.tracker.forget(name)
+
+
+RETIREMENT_KEY: Final = web.AppKey("drift_retirement", VersionRetirement)
 
 
 @dataclass(frozen=True)
@@ -393,6 +433,19 @@ def _account(
         metrics.token_usage.labels(dep, ver, "input").observe(outcome.prompt_tokens)
     if outcome.completion_tokens is not None and outcome.error is None:
         metrics.token_usage.labels(dep, ver, "output").observe(outcome.completion_tokens)
+    app[RETIREMENT_KEY].served(ctx.served.version, time.monotonic())
+    if (
+        outcome.error is None
+        and ctx.served.version is not None
+        and outcome.prompt_tokens is not None
+        and outcome.completion_tokens is not None
+    ):
+        app[DRIFT_KEY].observe(
+            ctx.served.version,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            outcome.response_text,
+        )
     prompt = None
     if isinstance(body, dict) and outcome.error not in ("bad_request", "body_too_large"):
         prompt = json.dumps(body.get("messages"), ensure_ascii=False)
@@ -458,7 +511,9 @@ async def feedback(request: web.Request) -> web.Response:
 
 async def metrics_text(request: web.Request) -> web.Response:
     """``GET /metrics``: the gateway's registry in Prometheus' text format."""
-    data = generate_latest(request.app[METRICS_KEY].registry)
+    app = request.app
+    app[RETIREMENT_KEY].served(app[PROVIDER_KEY]().version, time.monotonic())
+    data = generate_latest(app[METRICS_KEY].registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -482,7 +537,10 @@ def create_app(
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics or GatewayMetrics()
     app[PROVIDER_KEY] = version
-    app[LOG_KEY] = PredictionLog(settings, app[METRICS_KEY])
+    app[DRIFT_KEY] = DriftTracker(settings.deployment_label, settings.drift)
+    app[DRIFT_KEY].register(app[METRICS_KEY].registry)
+    app[RETIREMENT_KEY] = VersionRetirement(app[DRIFT_KEY], settings.drift_forget_after_s)
+    app[LOG_KEY] = PredictionLog(settings, app[METRICS_KEY], app[DRIFT_KEY])
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)

@@ -12,7 +12,9 @@ Feedback goes through the same queue, so a prediction recorded before the feedba
 always written first (a client that rates an answer it just received finds it). A feedback is
 written with ``synchronous=FULL`` (the WAL is fsynced at commit) before :meth:`feedback`
 returns: an acknowledged feedback survives a crash. One feedback per request id: a second one
-replaces the first (score, comment, time); the score histogram counts the first only.
+replaces the first (score, comment, time); the score histogram and the drift tracker's feedback
+windows count the first only (the tracker only for answers of the local model: a fallback's
+answer says nothing about the served version).
 
 Bounds: rows older than ``retention_days`` are deleted at start and hourly; above
 ``max_db_bytes`` (checked every 100 predictions) the oldest predictions and feedback are
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from kubetune.serving.drift import DriftTracker
 from kubetune.serving.gateway.metrics import GatewayMetrics
 from kubetune.serving.gateway.redaction import scanner_redact, stored_text
 from kubetune.serving.gateway.settings import GatewaySettings
@@ -111,9 +114,12 @@ class _Stop:
 class PredictionLog:
     """The log of one gateway. :meth:`start` opens the file and starts the writer thread."""
 
-    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, settings: GatewaySettings, metrics: GatewayMetrics, drift: DriftTracker | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.drift = drift
         self._queue: queue.SimpleQueue[Prediction | _Feedback | _Stop] = queue.SimpleQueue()
         # Each counter has one writer (event loop, writer thread), so their difference is exact.
         self._queued = 0
@@ -226,7 +232,7 @@ class PredictionLog:
             try:
                 with db:
                     row = db.execute(
-                        "SELECT version FROM predictions WHERE request_id = ?"
+                        "SELECT version, route FROM predictions WHERE request_id = ?"
                         " ORDER BY id DESC LIMIT 1",
                         (item.request_id,),
                     ).fetchone()
@@ -252,6 +258,8 @@ class PredictionLog:
             self.metrics.feedback_score.labels(
                 self.settings.deployment_label, row[0] or "none"
             ).observe(item.score)
+            if self.drift is not None and row[0] is not None and row[1] == "local":
+                self.drift.observe_feedback(row[0], item.score)
         item.done.set_result("updated" if existed else "created")
 
     def _maintain(self, db: sqlite3.Connection) -> None:

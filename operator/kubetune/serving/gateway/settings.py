@@ -9,9 +9,11 @@ serve-agent passes one that reads its own status; tests and the stand-alone proc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from kubetune.serving.drift import DriftSettings
 
 ContentMode = Literal["full", "redacted", "none"]
 CONTENT_MODES: tuple[ContentMode, ...] = ("full", "redacted", "none")
@@ -77,6 +79,12 @@ class GatewaySettings:
     max_pending: int = 10_000
     """Predictions waiting for the writer; beyond, new ones are dropped and counted
     (``kubetune_gateway_errors_total{error_type="log_dropped"}``) rather than slowing answers."""
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    """Window sizes and minimum samples of the gateway's :class:`~kubetune.serving.drift.DriftTracker`."""
+    drift_forget_after_s: float = 6 * 3600.0
+    """A version not served for this long loses its drift windows (served again later, it starts
+    afresh, as after a promotion). Six hours keeps a rolled-back version's windows while someone
+    looks at them; the tracker's ``max_versions`` bounds memory whatever this says."""
 
     @property
     def deployment_label(self) -> str:
