@@ -5,6 +5,8 @@
                             (with --kubeconfig, also that the Secrets they reference exist)
   kubetune crds [--check]   write (or check) the generated CRDs in crds/ and the chart
   kubetune alerts [--check] write (or check) the alert rules and dashboard in deploy/monitoring/
+  kubetune predictions export --deployment NAME --out FILE [--pairs FILE]
+                            well-scored answers of a ModelDeployment as training data
   kubetune operator         run the operator against the current kubeconfig / in-cluster
   kubetune serve-agent      run the agent beside Ollama in a ModelDeployment pod
 """
@@ -163,6 +165,41 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
     return alerts.main((["--check"] if args.check else []) + (["--out", args.out] if args.out else []))
 
 
+def _cmd_predictions_export(args: argparse.Namespace) -> int:
+    import kubernetes
+
+    from kubetune.predictions_export import export, parse_since
+
+    try:
+        parse_since(args.since)
+    except ValueError as exc:
+        print(f"predictions export: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.kubeconfig or not _in_cluster():
+            api_client = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+            _, active = kubernetes.config.list_kube_config_contexts(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+            namespace = args.namespace or str((active or {}).get("context", {}).get("namespace") or "default")
+        else:
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+            api_client = kubernetes.client.ApiClient()
+            namespace = args.namespace or "default"
+    except Exception as exc:  # a bad or missing kubeconfig raises several kinds
+        print(f"predictions export: cannot use the kubeconfig: {exc}", file=sys.stderr)
+        return 2
+    with api_client:
+        return export(
+            api_client, namespace, args.deployment,
+            min_score=args.min_score, since=args.since, out=args.out, pairs=args.pairs,
+        )
+
+
+def _in_cluster() -> bool:
+    import os
+
+    return "KUBERNETES_SERVICE_HOST" in os.environ and "KUBECONFIG" not in os.environ
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
@@ -284,6 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--out", help="write to this folder instead of deploy/monitoring/")
     alerts.add_argument("--check", action="store_true", help="fail if the files differ from kubetune.serving.alerts")
     alerts.set_defaults(func=_cmd_alerts)
+
+    predictions = sub.add_parser("predictions", help="the prediction logs of a ModelDeployment's gateways")
+    psub = predictions.add_subparsers(dest="predictions_command", required=True)
+    pexp = psub.add_parser(
+        "export", help="well-scored answers as chat training data (and preference pairs) through the pod proxy"
+    )
+    pexp.add_argument("--deployment", required=True, help="the ModelDeployment's name")
+    pexp.add_argument("-n", "--namespace", help="its namespace (default: the context's, else default)")
+    pexp.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG, ~/.kube/config, or in-cluster)")
+    pexp.add_argument("--min-score", type=int, default=4, choices=range(1, 6), metavar="1..5",
+                      help="lowest feedback score of an exported answer (default 4)")
+    pexp.add_argument("--since", default="7d", help="how far back, e.g. 12h, 7d, 2w (default 7d)")
+    pexp.add_argument("--out", required=True, help="chat JSONL to write")
+    pexp.add_argument("--pairs", help="also write preference pairs (a good and a <= 2 answer to one prompt)")
+    pexp.set_defaults(func=_cmd_predictions_export)
 
     op = sub.add_parser("operator", help="run the operator")
     op.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
