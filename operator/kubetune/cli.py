@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +242,16 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fallback_triggers(text: str) -> list[str]:
+    from kubetune.serving.gateway.settings import FALLBACK_TRIGGERS
+
+    triggers = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = sorted(set(triggers) - set(FALLBACK_TRIGGERS))
+    if unknown or not triggers:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(FALLBACK_TRIGGERS)}")
+    return triggers
+
+
 def _cmd_serve_agent(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -265,7 +276,29 @@ def _cmd_serve_agent(args: argparse.Namespace) -> int:
         if not args.model:
             print("serve-agent: --gateway needs --model (the name clients call)", file=sys.stderr)
             return 2
+        fallback = None
+        if args.fallback_url:
+            from kubetune.serving.gateway.settings import FallbackSettings
+
+            if not args.fallback_model:
+                print("serve-agent: --fallback-url needs --fallback-model", file=sys.stderr)
+                return 2
+            api_key = None
+            if args.fallback_api_key_env:  # the key itself never is an argument (ps, logs)
+                api_key = os.environ.get(args.fallback_api_key_env)
+                if not api_key:
+                    print(f"serve-agent: --fallback-api-key-env: ${args.fallback_api_key_env} is empty",
+                          file=sys.stderr)
+                    return 2
+            fallback = FallbackSettings(
+                url=args.fallback_url,
+                model=args.fallback_model,
+                api_key=api_key,
+                timeout_s=args.fallback_timeout_seconds,
+                on=frozenset(args.fallback_on),
+            )
         gateway = GatewaySettings(
+            fallback=fallback,
             ollama_url=args.ollama or env.ollama_url,
             model=args.model,
             deployment=args.model,
@@ -357,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what of prompts and answers the prediction log keeps")
     agent.add_argument("--log-retention-days", type=float, default=30.0)
     agent.add_argument("--log-max-mib", type=int, default=1024)
+    agent.add_argument("--fallback-url", help="base URL of an OpenAI-compatible fallback model (off when unset)")
+    agent.add_argument("--fallback-model", help="the fallback's model name")
+    agent.add_argument("--fallback-api-key-env", help="name of the environment variable holding the fallback's API key")
+    agent.add_argument("--fallback-timeout-seconds", type=float, default=30.0,
+                       help="local answer (a stream: first byte) slower than this goes to the fallback")
+    agent.add_argument("--fallback-on", type=_fallback_triggers, default=["error", "timeout"],
+                       help="comma-separated: error, timeout, refusal")
     agent.set_defaults(func=_cmd_serve_agent)
     return parser
 

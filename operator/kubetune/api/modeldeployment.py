@@ -107,15 +107,53 @@ class LoggingSpec(ApiModel):
     """Above this size the oldest predictions are deleted."""
 
 
+FallbackTrigger = Literal["error", "timeout", "refusal"]
+DEFAULT_TRIGGERS: tuple[FallbackTrigger, ...] = ("error", "timeout")
+UNIQUE_TRIGGERS = (
+    "!has(self.on) || self.on.all(x, self.on.exists_one(y, y == x))",
+    "on: each trigger at most once",
+)
+
+
 class FallbackSpec(ApiModel):
-    """A stronger model (OpenAI-compatible) answering when the served model fails."""
+    """A stronger model (OpenAI-compatible) answering when the served model fails. The gateway
+    asks it only after the local model failed, so its answers are logged and counted with
+    `route="fallback"` (and `kubetune_gateway_fallbacks_total{reason}`); when the fallback fails
+    too, the client gets the local error."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": UNIQUE_TRIGGERS[0], "message": UNIQUE_TRIGGERS[1]}
+            ]
+        }
+    )
 
     endpoint: HttpUrl
-    """Base URL of the OpenAI-compatible API."""
+    """Base URL of the OpenAI-compatible API, as the OpenAI SDK's `base_url`
+    (e.g. `https://api.openai.com/v1`): requests go to `<endpoint>/chat/completions`."""
     model: Annotated[str, Field(min_length=1, max_length=256)]
     """Model name."""
     api_key_secret_ref: SecretKeyRef | None = None
-    """Secret holding the API key."""
+    """Secret holding the API key (sent as `Authorization: Bearer`). It reaches the pod as an
+    environment variable from the Secret, never as an argument, and is never logged."""
+    timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 30
+    """How long the local model may take before the fallback answers instead (a whole answer;
+    for a stream, its first byte), and the longest wait for the fallback's next byte."""
+    on: Annotated[list[FallbackTrigger], Field(min_length=1, max_length=3)] = Field(
+        default_factory=lambda: list(DEFAULT_TRIGGERS)
+    )
+    """When to ask the fallback: `error` (the local model is unreachable or answers 5xx; a 4xx
+    is the client's mistake and is relayed), `timeout` (no answer within `timeoutSeconds`),
+    `refusal` (a non-streamed answer starts like a refusal, as the drift signal counts them;
+    a stream is relayed as it comes, so it is never judged). There is no `lowConfidence`:
+    Ollama's OpenAI-compatible endpoint (v0.11.4, `openai/openai.go`) returns no logprobs."""
+
+    @model_validator(mode="after")
+    def _unique_triggers(self) -> FallbackSpec:
+        if len(set(self.on)) != len(self.on):
+            raise ValueError(UNIQUE_TRIGGERS[1])
+        return self
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -130,7 +168,7 @@ class ModelDeploymentSpec(ApiModel):
     rollback: RollbackSpec = Field(default_factory=RollbackSpec)
     """Automatic rollback."""
     fallback: FallbackSpec | None = None
-    """Optional fallback model (not acted on yet: the gateway answers from the local model only)."""
+    """Optional fallback model: answers when the local model errors, times out or refuses."""
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     """The gateway's prediction log."""
     ollama_image: Annotated[str, Field(max_length=1024)] = DEFAULT_OLLAMA_IMAGE

@@ -107,6 +107,34 @@ def pvc_claims(versions: Sequence[s.ServingVersion]) -> list[str]:
     return sorted(claims)
 
 
+FALLBACK_API_KEY_ENV = "KUBETUNE_FALLBACK_API_KEY"
+
+
+def _fallback_args(spec: ModelDeploymentSpec) -> list[str]:
+    fallback = spec.fallback
+    if fallback is None:
+        return []
+    args = [
+        "--fallback-url", str(fallback.endpoint),
+        "--fallback-model", fallback.model,
+        "--fallback-timeout-seconds", str(fallback.timeout_seconds),
+        "--fallback-on", ",".join(fallback.on),
+    ]  # fmt: skip
+    if fallback.api_key_secret_ref is not None:  # the key comes from the Secret, by name only
+        args += ["--fallback-api-key-env", FALLBACK_API_KEY_ENV]
+    return args
+
+
+def _fallback_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    ref = spec.fallback.api_key_secret_ref if spec.fallback is not None else None
+    if ref is None:
+        return []
+    return [{
+        "name": FALLBACK_API_KEY_ENV,
+        "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+    }]  # fmt: skip
+
+
 def build_deployment(
     md: dict[str, Any],
     spec: ModelDeploymentSpec,
@@ -174,8 +202,9 @@ def build_deployment(
             "--log-content", spec.logging.content,
             "--log-retention-days", str(spec.logging.retention_days),
             "--log-max-mib", str(spec.logging.max_size_mib),
+            *_fallback_args(spec),
         ],
-        "env": [pod_ip],
+        "env": [pod_ip, *_fallback_env(spec)],
         "ports": [
             {"name": "http", "containerPort": s.GATEWAY_PORT, "protocol": "TCP"},
             {"name": "agent", "containerPort": s.AGENT_PORT, "protocol": "TCP"},

@@ -31,8 +31,22 @@ unreachable or answering 5xx -> 502, no byte from Ollama within ``upstream_timeo
 Ollama's own 4xx (a request it refuses) is relayed with its status. A stream that fails after
 its first byte can no longer change status: it ends with an error event and no ``[DONE]``.
 
-One event loop, one pooled keep-alive connector to Ollama, no thread per request; the only
-thread is the prediction log's writer.
+Fallback (``settings.fallback``, from ``spec.fallback``): when the local model errors
+(unreachable, 5xx, an unreadable answer), takes longer than ``timeout_s`` (a stream: to its
+first byte), or, with ``refusal`` listed, gives a non-streamed answer that
+:func:`~kubetune.serving.drift.is_refusal`, the gateway asks the fallback model the same
+request (model rewritten, ``Authorization: Bearer <key>``) and answers with it, stamped
+``x-kubetune-route: fallback``. A stream falls back only while the client has received no
+byte; once relayed, it is the local model's. The local failure is still counted in
+``kubetune_gateway_errors_total`` (a broken version must still be rolled back, even while the
+fallback hides it), the answer is counted and logged with ``route="fallback"``, and
+``kubetune_gateway_fallbacks_total{reason}`` counts it. When the fallback fails too the client
+gets the local error (a refusal: the local answer) and ``error_type="fallback_failed"`` is
+counted. The call uses aiohttp, already the gateway's client: the ``openai`` package is only in
+the trainer's extra.
+
+One event loop, one pooled keep-alive connector to Ollama (and one to the fallback), no thread
+per request; the only thread is the prediction log's writer.
 """
 
 from __future__ import annotations
@@ -44,7 +58,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -52,14 +66,21 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kubetune.serving.drift import DriftTracker
+from kubetune.serving.drift import DriftTracker, is_refusal
 from kubetune.serving.gateway.metrics import GatewayMetrics, finish_reason_label
 from kubetune.serving.gateway.predictions import Prediction, PredictionLog
-from kubetune.serving.gateway.settings import GatewaySettings, ServedVersion, VersionProvider
+from kubetune.serving.gateway.settings import (
+    FallbackSettings,
+    FallbackTrigger,
+    GatewaySettings,
+    ServedVersion,
+    VersionProvider,
+)
 
 log = logging.getLogger("kubetune.serving.gateway")
 
-ROUTE: Final = "local"  # the pod's own Ollama (fallback routes come later)
+LOCAL: Final = "local"  # the pod's own Ollama
+FALLBACK: Final = "fallback"  # spec.fallback's model
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NONE = "none"
 
@@ -68,6 +89,7 @@ METRICS_KEY: Final = web.AppKey("metrics", GatewayMetrics)
 LOG_KEY: Final = web.AppKey("prediction_log", PredictionLog)
 PROVIDER_KEY: Final[web.AppKey[VersionProvider]] = web.AppKey("version_provider")
 SESSION_KEY: Final = web.AppKey("upstream_session", aiohttp.ClientSession)
+FALLBACK_SESSION_KEY: Final = web.AppKey("fallback_session", aiohttp.ClientSession)
 DRIFT_KEY: Final = web.AppKey("drift", DriftTracker)
 
 
@@ -209,6 +231,12 @@ class _Outcome:
     response_text: str | None = None
     raised: bool = False
     """The error went up to the middleware as an error response (which counts it)."""
+    route: str = LOCAL
+    fallback_reason: FallbackTrigger | None = None
+    local_error: str | None = None
+    """The local failure the fallback answered for (counted as an error all the same)."""
+    refused: tuple[int | None, int | None, str] | None = None
+    """A local refusal the fallback replaced: its tokens and text, for the drift tracker."""
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -236,8 +264,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-            return await _relay_stream(request, ctx, upstream_body, wants_usage, outcome)
-        return await _relay(request, upstream_body, outcome)
+            return await _stream_or_fall_back(request, ctx, upstream_body, wants_usage, outcome)
+        return await _answer_or_fall_back(request, upstream_body, outcome)
     except GatewayError as error:
         outcome.error, outcome.raised = error.error_type, True
         raise
@@ -246,6 +274,133 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         _account(app, ctx, stream, outcome, body)
+
+
+def _fallback_trigger(error: GatewayError) -> FallbackTrigger | None:
+    """Which fallback trigger a local failure is; None for the client's own mistakes (4xx)."""
+    if error.error_type == "upstream_timeout":
+        return "timeout"
+    if error.error_type in ("upstream_unreachable", "upstream_protocol") or (
+        error.error_type == "upstream_status" and error.status >= 500
+    ):
+        return "error"
+    return None
+
+
+def _fallback_target(settings: FallbackSettings) -> tuple[str, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    return settings.url.rstrip("/") + "/chat/completions", headers
+
+
+def _count_fallback_failure(app: web.Application, version: str, why: str) -> None:
+    settings = app[SETTINGS_KEY]
+    log.warning("gateway: the fallback did not answer: %s", why)  # never the key
+    app[METRICS_KEY].errors.labels(settings.deployment_label, version, "fallback_failed").inc()
+
+
+async def _answer_or_fall_back(
+    request: web.Request, upstream_body: dict[str, Any], outcome: _Outcome
+) -> web.StreamResponse:
+    app = request.app
+    fallback = app[SETTINGS_KEY].fallback
+    if fallback is None:
+        return await _relay(request, upstream_body, outcome)
+    try:
+        response = await _relay(request, upstream_body, outcome, limit_s=fallback.timeout_s)
+    except GatewayError as error:
+        trigger = _fallback_trigger(error)
+        if trigger is None or trigger not in fallback.on:
+            raise
+        answered = await _fallback_answer(request, upstream_body, fallback, outcome, trigger)
+        if answered is None:
+            raise
+        outcome.local_error = error.error_type
+        return answered
+    text = outcome.response_text
+    if "refusal" in fallback.on and text is not None and is_refusal(text):
+        local = (outcome.prompt_tokens, outcome.completion_tokens, text)
+        answered = await _fallback_answer(request, upstream_body, fallback, outcome, "refusal")
+        if answered is not None:
+            outcome.refused = local
+            return answered
+    return response
+
+
+async def _fallback_answer(
+    request: web.Request,
+    upstream_body: dict[str, Any],
+    fallback: FallbackSettings,
+    outcome: _Outcome,
+    trigger: FallbackTrigger,
+) -> web.Response | None:
+    """The fallback's non-streamed answer, or None (counted) when it gives none; ``outcome``
+    is changed only when it answers."""
+    url, headers = _fallback_target(fallback)
+    session = request.app[FALLBACK_SESSION_KEY]
+    version = _context(request).version_label
+    try:
+        async with asyncio.timeout(fallback.timeout_s):
+            async with session.post(
+                url, json={**upstream_body, "model": fallback.model}, headers=headers
+            ) as upstream:
+                if upstream.status != 200:
+                    _count_fallback_failure(request.app, version, f"HTTP {upstream.status}")
+                    return None
+                data = await upstream.read()
+        answer = json.loads(data)
+        choice = answer["choices"][0]
+        usage = answer.get("usage") or {}
+        message = choice.get("message") or {}
+    except (TimeoutError, aiohttp.ClientError) as error:
+        _count_fallback_failure(request.app, version, type(error).__name__)
+        return None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        _count_fallback_failure(request.app, version, "not a chat completion")
+        return None
+    content = message.get("content") if isinstance(message, dict) else None
+    outcome.route, outcome.fallback_reason = FALLBACK, trigger
+    outcome.finish_reason = finish_reason_label(choice.get("finish_reason"))
+    outcome.response_text = content if isinstance(content, str) else None
+    outcome.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+    outcome.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+    return web.Response(
+        body=data, content_type="application/json", headers={"x-kubetune-route": FALLBACK}
+    )
+
+
+async def _stream_or_fall_back(
+    request: web.Request,
+    ctx: RequestContext,
+    upstream_body: dict[str, Any],
+    wants_usage: bool,
+    outcome: _Outcome,
+) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS_KEY]
+    fallback = settings.fallback
+    local_url = settings.ollama_url.rstrip("/") + "/v1/chat/completions"
+    if fallback is None:
+        return await _relay_stream(request, ctx, upstream_body, wants_usage, outcome,
+                                   app[SESSION_KEY], local_url)  # fmt: skip
+    try:
+        return await _relay_stream(request, ctx, upstream_body, wants_usage, outcome,
+                                   app[SESSION_KEY], local_url, limit_s=fallback.timeout_s)  # fmt: skip
+    except GatewayError as error:  # raised only before the client got a byte
+        trigger = _fallback_trigger(error)
+        if trigger is None or trigger not in fallback.on:
+            raise
+        url, headers = _fallback_target(fallback)
+        try:
+            response = await _relay_stream(
+                request, ctx, {**upstream_body, "model": fallback.model}, wants_usage, outcome,
+                app[FALLBACK_SESSION_KEY], url, limit_s=fallback.timeout_s, headers=headers,
+                route=FALLBACK,
+            )  # fmt: skip
+        except GatewayError as failed:
+            _count_fallback_failure(app, ctx.version_label, failed.message)
+            raise error from None
+        outcome.fallback_reason, outcome.local_error = trigger, error.error_type
+        return response
 
 
 def _upstream_error(error: BaseException) -> GatewayError:
@@ -267,12 +422,15 @@ async def _upstream_status_error(upstream: aiohttp.ClientResponse) -> GatewayErr
 
 
 async def _relay(
-    request: web.Request, upstream_body: dict[str, Any], outcome: _Outcome
+    request: web.Request,
+    upstream_body: dict[str, Any],
+    outcome: _Outcome,
+    limit_s: float | None = None,
 ) -> web.StreamResponse:
     session = request.app[SESSION_KEY]
     url = request.app[SETTINGS_KEY].ollama_url.rstrip("/") + "/v1/chat/completions"
     try:
-        async with session.post(url, json=upstream_body) as upstream:
+        async with asyncio.timeout(limit_s), session.post(url, json=upstream_body) as upstream:
             if upstream.status != 200:
                 raise await _upstream_status_error(upstream)
             data = await upstream.read()
@@ -300,24 +458,39 @@ async def _relay_stream(
     upstream_body: dict[str, Any],
     wants_usage: bool,
     outcome: _Outcome,
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    limit_s: float | None = None,
+    headers: dict[str, str] | None = None,
+    route: str = LOCAL,
 ) -> web.StreamResponse:
-    app = request.app
-    session = app[SESSION_KEY]
-    url = app[SETTINGS_KEY].ollama_url.rstrip("/") + "/v1/chat/completions"
+    """Relay a stream; raises GatewayError only before the client got a byte (the upstream's
+    first byte is awaited, within ``limit_s``, before the response is started)."""
     try:
-        async with session.post(url, json=upstream_body) as upstream:
+        async with asyncio.timeout(limit_s) as deadline, session.post(
+            url, json=upstream_body, headers=headers
+        ) as upstream:
             if upstream.status != 200:
                 raise await _upstream_status_error(upstream)
+            first = await upstream.content.readany()
+            if not first:
+                raise GatewayError(502, "the model server's stream ended before its first byte",
+                                   "upstream_protocol")  # fmt: skip
+            deadline.reschedule(None)
+            extra = {"x-kubetune-route": FALLBACK} if route == FALLBACK else {}
             response = web.StreamResponse(
                 headers={
                     "Content-Type": "text/event-stream",
                     "Cache-Control": "no-cache",
                     **ctx.headers(),
+                    **extra,
                 }
             )
             await response.prepare(request)
+            outcome.route = route
             # From here on the status is sent: _pump ends the stream itself on any failure.
-            await _pump(upstream, response, ctx, wants_usage, outcome)
+            await _pump(upstream, first, response, ctx, wants_usage, outcome)
             return response
     except (TimeoutError, aiohttp.ClientError) as error:
         raise _upstream_error(error) from None
@@ -325,6 +498,7 @@ async def _relay_stream(
 
 async def _pump(
     upstream: aiohttp.ClientResponse,
+    first: bytes,
     response: web.StreamResponse,
     ctx: RequestContext,
     wants_usage: bool,
@@ -336,7 +510,7 @@ async def _pump(
     chunks_with_content = 0
     saw_usage = False
     try:
-        async for data in upstream.content.iter_any():
+        async for data in _chunks(first, upstream):
             buffer += data
             while (end := buffer.find(b"\n\n")) >= 0:
                 event, buffer = buffer[: end + 2], buffer[end + 2 :]
@@ -392,6 +566,12 @@ async def _pump(
         await _stream_error(response, "the model server stopped answering")
 
 
+async def _chunks(first: bytes, upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    yield first
+    async for data in upstream.content.iter_any():
+        yield data
+
+
 def _finish_counts(outcome: _Outcome, parts: list[str], chunks: int, saw_usage: bool) -> None:
     outcome.response_text = "".join(parts)
     if not saw_usage:
@@ -418,10 +598,20 @@ def _account(
     reason = outcome.finish_reason if outcome.error is None else (
         "cancelled" if outcome.error == "client_disconnected" else "error"
     )  # fmt: skip
-    metrics.requests.labels(dep, ver, ROUTE, reason).inc()
-    metrics.request_duration.labels(dep, ver, ROUTE, reason).observe(elapsed)
+    route = outcome.route
+    metrics.requests.labels(dep, ver, route, reason).inc()
+    metrics.request_duration.labels(dep, ver, route, reason).observe(elapsed)
     if outcome.error is not None and not outcome.raised:  # a stream that failed midway
         metrics.errors.labels(dep, ver, outcome.error).inc()
+    if outcome.local_error is not None:  # the version failed, whoever answered
+        metrics.errors.labels(dep, ver, outcome.local_error).inc()
+    if outcome.fallback_reason is not None:
+        metrics.fallbacks.labels(dep, ver, outcome.fallback_reason).inc()
+    app[RETIREMENT_KEY].served(ctx.served.version, time.monotonic())
+    _observe_drift(app, ctx, outcome)
+    if route == FALLBACK:
+        _log(app, ctx, stream, outcome, body, elapsed, reason)
+        return  # token and latency series describe the version, not the fallback's model
     if outcome.ttft_s is not None:
         metrics.time_to_first_token.labels(dep, ver).observe(outcome.ttft_s)
         tokens = outcome.completion_tokens
@@ -433,19 +623,33 @@ def _account(
         metrics.token_usage.labels(dep, ver, "input").observe(outcome.prompt_tokens)
     if outcome.completion_tokens is not None and outcome.error is None:
         metrics.token_usage.labels(dep, ver, "output").observe(outcome.completion_tokens)
-    app[RETIREMENT_KEY].served(ctx.served.version, time.monotonic())
-    if (
-        outcome.error is None
-        and ctx.served.version is not None
-        and outcome.prompt_tokens is not None
-        and outcome.completion_tokens is not None
-    ):
-        app[DRIFT_KEY].observe(
-            ctx.served.version,
-            outcome.prompt_tokens,
-            outcome.completion_tokens,
-            outcome.response_text,
-        )
+    _log(app, ctx, stream, outcome, body, elapsed, reason)
+
+
+def _observe_drift(app: web.Application, ctx: RequestContext, outcome: _Outcome) -> None:
+    """What the local model answered, for its version's drift (a replaced refusal included)."""
+    version = ctx.served.version
+    if outcome.refused is not None:
+        prompt_tokens, completion_tokens, text = outcome.refused
+    elif outcome.route == LOCAL and outcome.error is None:
+        prompt_tokens, completion_tokens, text = (
+            outcome.prompt_tokens, outcome.completion_tokens, outcome.response_text or ""
+        )  # fmt: skip
+    else:
+        return
+    if version is not None and prompt_tokens is not None and completion_tokens is not None:
+        app[DRIFT_KEY].observe(version, prompt_tokens, completion_tokens, text)
+
+
+def _log(
+    app: web.Application,
+    ctx: RequestContext,
+    stream: bool,
+    outcome: _Outcome,
+    body: Any,
+    elapsed: float,
+    reason: str,
+) -> None:
     prompt = None
     if isinstance(body, dict) and outcome.error not in ("bad_request", "body_too_large"):
         prompt = json.dumps(body.get("messages"), ensure_ascii=False)
@@ -455,7 +659,7 @@ def _account(
             request_id=ctx.request_id,
             version=ctx.served.version,
             digest=ctx.served.digest,
-            route=ROUTE,
+            route=outcome.route,
             stream=stream,
             latency_s=elapsed,
             ttft_s=outcome.ttft_s,
@@ -564,6 +768,13 @@ async def _resources(app: web.Application) -> Any:
         ),
         skip_auto_headers=("User-Agent",),
     )
+    fallback = settings.fallback
+    if fallback is not None:
+        app[FALLBACK_SESSION_KEY] = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=fallback.timeout_s)
+        )
     yield
+    if fallback is not None:
+        await app[FALLBACK_SESSION_KEY].close()
     await app[SESSION_KEY].close()
     await asyncio.get_running_loop().run_in_executor(None, app[LOG_KEY].close)

@@ -2,7 +2,9 @@
 
 OpenTelemetry GenAI semantic-convention names where one exists, in Prometheus form (dots become
 underscores, the unit is a suffix). Labels have bounded values only: the deployment, the
-version served when the request arrived, the route (``local``: this pod's Ollama), the finish
+version served when the request arrived, the route (``local``: this pod's Ollama;
+``fallback``: the model of ``spec.fallback``), the fallback's reason (``error``, ``timeout``,
+``refusal``), the finish
 reason (:data:`FINISH_REASONS`) and the error type (:data:`ERROR_TYPES`); never prompt text,
 request ids or user ids.
 """
@@ -28,6 +30,7 @@ ERROR_TYPES: Final = frozenset(
         "upstream_protocol",  # Ollama's answer could not be read
         "client_disconnected",
         "log_dropped",  # the prediction log's queue was full
+        "fallback_failed",  # the fallback was asked and did not answer (the local error stands)
         "internal",
     }
 )
@@ -89,6 +92,12 @@ class GatewayMetrics:
             "kubetune_gateway_errors",
             "Requests the gateway could not answer as asked, and log writes dropped.",
             ["deployment", "version", "error_type"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "kubetune_gateway_fallbacks",
+            "Requests the fallback model answered, by why the local model did not.",
+            ["deployment", "version", "reason"],
             registry=r,
         )
         self.feedback_score = Histogram(

@@ -45,6 +45,27 @@ class StaticVersion:
         return self.served
 
 
+FallbackTrigger = Literal["error", "timeout", "refusal"]
+FALLBACK_TRIGGERS: tuple[FallbackTrigger, ...] = ("error", "timeout", "refusal")
+
+
+@dataclass(frozen=True)
+class FallbackSettings:
+    """An OpenAI-compatible model that answers when the local one fails (``spec.fallback``)."""
+
+    url: str
+    """Base URL as the OpenAI SDK's ``base_url`` (``https://api.openai.com/v1``): the gateway
+    posts to ``<url>/chat/completions``."""
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    """Sent as ``Authorization: Bearer``; never logged, never in a repr."""
+    timeout_s: float = 30.0
+    """Longest wait for the local answer (a stream: its first byte) before the fallback answers,
+    and for the fallback's next byte."""
+    on: frozenset[FallbackTrigger] = frozenset({"error", "timeout"})
+    """Which local failures the fallback answers: ``error``, ``timeout``, ``refusal``."""
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything the gateway is told. Limits and why:"""
@@ -79,6 +100,8 @@ class GatewaySettings:
     max_pending: int = 10_000
     """Predictions waiting for the writer; beyond, new ones are dropped and counted
     (``kubetune_gateway_errors_total{error_type="log_dropped"}``) rather than slowing answers."""
+    fallback: FallbackSettings | None = None
+    """The model that answers when the local one fails; None: the local model only."""
     drift: DriftSettings = field(default_factory=DriftSettings)
     """Window sizes and minimum samples of the gateway's :class:`~kubetune.serving.drift.DriftTracker`."""
     drift_forget_after_s: float = 6 * 3600.0
