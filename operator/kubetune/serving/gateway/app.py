@@ -67,6 +67,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubetune.serving.drift import DriftTracker, is_refusal
+from kubetune.serving.gateway.export import ExportQueryError, export_predictions
 from kubetune.serving.gateway.metrics import GatewayMetrics, finish_reason_label
 from kubetune.serving.gateway.predictions import Prediction, PredictionLog
 from kubetune.serving.gateway.settings import (
@@ -721,6 +722,14 @@ async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def predictions(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/predictions``: the log as JSONL for the next fine-tune (:mod:`.export`)."""
+    try:
+        return await export_predictions(request, request.app[SETTINGS_KEY].db_path)
+    except ExportQueryError as exc:
+        raise GatewayError(422, str(exc), "bad_request", exc.param) from None
+
+
 async def healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: the gateway answers (whether Ollama does is /readyz of the agent)."""
     return web.Response(text="ok\n")
@@ -749,6 +758,7 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/feedback", feedback)
+    app.router.add_get("/v1/predictions", predictions)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/healthz", healthz)
     return app
