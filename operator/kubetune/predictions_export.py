@@ -37,7 +37,7 @@ MAX_REJECTED_SCORE = 2
 """An answer scored at most this is a rejected answer of a preference pair."""
 PROXY_TIMEOUT_S = 60.0
 
-_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")  # as the gateway reads it
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
