@@ -76,7 +76,7 @@ def test_result_json_and_termination_message(example_run: tuple[TrainerResult, P
     assert len(message.encode()) <= TERMINATION_MESSAGE_MAX_BYTES
     parsed = TrainerResult.from_termination_message(message)
     assert parsed.phase == "Succeeded" and parsed.gate == result.gate
-    # Many artifacts still fit: the list is dropped first, the manifest keeps it.
+    # Many artifacts still fit: all but the GGUFs and Modelfiles go first, the manifest keeps them.
     crowded = result.model_copy(update={"artifacts": result.artifacts * 40})
     assert len(crowded.to_termination_message().encode()) <= TERMINATION_MESSAGE_MAX_BYTES
 

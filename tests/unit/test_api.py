@@ -197,3 +197,16 @@ def test_unsupported_model_family_is_rejected_before_anything_is_downloaded() ->
     BaseModelSpec(uri="builtin://tiny-qwen2")
     with pytest.raises(pydantic.ValidationError, match="unknown builtin model 'tiny-gemma'"):
         BaseModelSpec(uri="builtin://tiny-gemma")
+
+
+def test_a_crowded_termination_message_keeps_what_serving_needs() -> None:
+    """A ModelDeployment resolves a job's version from the GGUF and Modelfile artifacts in its
+    status: those survive a result too long for 4 KiB, the rest goes first."""
+    extra = [_artifact(i).model_copy(update={"kind": "report", "name": f"report-{i}"}) for i in range(20)]
+    gguf = _artifact(100).model_copy(update={"kind": "gguf", "name": "gguf-f16", "quantization": "f16"})
+    modelfile = _artifact(101).model_copy(update={"kind": "modelfile", "name": "modelfile-f16"})
+    result = TrainerResult(phase="Succeeded", artifacts=[*extra, gguf, modelfile], message="y" * 3900)
+    back = TrainerResult.from_termination_message(text := result.to_termination_message())
+    assert len(text.encode()) <= 4096
+    assert [a.name for a in back.artifacts] == ["gguf-f16", "modelfile-f16"]
+    assert back.message and back.message.endswith("…")

@@ -144,6 +144,10 @@ class GateResult(ApiModel):
     """Mean judge score, when a judge ran (shown as a printer column)."""
 
 
+# What a ModelDeployment resolves a version to: kept in the termination message longest.
+SERVING_ARTIFACT_KINDS = ("gguf", "modelfile")
+
+
 class TrainerResult(ApiModel):
     """What a finished trainer pod reports: written in full to `result.json` in the artifacts
     and, shortened to at most 4 KiB, to the container's termination message."""
@@ -167,28 +171,34 @@ class TrainerResult(ApiModel):
     gate: GateResult | None = None
     """Quality gate."""
     artifacts: list[Artifact] = Field(default_factory=list)
-    """Artifacts with sha256 (dropped from the termination message when it is too long)."""
+    """Artifacts with sha256 (in the termination message the GGUFs and Modelfiles are kept
+    longest; the others go first when it is too long)."""
     manifest_uri: Annotated[str, Field(max_length=2048)] | None = None
     """Where the full sha256 manifest is."""
 
     def to_termination_message(self, limit: int = TERMINATION_MESSAGE_MAX_BYTES) -> str:
-        """Compact JSON of at most `limit` bytes: the artifacts list and then the message are
-        shortened first, since the manifest in the artifact store keeps them whole."""
+        """Compact JSON of at most `limit` bytes. What a ModelDeployment needs to serve the job
+        (the GGUF and Modelfile artifacts with their sha256) goes last: first the other
+        artifacts, then the message is shortened, then evaluation and diagnosis go, and only
+        then the serving artifacts (the manifest in the artifact store keeps everything)."""
         data = self.to_wire()
-        text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) <= limit:
-            return text
-        data.pop("artifacts", None)
-        text = json.dumps(data, separators=(",", ":"))
-        if len(text.encode()) <= limit:
-            return text
-        overflow = len(text.encode()) - limit + 16
-        data["message"] = (
-            data.get("message", "")[: max(0, len(data.get("message", "")) - overflow)] + "…"
-        )
-        for key in ("evaluation", "diagnosis"):
+
+        def fits() -> str | None:
             text = json.dumps(data, separators=(",", ":"))
-            if len(text.encode()) <= limit:
+            return text if len(text.encode()) <= limit else None
+
+        if (text := fits()) is not None:
+            return text
+        serving = [a for a in data.get("artifacts", []) if a.get("kind") in SERVING_ARTIFACT_KINDS]
+        data["artifacts"] = serving
+        if (text := fits()) is not None:
+            return text
+        message = data.get("message", "")
+        overflow = len(json.dumps(data, separators=(",", ":")).encode()) - limit + 16
+        if message:
+            data["message"] = message[: max(0, len(message) - overflow)] + "…"
+        for key in ("evaluation", "diagnosis", "artifacts"):
+            if (text := fits()) is not None:
                 return text
             data.pop(key, None)
         return json.dumps(data, separators=(",", ":"))[:limit]
