@@ -309,6 +309,22 @@ def _cmd_serve_agent(args: argparse.Namespace) -> int:
             retention_days=args.log_retention_days,
             max_db_bytes=args.log_max_mib * (1 << 20),
         )
+        if args.drift_windows:
+            from dataclasses import replace as _replace
+
+            from kubetune.serving.drift import DriftSettings
+
+            try:
+                sizes = [int(x) for x in args.drift_windows.split(",")]
+                if len(sizes) != 6:
+                    raise ValueError("six numbers")
+                drift = DriftSettings(
+                    reference_size=sizes[0], recent_size=sizes[1], reference_feedback=sizes[2],
+                    recent_feedback=sizes[3], min_samples=sizes[4], min_feedback=sizes[5])
+            except ValueError as exc:
+                print(f"serve-agent: --drift-windows {args.drift_windows!r}: {exc}", file=sys.stderr)
+                return 2
+            gateway = _replace(gateway, drift=drift)
         Path(args.predictions_db).parent.mkdir(parents=True, exist_ok=True)
     settings = replace(
         env,
@@ -390,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what of prompts and answers the prediction log keeps")
     agent.add_argument("--log-retention-days", type=float, default=30.0)
     agent.add_argument("--log-max-mib", type=int, default=1024)
+    agent.add_argument("--drift-windows", help="referenceRequests,recentRequests,referenceFeedback,"
+                       "recentFeedback,minSamples,minFeedback (default 1000,500,500,100,100,20)")
     agent.add_argument("--fallback-url", help="base URL of an OpenAI-compatible fallback model (off when unset)")
     agent.add_argument("--fallback-model", help="the fallback's model name")
     agent.add_argument("--fallback-api-key-env", help="name of the environment variable holding the fallback's API key")

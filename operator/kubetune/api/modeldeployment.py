@@ -115,6 +115,38 @@ UNIQUE_TRIGGERS = (
 )
 
 
+class DriftSpec(ApiModel):
+    """The gateway's drift windows per version (see docs/observability.md for the score)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.minSamples <= self.referenceRequests && self.minSamples <= self.recentRequests",
+         "message": "minSamples cannot exceed referenceRequests or recentRequests"},
+        {"rule": "self.minFeedback <= self.referenceFeedback && self.minFeedback <= self.recentFeedback",
+         "message": "minFeedback cannot exceed referenceFeedback or recentFeedback"},
+    ]})
+
+    reference_requests: Annotated[int, Field(ge=2, le=100_000)] = 1000
+    """Requests kept as the reference: the first ones after the version is first served."""
+    recent_requests: Annotated[int, Field(ge=2, le=100_000)] = 500
+    """Requests in the recent window."""
+    reference_feedback: Annotated[int, Field(ge=2, le=100_000)] = 500
+    """Feedback scores kept as the reference."""
+    recent_feedback: Annotated[int, Field(ge=2, le=100_000)] = 100
+    """Feedback scores in the recent window."""
+    min_samples: Annotated[int, Field(ge=2, le=100_000)] = 100
+    """Requests each window needs before PSI, rates and the drift score are computed."""
+    min_feedback: Annotated[int, Field(ge=1, le=100_000)] = 20
+    """Scores each feedback window needs before the feedback means are computed."""
+
+    @model_validator(mode="after")
+    def _minimums_fit(self) -> DriftSpec:
+        if self.min_samples > min(self.reference_requests, self.recent_requests):
+            raise ValueError("minSamples cannot exceed referenceRequests or recentRequests")
+        if self.min_feedback > min(self.reference_feedback, self.recent_feedback):
+            raise ValueError("minFeedback cannot exceed referenceFeedback or recentFeedback")
+        return self
+
+
 class FallbackSpec(ApiModel):
     """A stronger model (OpenAI-compatible) answering when the served model fails. The gateway
     asks it only after the local model failed, so its answers are logged and counted with
@@ -171,6 +203,8 @@ class ModelDeploymentSpec(ApiModel):
     """Optional fallback model: answers when the local model errors, times out or refuses."""
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
     """The gateway's prediction log."""
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    """The gateway's drift windows (the score `rollback.maxDriftScore` and the alerts read)."""
     ollama_image: Annotated[str, Field(max_length=1024)] = DEFAULT_OLLAMA_IMAGE
     """Ollama image. The default is the version kubetune's serving tests run (built from the
     same Go module version)."""

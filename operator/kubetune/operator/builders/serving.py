@@ -202,6 +202,9 @@ def build_deployment(
             "--log-content", spec.logging.content,
             "--log-retention-days", str(spec.logging.retention_days),
             "--log-max-mib", str(spec.logging.max_size_mib),
+            "--drift-windows", ",".join(str(x) for x in (
+                spec.drift.reference_requests, spec.drift.recent_requests, spec.drift.reference_feedback,
+                spec.drift.recent_feedback, spec.drift.min_samples, spec.drift.min_feedback)),
             *_fallback_args(spec),
         ],
         "env": [pod_ip, *_fallback_env(spec)],
