@@ -1,9 +1,9 @@
 """Feedback acknowledged by the gateway survives the gateway being killed.
 
 The gateway runs as its own process (``python -m kubetune.serving.gateway``) in front of the
-fake Ollama (tests/unit/test_gateway_fake_ollama.py: real HTTP, instant answers). 2,000
-predictions are logged, then 2,000 feedback posts go out at full speed (32 at a time); after
-the 600th acknowledgement the gateway is SIGKILLed and started again on the same log, and the
+fake Ollama (tests/unit/test_gateway_fake_ollama.py: real HTTP, instant answers). 10,000
+predictions are logged, then 10,000 feedback posts go out at full speed (32 at a time); after
+the 4,000th acknowledgement the gateway is SIGKILLed and started again on the same log, and the
 posts that got no answer are sent again. Afterwards every feedback that got a 200 is in the log
 with the score that was acknowledged, and each request id has one feedback row.
 """
@@ -24,8 +24,8 @@ import httpx
 
 from tests.unit.test_gateway_fake_ollama import FakeOllama, free_port
 
-N = 2000
-KILL_AFTER = 600
+N = 10_000
+KILL_AFTER = 4_000
 CONCURRENCY = 32
 
 
