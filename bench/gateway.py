@@ -7,7 +7,9 @@ The upstream is the fake Ollama of tests/unit/test_gateway_fake_ollama.py in its
 (real HTTP, answers at once: 7 output tokens, streamed one per chunk), so what is measured is the
 gateway, not a model. The gateway runs as its own process (``python -m
 kubetune.serving.gateway``, prediction log in a temporary directory, content mode as given,
-default ``redacted``). Prints:
+default ``redacted``). With ``--ollama URL --model NAME`` the upstream is a real Ollama instead
+(run it at the rate it sustains, e.g. ``--rate 10 --requests 200``; the model's own time then
+dominates and the added latency is within its noise). Prints:
 
 - open-loop latency at a fixed rate (requests sent on schedule whatever the answers do; latency
   counted from the scheduled time), p50/p99, for the upstream called directly and through the
@@ -117,27 +119,34 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--content", default="redacted", choices=["full", "redacted", "none"])
     parser.add_argument("--seconds", type=float, default=5.0, help="closed-loop duration")
+    parser.add_argument("--ollama", help="a real Ollama URL instead of the fake (its model: --model)")
+    parser.add_argument("--model", default="support", help="with --ollama: a model registered there")
     args = parser.parse_args()
 
     upstream_port, gateway_port = free_port(), free_port()
-    upstream = f"http://127.0.0.1:{upstream_port}"
     gateway = f"http://127.0.0.1:{gateway_port}"
-    fake_code = (
-        "import time, tests.unit.test_gateway_fake_ollama as f;"
-        f"s = f.FakeOllama(); s.port = {upstream_port}; s.start(); time.sleep(1e9)"
-    )
-    processes = [start([sys.executable, "-c", fake_code], upstream)]
+    if args.ollama:
+        upstream = args.ollama.rstrip("/")
+        BODY["model"] = args.model  # direct calls name the model; the gateway rewrites it anyway
+        processes: list[subprocess.Popen[bytes]] = []
+    else:
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        fake_code = (
+            "import time, tests.unit.test_gateway_fake_ollama as f;"
+            f"s = f.FakeOllama(); s.port = {upstream_port}; s.start(); time.sleep(1e9)"
+        )
+        processes = [start([sys.executable, "-c", fake_code], upstream)]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             gw = start(
                 [sys.executable, "-m", "kubetune.serving.gateway", "--ollama", upstream,
-                 "--model", "support", "--version", "v1", "--digest", "ab" * 32,
+                 "--model", args.model, "--version", "v1", "--digest", "ab" * 32,
                  "--db", f"{tmp}/log.db", "--listen", f"127.0.0.1:{gateway_port}",
                  "--content", args.content],
                 gateway + "/healthz",
             )  # fmt: skip
             processes.append(gw)
-            asyncio.run(open_loop(gateway, args.rate, 200, False))  # warm up both
+            asyncio.run(open_loop(gateway, args.rate, min(200, args.requests), False))  # warm up both
             print(
                 f"open loop at {args.rate:.0f} requests/s, {args.requests} requests per phase, "
                 f"content {args.content}; milliseconds p50 / p99"

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +38,7 @@ from tests.e2e.serving_cluster import (
     chat,
     f16_sha,
     operator_env,
+    post_json,
     train_versions,
 )
 from tests.integration.finetunejobs import Ftj, ensure_pvcs, install_crds
@@ -243,6 +247,35 @@ def test_a_version_that_fails_live_traffic_is_rolled_back_automatically(
     assert md.status()["servedVersion"] == "v2", "it stays rolled back until the spec changes"
     md.patch_spec({"versions": versions, "activeVersion": "v2"})
     md.wait_serving("v2", operator)
+
+
+def test_scored_production_answers_export_as_the_next_fine_tune_data(
+    cluster: DevCluster, ns: str, md: Md, tmp_path: Path
+) -> None:
+    scored = set()
+    for ip in md.pod_ips():
+        for i, score in enumerate((5, 1)):
+            req = urllib.request.Request(
+                f"http://{ip}:{s.GATEWAY_PORT}/v1/chat/completions",
+                json.dumps({"model": MODEL, "messages": [{"role": "user", "content": f"order {i} of {ip}?"}],
+                            "max_tokens": 3}).encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                request_id = r.headers["x-request-id"]
+            cluster.wait_for(lambda rid=request_id, ip=ip, score=score: post_json(  # the log writes in batches
+                f"http://{ip}:{s.GATEWAY_PORT}/v1/feedback", {"requestId": rid, "score": score}),
+                timeout=30, what="feedback accepted")
+            if score == 5:
+                scored.add(f"order {i} of {ip}?")
+    out = tmp_path / "next.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "predictions", "export", "--kubeconfig", str(cluster.kubeconfig),
+         "-n", ns, "--deployment", MODEL, "--min-score", "4", "--since", "1h", "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    asked = {r["messages"][0]["content"] for r in records}
+    assert scored <= asked and not any(q.startswith("order 1 ") for q in asked)
+    assert all(r["messages"][-1]["role"] == "assistant" for r in records)
 
 
 def test_a_served_job_cannot_be_deleted_and_deleting_the_deployment_cleans_up(

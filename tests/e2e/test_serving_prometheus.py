@@ -14,9 +14,8 @@ shortened (rate window 5 s, ``for:`` 2 s).
    their critical levels in Prometheus, and KubetuneLengthDrift, KubetuneFeedbackDrop and
    KubetuneDriftScoreHigh fire for the version, warning and critical.
 
-The pods run the gateway's default drift windows (the serve-agent has no flag for them), so a
-pod needs ``reference_size`` requests before its reference is full and drift can show: that
-is most of this test's traffic.
+The deployment sets small drift windows (``spec.drift``, passed to every pod's gateway), so
+each pod fills its reference with a few dozen requests.
 """
 
 from __future__ import annotations
@@ -49,7 +48,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 MODEL = "support"
 FAST = AlertThresholds(rate_window="5s", for_warning="2s", for_critical="2s")
 DRIFT_ALERTS = ("KubetuneLengthDrift", "KubetuneFeedbackDrop", "KubetuneDriftScoreHigh")
-WINDOWS = DriftSettings()  # what the gateway in each pod runs with
+# spec.drift of the deployment below: what the gateway in each pod runs with
+WINDOWS = DriftSettings(reference_size=40, recent_size=40, reference_feedback=20, recent_feedback=20,
+                        min_samples=20, min_feedback=10)
 # Long prompts to push into each pod's recent window: 40 % of it moves the prompt-length PSI
 # far past 0.25, and more than the recent feedback window, so its mean is all 1s.
 DRIFTED = max(WINDOWS.recent_size * 2 // 5, WINDOWS.recent_feedback + 20)
@@ -81,6 +82,9 @@ def md(cluster: DevCluster, ns: str, operator: OperatorProcess) -> Md:
         "activeVersion": "v1",
         "replicas": 2,
         "logging": {"content": "none"},  # counts and timings are all drift needs; no scanner cost
+        "drift": {"referenceRequests": WINDOWS.reference_size, "recentRequests": WINDOWS.recent_size,
+                  "referenceFeedback": WINDOWS.reference_feedback, "recentFeedback": WINDOWS.recent_feedback,
+                  "minSamples": WINDOWS.min_samples, "minFeedback": WINDOWS.min_feedback},
         "progressDeadlineSeconds": 240,
     })
     dep.wait_serving("v1", operator, timeout=420)
