@@ -128,6 +128,7 @@ def main() -> None:
     if args.ollama:
         upstream = args.ollama.rstrip("/")
         BODY["model"] = args.model  # direct calls name the model; the gateway rewrites it anyway
+        BODY["max_tokens"] = 8  # a model answers at its own pace: keep answers short and alike
         processes: list[subprocess.Popen[bytes]] = []
     else:
         upstream = f"http://127.0.0.1:{upstream_port}"
