@@ -6,8 +6,11 @@ Sources, as :data:`kubetune.api.serving.SourceUri` allows them:
   (``PVC_MOUNT_ROOT`` in a pod);
 - ``file:///abs/path``;
 - ``https://…`` (and ``http://``), with connect and read timeouts; redirects are followed;
-- ``s3://bucket/key`` through boto3 when the agent image has it (it is not a kubetune
-  dependency); credentials and endpoint come from boto3's own environment variables.
+- ``s3://bucket/key`` through boto3 when the agent image has it. It is not a kubetune
+  dependency and cannot be one today: botocore requires python-dateutil < 3 and the
+  kubernetes client 37 requires >= 3, so pip cannot install both. Untested here for that
+  reason; use a presigned ``https://`` URL instead. Credentials and endpoint would come from
+  boto3's own environment variables.
 
 The bytes are hashed while they are copied; a file whose digest (or size, when known) differs
 from the expected one is deleted and refused with a permanent ``checksum`` failure. Verified
