@@ -183,3 +183,23 @@ def test_unhealthy_with_no_earlier_version_keeps_serving_and_says_so() -> None:
     d = decide(spec("v1"), 1, BOTH, pods, first.status, T1, unhealthy="error rate 0.9 > 0.05")
     assert d.served == "v1" and d.status.rolled_back is None
     assert any(r == MdReason.NO_HEALTHY_VERSION for _, r, _ in d.events)
+
+
+def test_a_first_rollout_serves_only_the_desired_version_even_if_another_is_ready_first() -> None:
+    v2_first = [agent(p, {"v2": ""}) for p in ("p0", "p1")]
+    d = run(spec("v1"), v2_first)
+    assert d.served is None and d.status.history == []
+    later = run(spec("v1"), [agent(p, {"v1": "", "v2": ""}) for p in ("p0", "p1")], d.status)
+    assert later.served == "v1" and [h.to_version for h in later.status.history] == ["v1"]
+
+
+def test_when_the_served_version_leaves_the_spec_a_ready_one_takes_over() -> None:
+    both = [agent(p, {"v1": "", "v2": ""}, "v2") for p in ("p0", "p1")]
+    on_v2 = run(spec("v2"), both)
+    # v2 is gone from the spec; the new active version v3 is not ready yet: v1 bridges the gap.
+    now_listed = [resolved("v1", SHA1), Resolved("v3", None, None, MdReason.JOB_NOT_FINISHED, "not yet")]
+    sp = ModelDeploymentSpec.model_validate({
+        "versions": [{"name": "v1", "fineTuneJob": "a"}, {"name": "v3", "fineTuneJob": "c"}],
+        "activeVersion": "v3"})
+    d = decide(sp, 2, now_listed, both, on_v2.status, T1)
+    assert d.served == "v1" and d.status.history[-1].reason == "ServedVersionRemoved"

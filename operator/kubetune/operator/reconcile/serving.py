@@ -285,10 +285,12 @@ def decide(
         if old_index is not None and new_index < old_index:
             reason = "Rollback"
         served = desired
-    elif served is None:
+    elif served is None and current.served_version is not None:
+        # The served version left the spec (or its digest changed): never a gap while another
+        # version is ready. (On a first rollout only the desired version is served.)
         ready_now = [r.name for r in resolved if servable(r.name)]
         if ready_now:
-            served, reason = ready_now[-1], "ServedVersionRemoved" if current.served_version else "Promoted"
+            served, reason = ready_now[-1], "ServedVersionRemoved"
 
     history = list(current.history)
     served_digest = by_name[served].source.sha256 if served is not None and by_name[served].source else None  # type: ignore[union-attr]
