@@ -14,6 +14,7 @@ and the digest in its status cannot disappear under a serving deployment.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 
 from kubetune.api import constants as c
 from kubetune.api import serving as s
+from kubetune.api.common import Condition
 from kubetune.api.modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
 from kubetune.operator.builders import serving as b
 from kubetune.operator.kube import ServingApi
@@ -44,6 +46,7 @@ from kubetune.operator.settings import Settings
 log = logging.getLogger(__name__)
 
 FINALIZER = f"{c.GROUP}/served-by-modeldeployment"
+REFRESH_S = 60.0  # children and finalizers are rewritten at least this often, changed or not
 
 AgentReader = Callable[[dict[str, Any], float], PodView]
 
@@ -79,6 +82,10 @@ class ModelDeploymentReconciler:
         # Live traffic per ModelDeployment uid, kept in memory: after an operator restart the
         # rollback window starts again (it needs minRequests before it can judge).
         self.traffic: dict[str, TrafficWindows] = {}
+        # What was last written, so that a resync (every few seconds, per deployment) costs no
+        # API writes when nothing changed: key -> (digest of the desired state, when written).
+        # Rewritten at least every REFRESH_S anyway, to heal a child edited or deleted by hand.
+        self._written: dict[tuple[str, ...], tuple[str, float]] = {}
 
     def reconcile(self, namespace: str, name: str) -> None:
         md = self.api.get_modeldeployment(namespace, name)
@@ -106,8 +113,8 @@ class ModelDeploymentReconciler:
 
         sources = [r.source for r in resolved if r.source is not None]
         config = b.serving_config(name, sources, decision.served, decision.keep_loaded)
-        self.api.apply(b.build_configmap(md, config))
-        self.api.apply(b.build_deployment(
+        self._apply(b.build_configmap(md, config))
+        self._apply(b.build_deployment(
             md, spec, b.pvc_claims(sources),
             agent_image=self.settings.serving_image,
             agent_command=self.settings.serve_agent_command,
@@ -115,12 +122,12 @@ class ModelDeploymentReconciler:
             image_pull_policy=self.settings.image_pull_policy,
             uid=self.settings.trainer_uid,
         ))
-        self.api.apply(b.build_service(md))
+        self._apply(b.build_service(md))
         if spec.replicas > 1:
-            self.api.apply(b.build_pdb(md))
-        else:
+            self._apply(b.build_pdb(md))
+        elif self._changed(("PodDisruptionBudget", namespace, name), "absent"):
             self.api.delete_pdb(namespace, name)
-        if jobs:
+        if jobs and self._changed(("finalizers", namespace, name), ",".join(sorted(jobs))):
             self.sync_finalizers(namespace)
 
         status = decision.status.model_copy(update={"config_revision": config.revision, "service": name})
@@ -133,6 +140,28 @@ class ModelDeploymentReconciler:
             self.api.patch_modeldeployment_status(namespace, name, patch)
         for type_, reason, message in decision.events:
             self.api.post_event(md, type_, reason, message)
+
+    def _changed(self, key: tuple[str, ...], digest: str) -> bool:
+        """Whether `digest` differs from what was last written under `key` (or that is stale);
+        records it as written."""
+        now = time.monotonic()
+        last = self._written.get(key)
+        if last is not None and last[0] == digest and now - last[1] < REFRESH_S:
+            return False
+        self._written[key] = (digest, now)
+        return True
+
+    def _apply(self, body: dict[str, Any]) -> None:
+        """Server-side apply `body` unless this exact body was applied in the last REFRESH_S."""
+        meta = body["metadata"]
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        key = (body["kind"], meta["namespace"], meta["name"])
+        if self._changed(key, digest):
+            try:
+                self.api.apply(body)
+            except Exception:
+                self._written.pop(key, None)  # not written: try again next time
+                raise
 
     def _traffic_verdict(self, md: dict[str, Any], spec: ModelDeploymentSpec,
                          current: ModelDeploymentStatus, pods: list[dict[str, Any]]) -> str | None:
@@ -160,8 +189,6 @@ class ModelDeploymentReconciler:
     def _invalid(self, md: dict[str, Any], current: ModelDeploymentStatus, generation: int | None,
                  msg: str) -> None:
         meta = md["metadata"]
-        from kubetune.api.common import Condition
-
         now = rfc3339()
         conds = [Condition(type="Stalled", status="True", reason=MdReason.INVALID_SPEC, message=msg[:1024],
                            observed_generation=generation, last_transition_time=now),
