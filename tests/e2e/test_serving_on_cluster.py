@@ -18,8 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,30 +35,15 @@ from tests.e2e.serving_cluster import (
     alias_digest,
     chat,
     f16_sha,
-    operator_env,
     post_json,
     train_versions,
 )
-from tests.integration.finetunejobs import Ftj, ensure_pvcs, install_crds
+from tests.integration.finetunejobs import Ftj, ensure_pvcs
 from tests.integration.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 
 MODEL = "support"
-
-
-@pytest.fixture(scope="module")
-def ns(cluster: DevCluster) -> str:
-    return cluster.create_namespace(f"serving-{uuid.uuid4().hex[:6]}")
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("op") / "operator.log", operator_env())
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,8 +38,8 @@ from kubetune.api import serving as s
 from kubetune.devcluster import DevCluster
 from kubetune.serving.alerts import AlertThresholds, render_rule_file
 from kubetune.serving.drift import DriftSettings
-from tests.e2e.serving_cluster import Md, operator_env, train_versions
-from tests.integration.finetunejobs import ensure_pvcs, install_crds
+from tests.e2e.serving_cluster import Md, train_versions
+from tests.integration.finetunejobs import ensure_pvcs
 from tests.integration.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
@@ -57,20 +56,6 @@ DRIFTED = max(WINDOWS.recent_size * 2 // 5, WINDOWS.recent_feedback + 20)
 WORKERS_PER_POD = 3
 QUESTIONS = ("Where is my order", "How do I reset my password", "Can I change my plan", "Is my invoice ready")
 PADDING = " Please also check my earlier orders, invoices, payment methods and shipping addresses."
-
-
-@pytest.fixture(scope="module")
-def ns(cluster: DevCluster) -> str:
-    return cluster.create_namespace(f"drift-{uuid.uuid4().hex[:6]}")
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crds(cluster)
-    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("op") / "operator.log", operator_env())
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
