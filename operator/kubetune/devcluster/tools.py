@@ -7,6 +7,7 @@ missing binary is an error that names the script to run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -110,3 +111,22 @@ def find_ollama() -> Path:
 def find_promtool() -> Path:
     """Debian's promtool (package prometheus), or raise ToolchainError."""
     return _system("promtool", "prometheus")
+
+
+KUBETUNE_CHECK_SOURCE = REPO_ROOT / "hack" / "kubetune-check"
+
+
+def kubetune_check_version(source: Path = KUBETUNE_CHECK_SOURCE) -> str:
+    """Cache key of kubetune-check: a hash of its source, as hack/build-kubetune-check.sh computes it
+    (sha256 over ``name NUL content NUL`` of go.mod, go.sum and *.go in name order)."""
+    files = sorted([source / "go.mod", source / "go.sum", *source.glob("*.go")], key=lambda p: p.name)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return "src-" + digest.hexdigest()[:12]
+
+
+def find_kubetune_check() -> Path:
+    """The kstatus / Argo CD health / kind-config checker built from hack/kubetune-check
+    (hack/build-kubetune-check.sh), or raise ToolchainError naming the script."""
+    return _cached("kubetune-check", kubetune_check_version(), "kubetune-check")
