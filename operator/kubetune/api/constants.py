@@ -69,6 +69,11 @@ class ConditionType:
     GATE_PASSED: Final = "GatePassed"
     COMPLETE: Final = "Complete"
     FAILED: Final = "Failed"
+    # kstatus (sigs.k8s.io/cli-utils), what Flux, kpt and other GitOps tools read: Reconciling
+    # while the job works towards its end, Ready once it succeeded, Stalled once it failed.
+    READY: Final = "Ready"
+    RECONCILING: Final = "Reconciling"
+    STALLED: Final = "Stalled"
 
 
 class Reason:

@@ -344,11 +344,15 @@ def decide(
     else:
         phase, p_reason, msg = "Ready", MdReason.READY, f"serving {served} on {len(pods)} pods"
     conds = current.conditions
+    # kstatus: Stalled (kstatus Failed) when the desired version failed, served or not, or was
+    # rolled back: neither changes until the spec does, so a GitOps tool must not wait for it.
+    stalled = desired_failed or rolled_back is not None
+    reconciling = phase in ("Pending", "Progressing") and not stalled
     conditions = [
         _condition(conds, "Ready", phase == "Ready", p_reason, msg, generation, now),
-        _condition(conds, "Reconciling", phase in ("Pending", "Progressing"), p_reason, msg, generation, now),
-        _condition(conds, "Stalled", desired_failed, p_reason if desired_failed else MdReason.READY,
-                   msg if desired_failed else "", generation, now),
+        _condition(conds, "Reconciling", reconciling, p_reason, msg, generation, now),
+        _condition(conds, "Stalled", stalled, p_reason if stalled else MdReason.READY,
+                   msg if stalled else "", generation, now),
         _condition(conds, "Degraded", phase == "Degraded", p_reason if phase == "Degraded" else MdReason.READY,
                    msg if phase == "Degraded" else "", generation, now),
         _condition(conds, "RolledBack", rolled_back is not None,

@@ -334,6 +334,16 @@ def _conditions(
             Reason.GATE_PASSED if gate.passed else Reason.GATE_FAILED,
             gate.reason,
         )
+    # kstatus: Pending and Running are InProgress (Reconciling), Succeeded is Current (Ready),
+    # Failed is Failed (Stalled: no retry of this generation changes it). Suspended is none of
+    # them; Ready=False makes kstatus read InProgress, as `kubectl wait --for=condition=Ready`
+    # keeps waiting.
+    active = phase in (Phase.PENDING, Phase.RUNNING)
+    add(ConditionType.READY, phase == Phase.SUCCEEDED, verdict.reason,
+        "" if phase == Phase.SUCCEEDED else verdict.message)
+    add(ConditionType.RECONCILING, active, verdict.reason, verdict.message if active else "")
+    add(ConditionType.STALLED, phase == Phase.FAILED, verdict.reason,
+        verdict.message if phase == Phase.FAILED else "")
     return out
 
 
