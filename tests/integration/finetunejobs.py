@@ -15,6 +15,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api import constants as c
 from kubetune.api.crdgen import render_all
 from kubetune.devcluster import MESSAGE_ANNOTATION, OUTCOME_ANNOTATION, DevCluster
+from kubetune.operator.builders.names import label_value
 from tests.integration.operator_process import OperatorProcess
 
 
@@ -74,10 +75,15 @@ class Ftj:
         return self.wait_status(lambda s: s.get("phase") == phase, f"phase {phase}", timeout, operator)
 
     def jobs(self) -> list[Any]:
-        return list(self.batch.list_namespaced_job(self.namespace, label_selector=f"{c.LABEL_FINETUNEJOB}={self.name}").items)
+        return list(self.batch.list_namespaced_job(self.namespace, label_selector=self.selector).items)
+
+    @property
+    def selector(self) -> str:
+        """Selects its children, and those of an earlier object of the same name."""
+        return f"{c.LABEL_FINETUNEJOB}={label_value(self.name)}"
 
     def pods(self) -> list[Any]:
-        return list(self.core.list_namespaced_pod(self.namespace, label_selector=f"{c.LABEL_FINETUNEJOB}={self.name}").items)
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=self.selector).items)
 
     def running_pod(self) -> Any:
         return self.cluster.wait_for(

@@ -105,7 +105,7 @@ class FakeApi:
     def patch_job(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
         pass
 
-    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> int:
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any], uid: str | None = None) -> int:
         self.patches.append(status)
         return len(self.patches) + 100
 

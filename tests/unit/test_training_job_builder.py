@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 from kubetune.api import FineTuneJobSpec
 from kubetune.api import constants as c
-from kubetune.operator.builders.names import child_name, training_job_name
+from kubetune.operator.builders.names import (
+    child_name,
+    label_value,
+    spec_configmap_name,
+    training_job_name,
+)
 from kubetune.operator.builders.training_job import (
     PERMANENT_FAILURE_EXIT_CODE,
     build_spec_configmap,
@@ -14,6 +20,7 @@ from kubetune.operator.builders.training_job import (
 )
 from kubetune.operator.settings import Settings
 
+UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 SPEC = {
     "baseModel": {
         "uri": "pvc://models/qwen2.5-7b",
@@ -47,7 +54,9 @@ SPEC = {
 
 
 def _job() -> dict:
-    return build_training_job("support-bot", "ml", FineTuneJobSpec.model_validate(SPEC), Settings())
+    return build_training_job(
+        "support-bot", "ml", FineTuneJobSpec.model_validate(SPEC), Settings(), uid=UID
+    )
 
 
 def test_job_asks_for_gpus_and_placement() -> None:
@@ -114,7 +123,7 @@ def test_secrets_are_referenced_never_inlined() -> None:
     }
     assert env[c.ENV_HF_TOKEN]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
     assert env[c.ENV_ARTIFACTS_URI]["value"] == "pvc://kubetune-artifacts/ml/support-bot"
-    cm = build_spec_configmap("support-bot", "ml", FineTuneJobSpec.model_validate(SPEC))
+    cm = build_spec_configmap("support-bot", "ml", FineTuneJobSpec.model_validate(SPEC), uid=UID)
     resolved = json.loads(cm["data"]["spec.json"])
     assert resolved["evaluation"]["judge"]["apiKeySecretRef"] == {
         "name": "judge-key",
@@ -125,17 +134,41 @@ def test_secrets_are_referenced_never_inlined() -> None:
 
 def test_cpu_only_job_has_no_gpu_limit_or_toleration() -> None:
     spec = FineTuneJobSpec.model_validate({**SPEC, "resources": {"gpus": 0}})
-    pod = build_training_job("x", "ns", spec, Settings())["spec"]["template"]["spec"]
+    pod = build_training_job("x", "ns", spec, Settings(), uid=UID)["spec"]["template"]["spec"]
     assert "resources" not in pod["containers"][0]
     assert "tolerations" not in pod
 
 
 def test_names_are_deterministic_and_short() -> None:
-    assert training_job_name("support-bot") == "support-bot-train"
+    assert training_job_name("support-bot", UID) == "support-bot-0f1e2d-train"
     long = "a" * 80
-    assert training_job_name(long) == training_job_name(long)
-    assert len(training_job_name(long)) <= 63
-    assert child_name(long, "spec") != child_name("a" * 79, "spec")
+    assert training_job_name(long, UID) == training_job_name(long, UID)
+    assert len(training_job_name(long, UID)) <= 63
+    assert child_name(long, "spec", UID) != child_name(long, "spec", "9" + UID[1:])
+
+
+def test_every_child_name_of_a_253_character_name_is_a_dns_label() -> None:
+    name = ".".join(["segment-" + "x" * 54] * 4)[:253].rstrip(".-")
+    for child in (training_job_name(name, UID), spec_configmap_name(name, UID)):
+        assert len(child) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", child), child
+    job = build_training_job(name, "ml", FineTuneJobSpec.model_validate(SPEC), Settings(), uid=UID)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        value = labels[c.LABEL_FINETUNEJOB]
+        assert len(value) <= 63 and re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", value)
+    assert job["metadata"]["annotations"][c.ANNOTATION_FINETUNEJOB] == name
+    assert job["spec"]["template"]["metadata"]["annotations"][c.ANNOTATION_FINETUNEJOB] == name
+
+
+def test_long_names_sharing_a_prefix_get_different_label_values() -> None:
+    assert label_value("short-name") == "short-name"
+    assert label_value("a" * 70) != label_value("a" * 71)
+    assert len(label_value("a" * 253)) == 63
+
+
+def test_a_recreated_finetunejob_gets_new_child_names() -> None:
+    other = "7a6b5c4d-3e2f-1a0b-9c8d-7e6f5a4b3c2d"
+    assert training_job_name("bot", UID) != training_job_name("bot", other)
+    assert spec_configmap_name("bot", UID) != spec_configmap_name("bot", other)
 
 
 def test_resolved_spec_carries_the_learning_rate_of_the_method_and_objective() -> None:

@@ -33,6 +33,9 @@ LABEL_FINETUNEJOB: Final = f"{LABEL_PREFIX}/finetunejob"
 LABEL_COMPONENT: Final = f"{LABEL_PREFIX}/component"
 LABEL_MODELDEPLOYMENT: Final = f"{LABEL_PREFIX}/modeldeployment"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+# The owning FineTuneJob's full name, on its children: the label value is shortened with a
+# hash when the name is over 63 characters (label values allow no more).
+ANNOTATION_FINETUNEJOB: Final = f"{LABEL_PREFIX}/finetunejob-name"
 
 # Where the trainer pod finds the resolved spec and writes its results.
 SPEC_MOUNT_DIR: Final = "/etc/kubetune"
@@ -102,6 +105,9 @@ class Reason:
     # Set by the operator before the trainer Job is created: a Secret (or key) the spec
     # references is missing; the message names the field, the Secret and the key.
     SECRET_NOT_FOUND: Final = "SecretNotFound"
+    # The apiserver refused a child (the spec ConfigMap or the trainer Job): invalid, or
+    # forbidden by RBAC, a quota or an admission policy; the message quotes it. Retried.
+    CHILD_CREATE_FAILED: Final = "ChildCreateFailed"
     # Reported by the trainer in its result.
     INVALID_DATA: Final = "InvalidData"
     DATA_UNAVAILABLE: Final = "DataUnavailable"

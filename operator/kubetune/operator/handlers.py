@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 from kubetune.api import constants as c
 from kubetune.operator.kube import KubeApi, ServingApi, load_client_config
 from kubetune.operator.progress import scrape_progress
-from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler
+from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler, owned_children
 from kubetune.operator.reconcile.modeldeployment import ModelDeploymentReconciler
 from kubetune.operator.settings import Settings
 from kubetune.operator.workqueue import WorkQueue, start_workers
@@ -111,16 +111,23 @@ def finetunejobs(*, namespace: str | None, name: str, body: kopf.Body, **_: Any)
 # in the queue: workers start once the first FineTuneJob event has handed the indexes over.)
 
 
+def _owner_key(namespace: str | None, labels: kopf.Labels, annotations: kopf.Annotations) -> tuple[str | None, str]:
+    # The annotation has the full name; the label is shortened when the name is over 63 characters.
+    return (namespace, annotations.get(c.ANNOTATION_FINETUNEJOB) or labels[c.LABEL_FINETUNEJOB])
+
+
 @kopf.index("batch", "v1", "jobs", labels=CHILD_SELECTOR)
-def trainer_jobs(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = (namespace, labels[c.LABEL_FINETUNEJOB])
+def trainer_jobs(*, namespace: str | None, labels: kopf.Labels, annotations: kopf.Annotations,
+                 body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, labels, annotations)
     runtime.queue.add(key)
     return {key: _snapshot(body)}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD_SELECTOR)
-def trainer_pods(*, namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    key = (namespace, labels[c.LABEL_FINETUNEJOB])
+def trainer_pods(*, namespace: str | None, labels: kopf.Labels, annotations: kopf.Annotations,
+                 body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    key = _owner_key(namespace, labels, annotations)
     runtime.queue.add(key)
     return {key: _snapshot(body)}
 
@@ -195,20 +202,21 @@ def _capture(kwargs: dict[str, Any]) -> None:
         runtime.ready.set()
 
 
-def _first(index: kopf.Index[Any, Any], key: Any) -> Any:
-    store = index.get(key)
-    return next(iter(store), None) if store is not None else None
-
-
 def _process(key: Hashable) -> None:
     """Reconcile one FineTuneJob from the indexes (a worker thread)."""
     runtime.ready.wait()
     idx = runtime.indexes
-    body = _first(idx["finetunejobs"], key)
-    if body is None:
+    bodies = list(idx["finetunejobs"].get(key) or [])
+    if not bodies:
         return  # deleted: garbage collection removes its children
-    job = _first(idx["trainer_jobs"], key)
-    pods = list(idx["trainer_pods"].get(key) or [])
+    for body in bodies:  # two while one was deleted and re-created under its name: each owns its children
+        _reconcile(body, key)
+
+
+def _reconcile(body: dict[str, Any], key: Hashable) -> None:
+    idx = runtime.indexes
+    job, pods = owned_children(body, list(idx["trainer_jobs"].get(key) or []),
+                               list(idx["trainer_pods"].get(key) or []))
     progress = None
     if key in runtime.scrape_due and runtime.settings.scrape_progress:
         runtime.scrape_due.discard(key)

@@ -94,11 +94,16 @@ class KubeApi:
         self._count("patch", "jobs")
         _drain(self.batch.patch_namespaced_job(name, namespace, {"spec": spec_patch}, _preload_content=False))
 
-    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> int:
-        """Merge-patch the status subresource; returns the object's new resourceVersion."""
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any],
+                                 uid: str | None = None) -> int:
+        """Merge-patch the status subresource; returns the object's new resourceVersion. With
+        `uid`, the patch fails (409) instead of landing on another object of that name."""
         self._count("patch", "finetunejobs/status")
+        body: dict[str, Any] = {"status": status}
+        if uid:
+            body["metadata"] = {"uid": uid}
         patched = self.custom.patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, {"status": status}, _preload_content=False
+            c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, body, _preload_content=False
         )
         return int(_json(patched)["metadata"]["resourceVersion"])
 

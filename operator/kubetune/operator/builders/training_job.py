@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.operator.builders.names import spec_configmap_name, training_job_name
+from kubetune.operator.builders.names import label_value, spec_configmap_name, training_job_name
 from kubetune.operator.settings import Settings
 
 TRAINER_CONTAINER = "trainer"
@@ -22,9 +22,11 @@ PERMANENT_FAILURE_EXIT_CODE = c.PERMANENT_FAILURE_EXIT_CODE
 
 
 def labels_for(name: str, component: str) -> dict[str, str]:
-    """Labels every child of the FineTuneJob `name` carries (the operator's watches select on them)."""
+    """Labels every child of the FineTuneJob `name` carries (the operator's watches select on
+    them). A name over 63 characters is shortened with a hash: the full name is in the
+    ANNOTATION_FINETUNEJOB annotation, and the owner reference says which object owns it."""
     return {
-        c.LABEL_FINETUNEJOB: name,
+        c.LABEL_FINETUNEJOB: label_value(name),
         c.LABEL_COMPONENT: component,
         c.LABEL_MANAGED_BY: "kubetune",
     }
@@ -46,15 +48,19 @@ def output_path(spec: FineTuneJobSpec, namespace: str, name: str) -> str:
     return spec.export.output.path.strip("/") or f"{namespace}/{name}"
 
 
-def build_spec_configmap(name: str, namespace: str, spec: FineTuneJobSpec) -> dict[str, Any]:
-    """ConfigMap with the resolved spec, mounted into the trainer pod."""
+def build_spec_configmap(
+    name: str, namespace: str, spec: FineTuneJobSpec, *, uid: str
+) -> dict[str, Any]:
+    """ConfigMap with the resolved spec, mounted into the trainer pod of the FineTuneJob `name`
+    whose UID is `uid`."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": spec_configmap_name(name),
+            "name": spec_configmap_name(name, uid),
             "namespace": namespace,
             "labels": labels_for(name, "spec"),
+            "annotations": {c.ANNOTATION_FINETUNEJOB: name},
         },
         "data": {c.SPEC_FILE_NAME: resolved_spec_json(spec)},
     }
@@ -147,17 +153,18 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
 
 
 def build_training_job(
-    name: str, namespace: str, spec: FineTuneJobSpec, settings: Settings
+    name: str, namespace: str, spec: FineTuneJobSpec, settings: Settings, *, uid: str
 ) -> dict[str, Any]:
-    """The batch/v1 Job running the trainer for the FineTuneJob `name`."""
+    """The batch/v1 Job running the trainer for the FineTuneJob `name` whose UID is `uid`."""
     claims, configmaps = _spec_sources(spec)
     out_claim = spec.export.output.pvc_name
     out_path = output_path(spec, namespace, name)
     workdir = f"{c.ARTIFACTS_MOUNT_DIR}/{out_path}"
     labels = labels_for(name, "trainer")
+    annotations = {f"{c.LABEL_PREFIX}/spec-hash": spec_hash(spec), c.ANNOTATION_FINETUNEJOB: name}
 
     volumes: list[dict[str, Any]] = [
-        {"name": "spec", "configMap": {"name": spec_configmap_name(name)}},
+        {"name": "spec", "configMap": {"name": spec_configmap_name(name, uid)}},
         {"name": "artifacts", "persistentVolumeClaim": {"claimName": out_claim}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
@@ -205,16 +212,16 @@ def build_training_job(
     if resources:
         container["resources"] = resources
 
-    uid = settings.trainer_uid
+    run_as = settings.trainer_uid
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": uid,
-            "runAsGroup": uid,
-            "fsGroup": uid,
+            "runAsUser": run_as,
+            "runAsGroup": run_as,
+            "fsGroup": run_as,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -241,7 +248,7 @@ def build_training_job(
         "template": {
             "metadata": {
                 "labels": labels,
-                "annotations": {f"{c.LABEL_PREFIX}/spec-hash": spec_hash(spec)},
+                "annotations": annotations,
             },
             "spec": pod_spec,
         },
@@ -254,10 +261,10 @@ def build_training_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": training_job_name(name),
+            "name": training_job_name(name, uid),
             "namespace": namespace,
             "labels": labels,
-            "annotations": {f"{c.LABEL_PREFIX}/spec-hash": spec_hash(spec)},
+            "annotations": annotations,
         },
         "spec": job_spec,
     }

@@ -7,6 +7,7 @@ restart, and converges to the same children and the same status.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -20,7 +21,6 @@ from pydantic import ValidationError
 from kubetune.api.constants import Phase, Reason
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, secret_refs
 from kubetune.api.trainer_result import Progress
-from kubetune.operator.builders.names import training_job_name
 from kubetune.operator.builders.training_job import (
     build_spec_configmap,
     build_training_job,
@@ -105,6 +105,40 @@ def _relabel(status: FineTuneJobStatus, old: str, new: str) -> FineTuneJobStatus
     return status.model_copy(update={"reason": reason, "conditions": conditions})
 
 
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether `obj` has an owner reference to the object with UID `uid`."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def owned_children(
+    body: Mapping[str, Any], jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The trainer Job of the FineTuneJob `body` and that Job's pods, among `jobs` and `pods`
+    found by its name. Matched by owner UID, never by name: a FineTuneJob deleted and
+    re-created under the same name, or one whose children were orphaned, leaves Jobs and pods
+    carrying the same name label that belong to another object."""
+    uid = body["metadata"]["uid"]
+    mine = [j for j in jobs if owned_by(j, uid)]
+    if not mine:
+        return None, []
+    job = max(mine, key=lambda j: j["metadata"].get("creationTimestamp") or "")
+    return job, [p for p in pods if owned_by(p, job["metadata"]["uid"])]
+
+
+class ChildCreateError(Exception):
+    """The apiserver refused a child (ConfigMap or Job) of a FineTuneJob; the message says which
+    and why, in the apiserver's words."""
+
+
+def _refusal(kind: str, name: str, exc: ApiException) -> ChildCreateError:
+    try:
+        detail = json.loads(exc.body or "{}").get("message") or exc.reason
+    except (ValueError, AttributeError):
+        detail = exc.reason
+    return ChildCreateError(f"The apiserver refused to create the {kind} {name} (HTTP {exc.status}): {detail}")
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -174,20 +208,25 @@ class FineTuneJobReconciler:
         ns, name = meta["namespace"], meta["name"]
         spec, spec_error = parse_spec(body.get("spec") or {})
         current = self._current_status(body)
-        job_name = training_job_name(name)
 
         # Checked once, before the Job exists: a missing Secret would otherwise leave the pod
         # holding its GPU in CreateContainerConfigError, or fail the job after training.
         missing: str | None = None
+        refused: str | None = None
         if spec is not None and current.phase not in Phase.FINAL:
             if job is None and not current.job_name:
                 missing = self._missing_secrets(ns, spec)
             if missing is None:
-                job = self._apply_children(body, spec, job, current)
-        if job is None and current.job_name and current.phase not in ("Succeeded", "Failed"):
-            job = self.api.read_job(
-                ns, job_name
-            )  # the watch cache may lag; confirm before declaring it gone
+                try:
+                    job = self._apply_children(body, spec, job, current)
+                except ChildCreateError as exc:
+                    refused = str(exc)
+                    log.warning("%s/%s: %s", ns, name, refused)
+        if job is None and current.job_name and current.phase not in Phase.FINAL:
+            # The watch cache may lag: confirm before declaring the Job gone.
+            job = self.api.read_job(ns, current.job_name)
+            if job is not None and not owned_by(job, meta["uid"]):
+                job = None
 
         observed = Observed(
             generation=int(meta.get("generation") or 1),
@@ -197,8 +236,9 @@ class FineTuneJobReconciler:
             pods=[p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
             if job
             else [],
-            job_name=job_name if job is not None else None,
+            job_name=job["metadata"]["name"] if job is not None else None,
             progress=progress,
+            create_error=refused,
         )
         new = compute_status(observed, current, self.clock())
         if missing is not None:
@@ -206,7 +246,15 @@ class FineTuneJobReconciler:
         if new != current:
             wire = new.to_wire()
             patch = {k: None for k in current.to_wire() if k not in wire} | wire
-            version = self.api.patch_finetunejob_status(ns, name, patch)
+            try:
+                # The UID makes the patch fail rather than land on a newer object of the same
+                # name, when this one was deleted and re-created since it was read.
+                version = self.api.patch_finetunejob_status(ns, name, patch, uid=meta["uid"])
+            except ApiException as exc:
+                if exc.status in (404, 409, 422):
+                    log.info("%s/%s (uid %s) is gone or replaced: status not written", ns, name, meta["uid"])
+                    return new
+                raise
             self._written[meta["uid"]] = (version, wire)
             owner = {
                 "apiVersion": body.get("apiVersion"),
@@ -252,13 +300,30 @@ class FineTuneJobReconciler:
         if job is None:
             if current.job_name:
                 return None  # created before and gone now: the status says so, nothing is re-run
-            configmap = build_spec_configmap(name, ns, spec)
-            desired = build_training_job(name, ns, spec, self.settings)
+            uid = meta["uid"]
+            configmap = build_spec_configmap(name, ns, spec, uid=uid)
+            desired = build_training_job(name, ns, spec, self.settings, uid=uid)
             owner = kopf.Body(cast(kopf.RawBody, dict(body)))
             kopf.adopt(configmap, owner=owner)
             kopf.adopt(desired, owner=owner)
-            self.api.create_configmap(configmap)
-            return self.api.create_job(desired)
+            for kind, child in (("ConfigMap", configmap), ("Job", desired)):
+                try:
+                    if kind == "ConfigMap":
+                        self.api.create_configmap(child)
+                    else:
+                        created = self.api.create_job(child)
+                except ApiException as exc:
+                    # 4xx: invalid, forbidden (RBAC, quota, admission policy). Said in status
+                    # and an Event; retried on the next resync. 5xx goes to the work queue.
+                    if exc.status is not None and 400 <= exc.status < 500:
+                        raise _refusal(kind, child["metadata"]["name"], exc) from exc
+                    raise
+            if not owned_by(created, uid):
+                raise ChildCreateError(
+                    f"A Job named {created['metadata']['name']} already exists and belongs to another "
+                    "object; delete it, or re-create this FineTuneJob (a new UID gives a new Job name)."
+                )
+            return created
         wanted = mutable_job_fields(spec)
         have = {k: (job.get("spec") or {}).get(k) for k in wanted}
         if have.get("suspend") is None:

@@ -8,7 +8,7 @@ transitions deserve. Every message says what to do next.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubetune.api.common import Condition
@@ -31,6 +31,7 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     job_name: str | None = None
     progress: Progress | None = None
+    create_error: str | None = None  # why the apiserver refused a child, when it did
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,13 @@ def _active_verdict(obs: Observed) -> Verdict:
         )
         why = term.get("reason") or f"exit code {term.get('exitCode')}"
         retry_note = f" Attempt {failed} failed ({why}); retrying from the last checkpoint."
-    if pod is None or (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
+    if pod is not None and (pod.get("status") or {}).get("phase") == "Succeeded":
+        # The Job controller marks the Job Complete a moment after its pod succeeds.
+        return Verdict(
+            Phase.RUNNING, Reason.TRAINING, "The trainer finished; waiting for its Job to complete.",
+            scheduled=True,
+        )
+    if pod is None or (pod.get("status") or {}).get("phase") == "Failed":
         return Verdict(
             Phase.PENDING, Reason.PENDING, "Waiting for the trainer pod to be created." + retry_note
         )
@@ -223,6 +230,12 @@ def decide(obs: Observed, current: FineTuneJobStatus) -> Verdict | None:
     if current.phase in Phase.FINAL:
         return None  # a finished job never changes phase again
     if obs.job is None:
+        if obs.create_error is not None:
+            return Verdict(
+                Phase.PENDING,
+                Reason.CHILD_CREATE_FAILED,
+                obs.create_error + " The operator tries again at every resync.",
+            )
         if current.job_name:
             return Verdict(
                 Phase.FAILED,
@@ -291,7 +304,7 @@ def _conditions(
     def add(ctype: str, ok: bool, reason: str, message: str = "") -> None:
         out.append(_condition(prev, ctype, "True" if ok else "False", reason, message, gen, now))
 
-    invalid = verdict.reason == Reason.INVALID_SPEC
+    invalid = verdict.reason in (Reason.INVALID_SPEC, Reason.CHILD_CREATE_FAILED)
     add(
         ConditionType.ACCEPTED,
         not invalid,
@@ -354,6 +367,10 @@ def compute_status(obs: Observed, current: FineTuneJobStatus, now: str) -> FineT
         if current.observed_generation == obs.generation:
             return current
         return current.model_copy(update={"observed_generation": obs.generation})
+    if current.phase == Phase.RUNNING and verdict.phase == Phase.PENDING:
+        # Phases only move forward: a retry after a failed attempt (a new pod being created or
+        # scheduled) is still a running job; the reason and message say what it waits for.
+        verdict = replace(verdict, phase=Phase.RUNNING)
     update: dict[str, Any] = {
         "phase": verdict.phase,
         "reason": verdict.reason,
@@ -394,6 +411,7 @@ def transition_events(old: FineTuneJobStatus, new: FineTuneJobStatus) -> list[Ev
         warning = new.phase == Phase.FAILED or new.reason in (
             Reason.UNSCHEDULABLE,
             Reason.IMAGE_PULL,
+            Reason.CHILD_CREATE_FAILED,
         )
         events.append(
             Event(

@@ -1,0 +1,217 @@
+"""The FineTuneJob controller's correctness on a real control plane (#11): long names work,
+children are matched by owner UID (a re-created or orphaning FineTuneJob trains again), phases
+only move forward, and a child the apiserver refuses is said in status and an Event.
+
+Trainer pods run on kwok's simulated GPU nodes and end as the test decides
+(kubetune.devcluster.simulation)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from kubetune.api import constants as c
+from kubetune.devcluster import DevCluster
+from kubetune.devcluster.waiting import wait_until
+from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.test_finetunejob_controller import gpu_spec, result_message
+
+pytestmark = pytest.mark.cluster
+
+STAND_IN = Path(__file__).with_name("stand_in_trainer.py")
+PHASE_ORDER = {"Pending": 0, "Running": 1, "Succeeded": 2, "Failed": 2}
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    install_crds(cluster)
+    env = {
+        "KUBETUNE_OPERATOR_METRICS_PORT": "0",
+        "KUBETUNE_TRAINER_COMMAND": json.dumps([sys.executable, str(STAND_IN)]),
+    }
+    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def ns(cluster: DevCluster, namespace: str) -> str:
+    ensure_pvcs(cluster, namespace, c.DEFAULT_ARTIFACTS_PVC, "models", "datasets")
+    return namespace
+
+
+class PhaseRecorder:
+    """Every status.phase a FineTuneJob (of any UID) had, in the order the apiserver's watch
+    delivered them, per UID."""
+
+    def __init__(self, cluster: DevCluster, namespace: str, name: str) -> None:
+        self.phases: dict[str, list[str]] = {}
+        self._watch = watch.Watch()
+        api = client.CustomObjectsApi(cluster.api_client())
+        self._thread = threading.Thread(target=self._run, args=(api, namespace, name), daemon=True)
+        self._thread.start()
+
+    def _run(self, api: client.CustomObjectsApi, namespace: str, name: str) -> None:
+        stream = self._watch.stream(
+            api.list_namespaced_custom_object, c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL,
+            field_selector=f"metadata.name={name}", timeout_seconds=300,
+        )
+        for event in stream:
+            obj = event["object"]
+            phase = (obj.get("status") or {}).get("phase")
+            seen = self.phases.setdefault(obj["metadata"]["uid"], [])
+            if phase and (not seen or seen[-1] != phase):
+                seen.append(phase)
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+def _owner_uids(obj: Any) -> list[str]:
+    return [ref.uid for ref in obj.metadata.owner_references or []]
+
+
+def _run_to_success(ftj: Ftj, operator: OperatorProcess) -> dict[str, Any]:
+    """Let the FineTuneJob's own trainer pod succeed; returns the final status."""
+    uid = ftj.get()["metadata"]["uid"]
+    job_name = ftj.wait_status(lambda s: bool(s.get("jobName")), "a Job", operator=operator)["jobName"]
+    job = ftj.batch.read_namespaced_job(job_name, ftj.namespace)
+    assert _owner_uids(job) == [uid]
+    pod = ftj.cluster.wait_for(
+        lambda: next((p for p in ftj.pods() if p.status.phase == "Running" and job.metadata.uid in _owner_uids(p)), None),
+        what=f"{ftj.name}: its own Running pod",
+    )
+    ftj.wait_phase("Running", operator)
+    ftj.end_pod(pod, "succeed", result_message())
+    return ftj.wait_phase("Succeeded", operator)
+
+
+@pytest.mark.parametrize("length", [70, 253])
+def test_a_long_name_trains_with_valid_child_names_and_labels(
+    cluster: DevCluster, operator: OperatorProcess, ns: str, length: int
+) -> None:
+    # Dots are allowed in a FineTuneJob's name, not in a Job's (a DNS label).
+    name = ("support-bot.v2." + "x" * length)[:length].rstrip(".-")
+    assert len(name) == length
+    ftj = apply_ftj(cluster, ns, gpu_spec(), name=name)
+    recorder = PhaseRecorder(cluster, ns, name)
+    try:
+        status = _run_to_success(ftj, operator)
+        cluster.wait_for(lambda: any("Succeeded" in p for p in recorder.phases.values()), what="the watch saw Succeeded")
+    finally:
+        recorder.stop()
+    job = ftj.jobs()[0]
+    assert len(job.metadata.name) <= 63 and "." not in job.metadata.name
+    assert job.metadata.annotations[c.ANNOTATION_FINETUNEJOB] == name
+    assert len(job.metadata.labels[c.LABEL_FINETUNEJOB]) <= 63
+    assert status["artifacts"][0]["sha256"] == "ab" * 32
+    (phases,) = recorder.phases.values()
+    assert phases[-1] == "Succeeded"
+    assert "Traceback" not in operator.log_path.read_text(errors="replace")
+
+
+def _recreate(ftj: Ftj, propagation: str) -> str:
+    """Delete the FineTuneJob and create it again at once, same name and spec; the new UID."""
+    body = ftj.get()
+    ftj.api.delete_namespaced_custom_object(
+        c.GROUP, c.VERSION, ftj.namespace, c.FINETUNEJOB_PLURAL, ftj.name, propagation_policy=propagation
+    )
+    fresh = {"apiVersion": c.API_VERSION, "kind": c.FINETUNEJOB_KIND, "metadata": {"name": ftj.name}, "spec": body["spec"]}
+
+    def create() -> str | None:
+        # An orphaning delete waits for the garbage collector's `orphan` finalizer: until then
+        # the name is taken (409). A background delete frees it at once.
+        try:
+            created = ftj.api.create_namespaced_custom_object(c.GROUP, c.VERSION, ftj.namespace, c.FINETUNEJOB_PLURAL, fresh)
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return created["metadata"]["uid"]  # type: ignore[index,no-any-return]
+
+    uid: str = wait_until(create, timeout=30, interval=0.01, what="the name free again")
+    assert uid != body["metadata"]["uid"]
+    return uid
+
+
+@pytest.mark.parametrize("propagation", ["Background", "Orphan"])
+def test_a_succeeded_job_recreated_at_once_under_its_name_trains_again(
+    cluster: DevCluster, operator: OperatorProcess, ns: str, propagation: str
+) -> None:
+    ftj = apply_ftj(cluster, ns, gpu_spec())
+    recorder = PhaseRecorder(cluster, ns, ftj.name)
+    try:
+        old_job = _run_to_success(ftj, operator)["jobName"]
+        for _ in range(3):  # the race the issue saw in 7 of 15 trials
+            uid = _recreate(ftj, propagation)
+            status = ftj.wait_status(lambda s: bool(s.get("jobName")), "a Job of its own", operator=operator)
+            assert status["jobName"] != old_job and status.get("phase") in ("Pending", "Running")
+            new_job = ftj.batch.read_namespaced_job(status["jobName"], ns)
+            assert _owner_uids(new_job) == [uid]
+            assert "artifacts" not in status  # nothing of the earlier run's result
+            final = _run_to_success(ftj, operator)
+            assert final["jobName"] == status["jobName"]
+            old_job = final["jobName"]
+        cluster.wait_for(lambda: len(recorder.phases) == 4 and all("Succeeded" in p for p in recorder.phases.values()),
+                         what="the watch saw four Succeeded objects")
+    finally:
+        recorder.stop()
+    assert len(recorder.phases) == 4
+    for phases in recorder.phases.values():
+        assert phases[-1] == "Succeeded" and "Running" in phases, phases
+    if propagation == "Orphan":
+        # The orphaned Jobs are left alone: no owner, Complete, never adopted.
+        orphans = [j for j in ftj.jobs() if not j.metadata.owner_references]
+        assert len(orphans) == 3
+
+
+def test_phases_only_move_forward_through_a_run(cluster: DevCluster, operator: OperatorProcess, ns: str) -> None:
+    for _ in range(3):
+        ftj = apply_ftj(cluster, ns, gpu_spec())
+        recorder = PhaseRecorder(cluster, ns, ftj.name)
+        try:
+            _run_to_success(ftj, operator)
+            cluster.wait_for(lambda r=recorder: any("Succeeded" in p for p in r.phases.values()), what="the watch saw Succeeded")
+        finally:
+            recorder.stop()
+        (phases,) = recorder.phases.values()
+        ranks = [PHASE_ORDER[p] for p in phases]
+        assert ranks == sorted(ranks), phases
+
+
+def test_a_job_the_apiserver_refuses_is_reported_then_created_once_allowed(
+    cluster: DevCluster, operator: OperatorProcess, ns: str
+) -> None:
+    cluster.core().create_namespaced_resource_quota(
+        ns, {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}}  # type: ignore[arg-type]
+    )
+    cluster.wait_for(
+        lambda: (cluster.core().read_namespaced_resource_quota("no-jobs", ns).status.hard or None),
+        what="the quota observed by its controller",
+    )
+    ftj = apply_ftj(cluster, ns, gpu_spec())
+    status = ftj.wait_status(lambda s: s.get("reason") == c.Reason.CHILD_CREATE_FAILED, "ChildCreateFailed", operator=operator)
+    assert status["phase"] == "Pending"
+    assert "refused to create the Job" in status["message"] and "exceeded quota" in status["message"]
+    accepted = next(cd for cd in status["conditions"] if cd["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", c.Reason.CHILD_CREATE_FAILED)
+    cluster.wait_for(
+        lambda: [e for e in ftj.events() if e.reason == c.Reason.CHILD_CREATE_FAILED and e.type == "Warning"] or None,
+        what="a ChildCreateFailed warning event",
+    )
+    log = operator.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "refused to create the Job" in log
+    cluster.core().delete_namespaced_resource_quota("no-jobs", ns)
+    _run_to_success(ftj, operator)
+    warnings = [e for e in ftj.events() if e.reason == c.Reason.CHILD_CREATE_FAILED]
+    assert len(warnings) == 1 and (warnings[0].count or 1) == 1

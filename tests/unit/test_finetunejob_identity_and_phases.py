@@ -1,0 +1,104 @@
+"""The FineTuneJob controller's pure decisions: children matched by owner UID, phases that
+only move forward, and a child the apiserver refuses said in status instead of retried
+silently. The same behaviours on a real control plane: tests/integration/test_finetunejob_correctness.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api import FineTuneJobSpec, FineTuneJobStatus
+from kubetune.api.constants import Phase, Reason
+from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler, owned_children
+from kubetune.operator.reconcile.status import Observed, compute_status, transition_events
+from kubetune.operator.settings import Settings
+
+SPEC = {"baseModel": {"uri": "pvc://m/x"}, "dataset": {"source": {"uri": "pvc://d/x"}}}
+NOW = "2026-11-22T10:00:00Z"
+
+
+def _obj(name: str, uid: str, owner_uid: str | None) -> dict[str, Any]:
+    refs = [{"uid": owner_uid, "name": "x", "kind": "K", "apiVersion": "v1"}] if owner_uid else []
+    return {"metadata": {"name": name, "uid": uid, "ownerReferences": refs, "creationTimestamp": "2026-11-22T09:00:00Z"}}
+
+
+def test_children_of_another_object_with_the_same_name_are_ignored() -> None:
+    body = {"metadata": {"name": "bot", "uid": "new"}}
+    old_job, orphan = _obj("bot-old-train", "j-old", "old"), _obj("bot-orphan-train", "j-orphan", None)
+    old_pod = _obj("bot-old-train-x", "p-old", "j-old")
+    assert owned_children(body, [old_job, orphan], [old_pod]) == (None, [])
+    mine, my_pod = _obj("bot-new-train", "j-new", "new"), _obj("bot-new-train-y", "p-new", "j-new")
+    assert owned_children(body, [old_job, mine, orphan], [old_pod, my_pod]) == (mine, [my_pod])
+
+
+def _pod(phase: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "creationTimestamp": "2026-11-22T09:00:00Z"},
+        "spec": {"nodeName": "n", "containers": [{"name": "trainer"}]},
+        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": {}}]},
+    }
+
+
+def _active_job(failed: int = 0) -> dict[str, Any]:
+    return {"metadata": {"name": "j"}, "spec": {}, "status": {"active": 1, "failed": failed}}
+
+
+def test_a_pod_that_finished_before_its_job_completes_keeps_the_job_running() -> None:
+    spec = FineTuneJobSpec.model_validate(SPEC)
+    running = compute_status(Observed(1, spec, job=_active_job(), pods=[_pod("Running")], job_name="j"), FineTuneJobStatus(), NOW)
+    assert running.phase == Phase.RUNNING
+    done = compute_status(Observed(1, spec, job=_active_job(), pods=[_pod("Succeeded")], job_name="j"), running, NOW)
+    assert done.phase == Phase.RUNNING and "waiting for its Job to complete" in done.message
+    assert transition_events(running, done) == []
+
+
+def test_a_retry_after_a_failed_attempt_stays_running_and_says_why() -> None:
+    spec = FineTuneJobSpec.model_validate(SPEC)
+    running = compute_status(Observed(1, spec, job=_active_job(), pods=[_pod("Running")], job_name="j"), FineTuneJobStatus(), NOW)
+    failed = _pod("Failed")
+    failed["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 1}}
+    retry = compute_status(Observed(1, spec, job=_active_job(failed=1), pods=[failed], job_name="j"), running, NOW)
+    assert retry.phase == Phase.RUNNING and "Attempt 1 failed" in retry.message
+
+
+class _RefusingApi:
+    """The KubeApi calls the reconciler makes; the apiserver's answer to the Job create is a
+    422 with its real wording (as seen for a 70-character name before labels were shortened)."""
+
+    core = None
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.patches: list[dict[str, Any]] = []
+
+    def create_configmap(self, body: dict[str, Any]) -> None:
+        pass
+
+    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise ApiException(status=422, reason="Unprocessable Entity") from None
+
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any], uid: str | None = None) -> int:
+        self.patches.append(status)
+        return 100 + len(self.patches)
+
+    def post_event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason))
+
+
+def test_a_refused_child_is_a_warning_and_a_status_not_an_exception() -> None:
+    api = _RefusingApi()
+    body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "spec": SPEC, "status": {},
+            "metadata": {"name": "bot", "namespace": "ml", "uid": "u-1", "generation": 1, "resourceVersion": "1"}}
+    reconciler = FineTuneJobReconciler(api, Settings(), clock=lambda: NOW)  # type: ignore[arg-type]
+    status = reconciler.reconcile(body, None, [])
+    assert (status.phase, status.reason) == (Phase.PENDING, Reason.CHILD_CREATE_FAILED)
+    assert "refused to create the Job bot-u1-train (HTTP 422)" in (status.message or "")
+    accepted = next(cd for cd in status.conditions if cd.type == "Accepted")
+    assert (accepted.status, accepted.reason) == ("False", Reason.CHILD_CREATE_FAILED)
+    assert api.events == [("Warning", Reason.CHILD_CREATE_FAILED)]
+    again = reconciler.reconcile({**body, "metadata": {**body["metadata"], "resourceVersion": "101"}, "status": status.to_wire()}, None, [])
+    assert again == status and len(api.events) == 1  # retried quietly: one Event, one status write
