@@ -17,7 +17,7 @@ from kubetune.api import FineTuneJobStatus, TrainerResult
 from kubetune.api import constants as c
 from kubetune.api.modeldeployment import ModelDeploymentStatus
 from kubetune.api.trainer_result import GateResult
-from kubetune.operator.reconcile.serving import decide
+from kubetune.operator.reconcile.serving import MdReason, Resolved, decide
 from kubetune.operator.reconcile.status import Observed, compute_status
 from tests.kubetune_check import (
     ARGOCD_DIR,
@@ -27,7 +27,7 @@ from tests.kubetune_check import (
     kstatus,
 )
 from tests.unit.test_finetunejob_status import SPEC, job, pod
-from tests.unit.test_modeldeployment_decide import BOTH, T1, agent, spec
+from tests.unit.test_modeldeployment_decide import BOTH, SHA2, T1, agent, resolved, spec
 
 NOW = "2026-12-01T10:00:00Z"
 GENERATION = 2
@@ -119,9 +119,13 @@ def test_a_new_object_without_status_is_progressing_for_argo_cd() -> None:
 
 
 def _md_status(pods: list[Any], current: ModelDeploymentStatus | None = None, active: str = "v1",
-               unhealthy: str | None = None) -> ModelDeploymentStatus:
-    return decide(spec(active=active), GENERATION, BOTH, pods, current or ModelDeploymentStatus(), T1,
+               unhealthy: str | None = None, versions: list[Resolved] = BOTH) -> ModelDeploymentStatus:
+    return decide(spec(active=active), GENERATION, versions, pods, current or ModelDeploymentStatus(), T1,
                   unhealthy=unhealthy).status
+
+
+def _unservable(reason: str) -> list[Resolved]:
+    return [Resolved("v1", None, None, reason, f"version v1: FineTuneJob 'a': {reason}"), resolved("v2", SHA2)]
 
 
 def _md_statuses() -> dict[str, ModelDeploymentStatus]:
@@ -133,6 +137,10 @@ def _md_statuses() -> dict[str, ModelDeploymentStatus]:
     return {
         "pending": _md_status([agent("p0", {}), agent("p1", {})]),
         "pending-desired-failed": _md_status([agent("p0", {}, failed={"v1": "checksum"}), agent("p1", {})]),
+        "pending-job-failed": _md_status([agent("p0", {}), agent("p1", {})], versions=_unservable(MdReason.JOB_FAILED)),
+        "pending-gate-failed": _md_status([agent("p0", {}), agent("p1", {})], versions=_unservable(MdReason.GATE_FAILED)),
+        "pending-job-running": _md_status([agent("p0", {}), agent("p1", {})],
+                                          versions=_unservable(MdReason.JOB_NOT_FINISHED)),
         "progressing": _md_status([agent("p0", {"v1": ""}), agent("p1", {"v1": ""})]),
         "ready": serving_v1,
         "degraded-desired-failed": _md_status(
@@ -146,6 +154,9 @@ def _md_statuses() -> dict[str, ModelDeploymentStatus]:
 MD_EXPECTED = {
     "pending": ("Pending", "InProgress", "Progressing"),
     "pending-desired-failed": ("Pending", "Failed", "Degraded"),
+    "pending-job-failed": ("Pending", "Failed", "Degraded"),
+    "pending-gate-failed": ("Pending", "Failed", "Degraded"),
+    "pending-job-running": ("Pending", "InProgress", "Progressing"),
     "progressing": ("Progressing", "InProgress", "Progressing"),
     "ready": ("Ready", "Current", "Healthy"),
     "degraded-desired-failed": ("Degraded", "Failed", "Degraded"),

@@ -346,7 +346,10 @@ def decide(
     conds = current.conditions
     # kstatus: Stalled (kstatus Failed) when the desired version failed, served or not, or was
     # rolled back: neither changes until the spec does, so a GitOps tool must not wait for it.
-    stalled = desired_failed or rolled_back is not None
+    # So is a desired version whose FineTuneJob failed or failed its gate (allowUngated unset).
+    desired_stuck = wanted is not None and wanted in vstat and vstat[wanted].reason in (
+        MdReason.JOB_FAILED, MdReason.GATE_FAILED)
+    stalled = desired_failed or desired_stuck or rolled_back is not None
     reconciling = phase in ("Pending", "Progressing") and not stalled
     conditions = [
         _condition(conds, "Ready", phase == "Ready", p_reason, msg, generation, now),
