@@ -258,3 +258,32 @@ def test_settings_are_validated() -> None:
         DriftSettings(min_samples=600, recent_size=500)
     with pytest.raises(ValueError):
         DriftSettings(recent_feedback=1)
+
+
+def test_a_supplied_reference_judges_a_version_from_its_first_requests() -> None:
+    """With the test split as reference, drift shows once the *recent* window is full: no wait
+    for a reference of first requests that would already be the drifted traffic."""
+    tracker = DriftTracker("support", SMALL)
+    tracker.set_reference("v1", list(range(20, 60)), list(range(30, 70)), refusal_rate=0.0,
+                          empty_rate=0.0)
+    assert tracker.has_reference("v1") and not tracker.has_reference("v2")
+    for _ in range(SMALL.min_samples):  # every answer truncated to one token
+        tracker.observe("v1", 40, 1, "x")
+    signals = tracker.signals("v1")
+    assert signals is not None and signals.psi_response is not None
+    assert signals.psi_response > PSI_CRITICAL
+    assert signals.refusal_reference == 0.0 and signals.empty_reference == 0.0
+    assert drift_score(signals) == 1.0
+    samples = _scrape(tracker)
+    assert samples["kubetune_drift_window_samples{version=v1,window=reference}"] == 40
+
+
+def test_supplied_reference_rates_are_the_refusal_baseline() -> None:
+    tracker = DriftTracker("support", SMALL)
+    tracker.set_reference("v1", [10, 20, 30], [5, 6, 7], refusal_rate=0.0)
+    for i in range(SMALL.min_samples):
+        tracker.observe("v1", 20, 6, "I'm sorry, I can't help with that." if i % 2 else "Sure.")
+    signals = tracker.signals("v1")
+    assert signals is not None
+    assert signals.refusal_reference == 0.0 and signals.refusal_recent == pytest.approx(0.5)
+    assert signals.empty_reference == 0.0  # not supplied: the first requests (none empty)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kubetune.api.serving import DriftReference
 from kubetune.serving.drift import DriftSettings, DriftTracker
+from kubetune.serving.gateway import ServedVersion
 from kubetune.serving.gateway.app import VersionRetirement
 from tests.unit.test_gateway_fake_ollama import FakeOllama, GatewayUnderTest, sample
 
@@ -101,3 +103,25 @@ def test_a_version_not_served_for_long_is_forgotten() -> None:
     retirement.served("v2", 120.0)  # v1 last served 120 s ago
     versions = {s.labels["version"] for m in tracker.collect() for s in m.samples}
     assert versions == {"v2"}
+
+
+def test_a_version_with_a_test_split_reference_is_judged_from_its_first_requests(
+    fake: FakeOllama, tmp_path: Path
+) -> None:
+    """The served version carries its FineTuneJob's drift reference (long prompts); traffic of
+    short prompts shows as drift as soon as the recent window is full, where a reference of
+    first requests would have called the same traffic stable (the test above)."""
+    reference = DriftReference(prompt_tokens=list(range(200, 240)), completion_tokens=list(range(1, 41)),
+                               refusal_rate=0.0, empty_rate=0.0, source="test split")
+    gw = GatewayUnderTest(fake.url, tmp_path / "log.db", drift=SMALL, content="full",
+                          served=ServedVersion("v2", "ab" * 32, reference))
+    try:
+        for i in range(20):
+            assert gw.chat(short_prompt(i)).status_code == 200
+        text = gw.metrics()
+        assert sample(text, "kubetune_drift_window_samples", **LABELS, window="reference") == 20  # thinned to reference_size
+        psi = sample(text, "kubetune_drift_psi", **LABELS, signal="prompt_length")
+        assert psi is not None and psi >= 0.25
+        assert sample(text, "kubetune_drift_score", **LABELS) == 1.0
+    finally:
+        gw.close()

@@ -160,7 +160,7 @@ class FakeOllama:
 class GatewayUnderTest:
     """A gateway on its own thread in front of ``upstream``, its log at ``db``."""
 
-    def __init__(self, upstream: str, db: Path, **settings: Any) -> None:
+    def __init__(self, upstream: str, db: Path, served: Any = None, **settings: Any) -> None:
         from kubetune.serving.gateway import (
             GatewaySettings,
             ServedVersion,
@@ -174,7 +174,7 @@ class GatewayUnderTest:
         )
         self.url = f"http://127.0.0.1:{self.settings.listen_port}"
         self.thread = start_gateway_thread(
-            self.settings, StaticVersion(ServedVersion("v2", "ab" * 32))
+            self.settings, StaticVersion(served or ServedVersion("v2", "ab" * 32))
         )
         self.http = httpx.Client(base_url=self.url, timeout=30)
 

@@ -203,3 +203,24 @@ def test_when_the_served_version_leaves_the_spec_a_ready_one_takes_over() -> Non
         "activeVersion": "v3"})
     d = decide(sp, 2, now_listed, both, on_v2.status, T1)
     assert d.served == "v1" and d.status.history[-1].reason == "ServedVersionRemoved"
+
+
+def test_a_job_version_carries_its_test_split_drift_reference() -> None:
+    body = job()
+    body["status"]["artifacts"].append(
+        {"name": "drift-reference.json", "kind": "drift-reference", "sha256": "d" * 64,
+         "uri": "pvc://kubetune-artifacts/ml/j/eval/drift-reference.json", "sizeBytes": 300})
+    got = resolve_version(ModelVersion(name="v1", fine_tune_job="a"), body).source
+    assert got is not None
+    assert got.drift_reference_uri == "pvc://kubetune-artifacts/ml/j/eval/drift-reference.json"
+    assert got.drift_reference_sha256 == "d" * 64
+    plain = resolve_version(ModelVersion(name="v1", fine_tune_job="a"), job()).source
+    assert plain is not None and plain.drift_reference_uri is None  # older jobs: first requests
+
+
+def test_a_uri_version_takes_its_drift_reference_from_the_spec() -> None:
+    v = ModelVersion.model_validate({"name": "v3", "uri": "https://x/m.gguf", "sha256": SHA1,
+                                     "driftReferenceUri": "https://x/ref.json", "driftReferenceSha256": SHA2})
+    got = resolve_version(v, None).source
+    assert got is not None and got.drift_reference_uri == "https://x/ref.json"
+    assert got.drift_reference_sha256 == SHA2

@@ -233,6 +233,7 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
     run.result["gate"] = evaluation.gate
     run.add_artifact(evaluation.predictions_path, "predictions")
     run.add_artifact(evaluation.summary_path, "report", name="eval-summary.json")
+    _drift_reference(run, tokenizer, evaluation.rows)
     _free_memory()
 
     if not evaluation.gate.passed and spec.export.on_gate_failure == "skip":
@@ -288,6 +289,20 @@ def _export(
         )
     run.add_artifact(result.manifest_path, "manifest")
     run.manifest_uri = run.uri(result.manifest_path)
+
+
+def _drift_reference(run: _Run, tokenizer: Any, rows: list[Any]) -> None:
+    """The test split's lengths for the serving gateway's drift tracker. Best effort: a
+    trained model is never lost over it (serving then takes a version's first requests)."""
+    from kubetune_trainer.evaluation.drift_reference import write_drift_reference
+
+    try:
+        path = write_drift_reference(tokenizer, rows, run.workdir / "eval")
+    except Exception as exc:
+        print(f"no drift reference: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return
+    if path is not None:
+        run.add_artifact(path, "drift-reference")
 
 
 def _check_judge(spec: FineTuneJobSpec) -> None:

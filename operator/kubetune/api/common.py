@@ -107,6 +107,7 @@ class Artifact(ApiModel):
         "report",
         "manifest",
         "predictions",
+        "drift-reference",
         "other",
     ]
     """What the artifact is."""

@@ -28,6 +28,10 @@ MODELFILE_NEEDS_SHA256 = (
     "!has(self.modelfileUri) || (has(self.uri) && has(self.modelfileSha256))",
     "modelfileUri: only with uri, and pinned by modelfileSha256",
 )
+DRIFT_REFERENCE_NEEDS_SHA256 = (
+    "!has(self.driftReferenceUri) || (has(self.uri) && has(self.driftReferenceSha256))",
+    "driftReferenceUri: only with uri, and pinned by driftReferenceSha256",
+)
 
 
 class ModelVersion(ApiModel):
@@ -37,7 +41,8 @@ class ModelVersion(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": rule, "message": message}
-                for rule, message in (ONE_SOURCE, URI_NEEDS_SHA256, MODELFILE_NEEDS_SHA256, NOT_LATEST)
+                for rule, message in (ONE_SOURCE, URI_NEEDS_SHA256, MODELFILE_NEEDS_SHA256,
+                                      DRIFT_REFERENCE_NEEDS_SHA256, NOT_LATEST)
             ]
         }
     )
@@ -59,6 +64,13 @@ class ModelVersion(ApiModel):
     without one Ollama uses the template inside the GGUF."""
     modelfile_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     """sha256 of the Modelfile at `modelfileUri`."""
+    drift_reference_uri: Annotated[str, Field(max_length=2048, pattern=r"^(pvc|file|s3|https?)://.+$")] | None = None
+    """Optional drift reference for a `uri` version: a `drift-reference.json` as a FineTuneJob
+    exports it (its test split's prompt and answer lengths). A FineTuneJob version takes its
+    job's automatically; without one, a version's first `drift.referenceRequests` requests are
+    its reference."""
+    drift_reference_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """sha256 of the file at `driftReferenceUri`."""
     quantization: Literal["f16", "q8_0", "q5_k_m", "q4_k_m"] = "q4_k_m"
     """Which of the job's GGUF files to serve."""
     allow_ungated: bool = False
@@ -74,6 +86,8 @@ class ModelVersion(ApiModel):
             raise ValueError(URI_NEEDS_SHA256[1])
         if self.modelfile_uri is not None and (self.uri is None or self.modelfile_sha256 is None):
             raise ValueError(MODELFILE_NEEDS_SHA256[1])
+        if self.drift_reference_uri is not None and (self.uri is None or self.drift_reference_sha256 is None):
+            raise ValueError(DRIFT_REFERENCE_NEEDS_SHA256[1])
         return self
 
 

@@ -62,6 +62,11 @@ class ServingVersion(ApiModel):
     is replaced by the verified GGUF)."""
     modelfile_sha256: Sha256 | None = None
     """Expected sha256 of the Modelfile (required with ``modelfile_uri``)."""
+    drift_reference_uri: SourceUri | None = None
+    """A :class:`DriftReference` (JSON) for this version: the lengths its drift is measured
+    against. None: the version's first requests are its reference."""
+    drift_reference_sha256: Sha256 | None = None
+    """Expected sha256 of the drift reference (required with ``drift_reference_uri``)."""
 
     @model_validator(mode="after")
     def _modelfile_pinned(self) -> ServingVersion:
@@ -69,7 +74,36 @@ class ServingVersion(ApiModel):
             raise ValueError("a version may not be named 'latest' (the served alias)")
         if (self.modelfile_uri is None) != (self.modelfile_sha256 is None):
             raise ValueError("modelfileUri and modelfileSha256 go together")
+        if (self.drift_reference_uri is None) != (self.drift_reference_sha256 is None):
+            raise ValueError("driftReferenceUri and driftReferenceSha256 go together")
         return self
+
+
+DRIFT_REFERENCE_FILE: Final = "drift-reference.json"
+MAX_DRIFT_REFERENCE_BYTES: Final = 4 << 20
+
+
+class DriftReference(ApiModel):
+    """What a version's live traffic is compared with (``drift-reference.json``).
+
+    A FineTuneJob writes one at evaluation, from its test split: each test prompt's length in
+    tokens as the served model sees it (chat template applied, generation prompt added: what
+    Ollama reports as ``prompt_tokens``) and the length of the fine-tuned model's own answer
+    (``completion_tokens``), with the share of those answers that are refusals or empty. The
+    gateway's drift tracker then measures a version against the traffic it was trained and
+    evaluated for, from its first request, instead of against its own first requests.
+    """
+
+    prompt_tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=100_000)]
+    """Prompt length of each reference example, in tokens."""
+    completion_tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=100_000)]
+    """Answer length of each reference example, in tokens."""
+    refusal_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Share of the reference answers that are refusals (kubetune.serving.drift.is_refusal)."""
+    empty_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Share of the reference answers that are empty."""
+    source: ShortText = ""
+    """Where the sample came from, for people (e.g. ``test split (40 examples)``)."""
 
 
 class ServingConfig(ApiModel):

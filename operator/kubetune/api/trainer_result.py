@@ -145,7 +145,7 @@ class GateResult(ApiModel):
 
 
 # What a ModelDeployment resolves a version to: kept in the termination message longest.
-SERVING_ARTIFACT_KINDS = ("gguf", "modelfile")
+SERVING_ARTIFACT_KINDS = ("gguf", "modelfile", "drift-reference")
 
 
 class TrainerResult(ApiModel):

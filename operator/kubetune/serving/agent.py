@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from kubetune.api.serving import (
     AgentStatus,
     AgentVersionState,
+    DriftReference,
     ServingConfig,
     ServingVersion,
     VersionPhase,
@@ -59,6 +60,8 @@ class _Version:
     next_attempt: float = 0.0
     manifest: str | None = None
     """Ollama's manifest digest of the tag when it became Ready (a change means re-check)."""
+    drift_reference: DriftReference | None = None
+    """What the gateway measures this version's drift against, when the version has one."""
 
 
 @dataclass
@@ -156,8 +159,11 @@ class ServeAgent:
             why = f"{self._s.config_error}{held}" + (f"; {why}" if why else "")
         self._set_ready(ready, why)
         status = self.status()
+        with self._lock:
+            entry = self._s.versions.get(status.served) if status.served else None
+            reference = entry.drift_reference if entry is not None else None
         # Read by the gateway on every request (no lock, no I/O): an attribute swap is atomic.
-        self.served_version = ServedVersion(status.served, status.served_digest)
+        self.served_version = ServedVersion(status.served, status.served_digest, reference)
         return delay
 
     def _reconcile(self) -> tuple[float, bool, str]:
@@ -298,7 +304,7 @@ class ServeAgent:
                 entry.state.sha256_verified = entry.state.sha256_verified or verified
 
         try:
-            prepare_version(
+            entry.drift_reference = prepare_version(
                 self.client,
                 self.sources,
                 model,

@@ -5,7 +5,12 @@ The gateway in each serving pod feeds a :class:`DriftTracker` one observation pe
 and registers it on the registry behind its ``/metrics``. Standard library only: the serving
 image carries no numpy.
 
-Signals, each comparing a version's **recent** window with its **reference** window:
+Signals, each comparing a version's **recent** window with its **reference**. The reference is
+the version's FineTuneJob test split when the version has one (``drift-reference.json``: each
+test prompt's length and the fine-tuned model's answer length, in tokens, and the share of those
+answers that are refusals or empty; :meth:`DriftTracker.set_reference`), so a version is judged
+against what it was trained and evaluated for from its first request; otherwise it is the
+version's first ``reference_size`` requests after promotion.
 
 - **PSI** (population stability index) of prompt length and of response length, in tokens.
   Bins are fixed by the reference: the interior cut points are its deciles (``bins - 1``
@@ -40,7 +45,7 @@ quiet ones; a signal only counts when it moved the bad way (more refusals, lower
 
 Nothing is computed on too little data, so a quiet service does not flap: a version's PSI,
 rates and drift score appear only once both its reference and recent windows hold at least
-``min_samples`` requests, and its feedback means once both feedback windows hold at least
+``min_samples`` requests (a supplied reference counts as full), and its feedback means once both feedback windows hold at least
 ``min_feedback`` scores (until then the score is computed without the feedback term). Series
 that are not computed are absent from ``/metrics``, never 0.
 
@@ -231,7 +236,9 @@ class _VersionWindows:
     recent: deque[_Request] = field(init=False)
     reference: list[_Request] = field(default_factory=list)
     reference_prompt: list[int] | None = None  # a supplied reference sample replaces the
-    reference_response: list[int] | None = None  # lengths of `reference`, not its rates
+    reference_response: list[int] | None = None  # lengths of `reference`, and its rates
+    reference_refusal: float | None = None  # when given; else those of the first requests
+    reference_empty: float | None = None
     recent_feedback: deque[float] = field(init=False)
     reference_feedback: list[float] = field(default_factory=list)
 
@@ -249,18 +256,33 @@ class _VersionWindows:
         if len(self.reference_feedback) < self.settings.reference_feedback:
             self.reference_feedback.append(score)
 
+    def reference_count(self) -> int:
+        """Requests (or supplied examples) the reference holds."""
+        if self.reference_prompt is not None:
+            return len(self.reference_prompt)
+        return len(self.reference)
+
     def signals(self) -> DriftSignals | None:
         s = self.settings
-        if len(self.recent) < s.min_samples or len(self.reference) < s.min_samples:
+        supplied = self.reference_prompt is not None and self.reference_response is not None
+        first_enough = len(self.reference) >= s.min_samples
+        if len(self.recent) < s.min_samples or not (supplied or first_enough):
             return None
-        ref_prompt = self.reference_prompt or [r[0] for r in self.reference]
-        ref_response = self.reference_response or [r[1] for r in self.reference]
+        ref_prompt = self.reference_prompt if supplied else [r[0] for r in self.reference]
+        ref_response = self.reference_response if supplied else [r[1] for r in self.reference]
+        assert ref_prompt is not None and ref_response is not None
+        refusal_reference = self.reference_refusal
+        empty_reference = self.reference_empty
+        if refusal_reference is None and first_enough:
+            refusal_reference = _share(r[2] for r in self.reference)
+        if empty_reference is None and first_enough:
+            empty_reference = _share(r[3] for r in self.reference)
         values = {
             "psi_prompt": psi(ref_prompt, [r[0] for r in self.recent], s.bins),
             "psi_response": psi(ref_response, [r[1] for r in self.recent], s.bins),
-            "refusal_reference": _share(r[2] for r in self.reference),
+            "refusal_reference": refusal_reference,
             "refusal_recent": _share(r[2] for r in self.recent),
-            "empty_reference": _share(r[3] for r in self.reference),
+            "empty_reference": empty_reference,
             "empty_recent": _share(r[3] for r in self.recent),
         }
         if (
@@ -321,12 +343,21 @@ class DriftTracker(Collector):
         return windows
 
     def set_reference(
-        self, version: str, prompt_tokens: Sequence[int], completion_tokens: Sequence[int]
+        self,
+        version: str,
+        prompt_tokens: Sequence[int],
+        completion_tokens: Sequence[int],
+        *,
+        refusal_rate: float | None = None,
+        empty_rate: float | None = None,
     ) -> None:
-        """Use a supplied sample (e.g. the FineTuneJob's test split) as the length reference.
+        """Use a supplied sample (the FineTuneJob's test split: ``drift-reference.json``) as
+        the version's reference, from its first request on.
 
-        The refusal and empty-answer references still come from the first requests served.
-        Samples longer than ``reference_size`` keep an evenly spaced subset.
+        PSI is then computed as soon as the recent window holds ``min_samples`` requests. The
+        refusal and empty-answer references are the rates given; a rate not given still
+        comes from the first requests served. Samples longer than ``reference_size`` keep an
+        evenly spaced subset.
         """
         if len(prompt_tokens) < 2 or len(completion_tokens) < 2:
             raise ValueError("a reference sample needs at least 2 values of each length")
@@ -334,6 +365,14 @@ class DriftTracker(Collector):
             windows = self._windows(version)
             windows.reference_prompt = _thin(prompt_tokens, self.settings.reference_size)
             windows.reference_response = _thin(completion_tokens, self.settings.reference_size)
+            windows.reference_refusal = refusal_rate
+            windows.reference_empty = empty_rate
+
+    def has_reference(self, version: str) -> bool:
+        """Whether ``version`` holds a supplied reference (:meth:`set_reference`)."""
+        with self._lock:
+            windows = self._versions.get(version)
+            return windows is not None and windows.reference_prompt is not None
 
     def observe(
         self,
@@ -384,7 +423,7 @@ class DriftTracker(Collector):
         families = self._families()
         with self._lock:
             snapshot = [
-                (version, w.signals(), len(w.recent), len(w.reference))
+                (version, w.signals(), len(w.recent), w.reference_count())
                 for version, w in self._versions.items()
             ]
         for version, signals, recent, reference in snapshot:

@@ -14,13 +14,23 @@ double the disk a pod needs.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from kubetune.api.serving import ServingVersion, Step, VersionPhase, ollama_tag
+from pydantic import ValidationError
+
+from kubetune.api.serving import (
+    MAX_DRIFT_REFERENCE_BYTES,
+    DriftReference,
+    ServingVersion,
+    Step,
+    VersionPhase,
+    ollama_tag,
+)
 from kubetune.serving.failures import StepFailure
 from kubetune.serving.fetch import (
     cached_path,
@@ -67,13 +77,15 @@ def prepare_version(
     *,
     keep_loaded: bool,
     progress: Progress,
-) -> None:
-    """Make ``<model>:<version>`` registered on ``version.sha256`` and answering.
+) -> DriftReference | None:
+    """Make ``<model>:<version>`` registered on ``version.sha256`` and answering; returns the
+    version's drift reference, when it has one.
 
     Raises :class:`StepFailure` naming the step, or :class:`OllamaUnreachable`.
     """
     tag = ollama_tag(model, version.name)
     settings = read_modelfile(version, sources)
+    reference = read_drift_reference(version, sources)
     info = _answered("register", client.show, tag)
     if info is not None and is_registered(info, version.sha256, settings):
         log.info("%s: already registered on sha256 %s", tag, version.sha256)
@@ -81,6 +93,34 @@ def prepare_version(
     else:
         register(client, sources, tag, version, settings, progress)
     check_answers(client, tag, keep_loaded=keep_loaded, progress=progress)
+    return reference
+
+
+def read_drift_reference(version: ServingVersion, sources: Sources) -> DriftReference | None:
+    """The version's drift reference, sha256-checked. A checksum mismatch fails the version
+    like any pinned artifact; a file that is not a valid reference only costs the reference
+    (logged: drift is then measured against the version's first requests)."""
+    if version.drift_reference_uri is None or version.drift_reference_sha256 is None:
+        return None
+    path = fetch_verified(
+        version.drift_reference_uri,
+        version.drift_reference_sha256,
+        sources.cache_dir,
+        pvc_root=sources.pvc_root,
+        size_bytes=None,
+        timeout=sources.timeout,
+    )
+    where = redact_uri(version.drift_reference_uri)
+    try:
+        if path.stat().st_size > MAX_DRIFT_REFERENCE_BYTES:
+            raise ValueError(f"larger than {MAX_DRIFT_REFERENCE_BYTES} bytes")
+        reference = DriftReference.model_validate(json.loads(path.read_bytes()))
+    except (ValueError, ValidationError, OSError) as exc:
+        log.warning("%s: drift reference %s is unusable (%s); drift is measured against the "
+                    "version's first requests", version.name, where, str(exc).splitlines()[0])
+        return None
+    log.info("%s: drift reference from %s (%s)", version.name, where, reference.source)
+    return reference
 
 
 def read_modelfile(version: ServingVersion, sources: Sources) -> ModelfileSettings:

@@ -89,6 +89,8 @@ def resolve_version(v: ModelVersion, job: dict[str, Any] | None) -> Resolved:
                 sha256=v.sha256,
                 modelfile_uri=v.modelfile_uri,
                 modelfile_sha256=v.modelfile_sha256,
+                drift_reference_uri=v.drift_reference_uri,
+                drift_reference_sha256=v.drift_reference_sha256,
             ),
         )
     if job is None:
@@ -119,6 +121,7 @@ def resolve_version(v: ModelVersion, job: dict[str, Any] | None) -> Resolved:
                         f"(it has: {', '.join(have) or 'none'}); set quantization to one of them")
     modelfile = next((a for a in artifacts if a.get("kind") == "modelfile"
                       and a.get("quantization") == v.quantization), None)
+    reference = next((a for a in artifacts if a.get("kind") == "drift-reference"), None)
     return Resolved(
         v.name,
         s.ServingVersion(
@@ -128,6 +131,8 @@ def resolve_version(v: ModelVersion, job: dict[str, Any] | None) -> Resolved:
             size_bytes=gguf.get("sizeBytes"),
             modelfile_uri=modelfile["uri"] if modelfile else None,
             modelfile_sha256=modelfile["sha256"] if modelfile else None,
+            drift_reference_uri=reference["uri"] if reference else None,
+            drift_reference_sha256=reference["sha256"] if reference else None,
         ),
         gated,
     )

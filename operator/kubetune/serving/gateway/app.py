@@ -639,7 +639,17 @@ def _observe_drift(app: web.Application, ctx: RequestContext, outcome: _Outcome)
     else:
         return
     if version is not None and prompt_tokens is not None and completion_tokens is not None:
-        app[DRIFT_KEY].observe(version, prompt_tokens, completion_tokens, text)
+        tracker = app[DRIFT_KEY]
+        reference = ctx.served.drift_reference
+        if reference is not None and not tracker.has_reference(version):
+            tracker.set_reference(
+                version,
+                reference.prompt_tokens,
+                reference.completion_tokens,
+                refusal_rate=reference.refusal_rate,
+                empty_rate=reference.empty_rate,
+            )
+        tracker.observe(version, prompt_tokens, completion_tokens, text)
 
 
 def _log(

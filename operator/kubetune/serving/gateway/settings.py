@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from kubetune.api.serving import DriftReference
 from kubetune.serving.drift import DriftSettings
 
 ContentMode = Literal["full", "redacted", "none"]
@@ -29,6 +30,8 @@ class ServedVersion:
     """Version name (``v2``); None while nothing is served yet."""
     digest: str | None
     """sha256 of the served GGUF."""
+    drift_reference: DriftReference | None = None
+    """The version's drift reference (its FineTuneJob's test split), when it has one."""
 
 
 VersionProvider = Callable[[], ServedVersion]
