@@ -227,16 +227,25 @@ def _cmd_operator(args: argparse.Namespace) -> int:
 
     import kopf
 
-    import kubetune.operator.handlers  # noqa: F401  (registers the handlers)
+    from kubetune.operator import handlers  # registers the handlers
+    from kubetune.operator.probes import parse_endpoint
     from kubetune.operator.settings import Settings
 
-    namespaces = Settings.from_env().namespaces
+    try:
+        namespaces = Settings.from_env().namespaces
+        if args.liveness:
+            parse_endpoint(args.liveness)
+    except ValueError as exc:
+        print(f"operator: {exc}", file=sys.stderr)
+        return 2
+    # /healthz and /readyz are ours (kopf's --liveness serves one path); kopf peering stays off
+    # (standalone): replicas elect a leader on a Lease instead (docs/operator.md).
+    handlers.runtime.probe_url = args.liveness
     asyncio.run(
         kopf.operator(
             standalone=True,
             clusterwide=not namespaces,
             namespaces=list(namespaces),
-            liveness_endpoint=args.liveness,
         )
     )
     return 0
@@ -387,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     pexp.set_defaults(func=_cmd_predictions_export)
 
     op = sub.add_parser("operator", help="run the operator")
-    op.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    op.add_argument("--liveness", default=None,
+                    help="serve liveness at this URL and /readyz beside it, e.g. http://0.0.0.0:8081/healthz")
     op.set_defaults(func=_cmd_operator)
 
     agent = sub.add_parser(

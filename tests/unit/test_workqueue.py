@@ -71,3 +71,73 @@ def test_urgent_keys_go_first_even_if_already_queued() -> None:
     queue.add("new-job", urgent=True)
     queue.add("another-new", urgent=True)
     assert [queue.get(), queue.get(), queue.get()] == ["new-job", "another-new", "status-refresh"]
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_workers_wait_while_inactive_and_report_controller_runtime_metrics() -> None:
+    queue = WorkQueue("unit-gated")
+    active = threading.Event()
+    processed: list[str] = []
+
+    def process(key: object) -> None:
+        if key == "bad":
+            raise RuntimeError("reconcile failed")
+        processed.append(str(key))
+
+    threads = start_workers(queue, process, 2, active=active)
+    queue.add("a")
+    queue.add("bad")
+    queue.add("a")  # deduplicated
+    time.sleep(0.3)
+    assert processed == []  # a standby takes no key
+    assert _sample("workqueue_depth", {"name": "unit-gated"}) == 2
+    assert _sample("workqueue_adds_total", {"name": "unit-gated"}) == 2
+    active.set()
+    deadline = time.monotonic() + 5
+    while _sample("controller_runtime_reconcile_total", {"controller": "unit-gated", "result": "error"}) < 1 \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    while not processed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queue.shutdown()
+    for t in threads:
+        t.join(timeout=5)
+    assert processed == ["a"]
+    labels = {"controller": "unit-gated"}
+    assert _sample("controller_runtime_reconcile_total", {**labels, "result": "success"}) == 1
+    assert _sample("controller_runtime_reconcile_errors_total", labels) == 1
+    assert _sample("controller_runtime_reconcile_time_seconds_count", labels) == 2
+    assert _sample("workqueue_queue_duration_seconds_count", {"name": "unit-gated"}) == 2
+    assert _sample("workqueue_work_duration_seconds_count", {"name": "unit-gated"}) == 2
+    assert _sample("workqueue_depth", {"name": "unit-gated"}) == 0
+
+
+def test_an_abandoned_key_goes_back_to_the_queue_without_counting_as_an_error() -> None:
+    from kubetune.operator.workqueue import Abandon
+
+    queue = WorkQueue("unit-abandon")
+    active = threading.Event()
+    active.set()
+    calls: list[str] = []
+
+    def process(key: object) -> None:
+        calls.append(str(key))
+        active.clear()  # leadership lost mid-reconcile
+        raise Abandon("not the leader")
+
+    threads = start_workers(queue, process, 1, active=active)
+    queue.add("k")
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.7)
+    assert calls == ["k"] and len(queue) == 1  # waiting for the next leader term
+    assert _sample("controller_runtime_reconcile_errors_total", {"controller": "unit-abandon"}) == 0
+    queue.shutdown()
+    for t in threads:
+        t.join(timeout=5)

@@ -8,6 +8,10 @@ and a restarted operator sees every child before it decides anything.
 No kopf timers or daemons: they would put a finalizer on every FineTuneJob. A resync thread
 re-queues unfinished jobs every KUBETUNE_PROGRESS_INTERVAL seconds instead (and scrapes live
 progress), so a missed event never stalls a resource.
+
+With leader election (leaderelection.py), every replica runs the watches, indexes and queues;
+only the workers of the replica holding the Lease take keys, and every API write is refused
+on the others. docs/operator.md says why and what is measured.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from collections.abc import Hashable
 from typing import Any, cast
 
 import kopf
+import kubernetes
 from prometheus_client import start_http_server
 
 from kubetune.api import constants as c
-from kubetune.operator.kube import KubeApi, ServingApi, load_client_config
+from kubetune.operator.kube import KubeApi, ServingApi, instrument_client, load_client_config
+from kubetune.operator.leaderelection import LeaderElector, LeaseConfig
+from kubetune.operator.probes import serve_probes
 from kubetune.operator.progress import scrape_progress
 from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler, owned_children
 from kubetune.operator.reconcile.modeldeployment import ModelDeploymentReconciler
@@ -42,16 +49,22 @@ class _Runtime:
     serving: ModelDeploymentReconciler
 
     def __init__(self) -> None:
-        self.queue = WorkQueue()
+        self.queue = WorkQueue("finetunejob")
         # ModelDeployments: their own queue and workers (they read through the API, not
         # indexes), and the keys of those that exist, for the resync and FineTuneJob events.
-        self.serving_queue = WorkQueue()
+        self.serving_queue = WorkQueue("modeldeployment")
         self.deployments: set[tuple[str, str]] = set()
         # kopf hands its indexes to handlers only; the first handler call captures them here.
         self.indexes: dict[str, kopf.Index[Any, Any]] = {}
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.scrape_due: set[Hashable] = set()
+        # Workers take keys only while this replica leads (always, without leader election).
+        self.leading = threading.Event()
+        self.elector: LeaderElector | None = None
+        self.workers: list[threading.Thread] = []
+        self.probe_url: str | None = None  # `kubetune operator --liveness URL`: /healthz and /readyz
+        self.probe_runner: Any = None
 
 
 runtime = _Runtime()
@@ -73,30 +86,60 @@ class _NoDiffBase(kopf.DiffBaseStorage):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     """kopf settings under our own API group; the reconciler, its workers and the resync."""
     settings.persistence.finalizer = f"{c.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = _NoDiffBase()
-    settings.posting.level = logging.WARNING  # our own Events are enough; no per-handler noise
+    settings.posting.level = logging.WARNING
+    settings.posting.enabled = False  # our own Events are enough, and a standby must post none
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     runtime.settings = Settings.from_env()
     load_client_config()
-    runtime.reconciler = FineTuneJobReconciler(KubeApi(), runtime.settings)
+    # kopf hands the (still empty) indexes to startup handlers too; they fill as kopf lists.
+    if all(k in kwargs for k in INDEX_NAMES):
+        runtime.indexes = {k: kwargs[k] for k in INDEX_NAMES}
+    runtime.elector = _elector(runtime.settings)
+    may_write = runtime.elector.may_write if runtime.elector is not None else None
+    runtime.reconciler = FineTuneJobReconciler(KubeApi(may_write=may_write), runtime.settings)
+    runtime.serving = ModelDeploymentReconciler(ServingApi(may_write=may_write), runtime.settings)
     runtime.stop.clear()
     if runtime.settings.metrics_port:
         start_http_server(runtime.settings.metrics_port)
-    start_workers(runtime.queue, _process, runtime.settings.workers)
+    runtime.workers = [
+        *start_workers(runtime.queue, _process, runtime.settings.workers, active=runtime.leading),
+        *start_workers(runtime.serving_queue, _process_deployment, 2, active=runtime.leading),
+    ]
     threading.Thread(target=_resync_loop, name="kubetune-resync", daemon=True).start()
-    runtime.serving = ModelDeploymentReconciler(ServingApi(), runtime.settings)
-    start_workers(runtime.serving_queue, _process_deployment, 2)
     threading.Thread(target=_serving_resync_loop, name="kubetune-serving-resync", daemon=True).start()
+    threading.Thread(target=_ready_when_nothing_to_index, name="kubetune-readiness", daemon=True).start()
+    if runtime.elector is not None:
+        runtime.elector.start()
+    else:
+        runtime.leading.set()
+
+
+@kopf.on.startup()
+async def start_probes(**_: Any) -> None:
+    """/healthz and /readyz (probes.py) when `kubetune operator --liveness URL` asks for them."""
+    if runtime.probe_url:
+        runtime.probe_runner = await serve_probes(runtime.probe_url, _healthy, _ready)
+
+
+@kopf.on.cleanup()
+async def stop_probes(**_: Any) -> None:
+    if runtime.probe_runner is not None:
+        await runtime.probe_runner.cleanup()
+        runtime.probe_runner = None
 
 
 @kopf.on.cleanup()
 def stop(**_: Any) -> None:
     runtime.stop.set()
+    runtime.leading.clear()
+    if runtime.elector is not None:
+        runtime.elector.stop(release=True)  # a clean exit hands over at the standby's next retry
     runtime.queue.shutdown()
     runtime.serving_queue.shutdown()
 
@@ -148,7 +191,8 @@ async def finetunejob_changed(*, event: kopf.RawEvent, namespace: str | None, na
 
 @kopf.on.event(c.GROUP, c.VERSION, c.MODELDEPLOYMENT_PLURAL)
 async def modeldeployment_changed(*, event: kopf.RawEvent, namespace: str | None, name: str,
-                                  body: kopf.Body, **_: Any) -> None:
+                                  body: kopf.Body, **kwargs: Any) -> None:
+    _capture(kwargs)
     key = (namespace or "", name)
     if event["type"] == "DELETED":
         runtime.deployments.discard(key)
@@ -159,7 +203,8 @@ async def modeldeployment_changed(*, event: kopf.RawEvent, namespace: str | None
 
 
 @kopf.on.event("", "v1", "pods", labels={c.LABEL_MODELDEPLOYMENT: kopf.PRESENT})
-async def serving_pod_changed(*, namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+async def serving_pod_changed(*, namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+    _capture(kwargs)
     runtime.serving_queue.add((namespace or "", labels[c.LABEL_MODELDEPLOYMENT]))
 
 
@@ -197,6 +242,8 @@ def _snapshot(body: kopf.Body) -> dict[str, Any]:
 
 
 def _capture(kwargs: dict[str, Any]) -> None:
+    # kopf calls non-index handlers only once every indexed kind has been listed: from here on,
+    # the indexes hold every FineTuneJob, trainer Job and trainer pod.
     if not runtime.ready.is_set():
         runtime.indexes = {k: kwargs[k] for k in INDEX_NAMES}
         runtime.ready.set()
@@ -235,3 +282,80 @@ def _resync_loop() -> None:
             if any((b.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for b in store):
                 runtime.scrape_due.add(key)
                 runtime.queue.add(key)
+
+
+# -- leader election, readiness and liveness ----------------------------------------------------
+
+
+def _elector(settings: Settings) -> LeaderElector | None:
+    if not settings.leader_election:
+        return None
+    config = LeaseConfig(
+        name=settings.lease_name, namespace=settings.lease_namespace, identity=settings.identity,
+        lease_duration=settings.lease_duration, renew_deadline=settings.lease_renew_deadline,
+        retry_period=settings.lease_retry_period,
+    )
+    return LeaderElector(config, kubernetes.client.ApiClient(),
+                         on_started_leading=_started_leading, on_stopped_leading=_stopped_leading)
+
+
+def _started_leading() -> None:
+    """Take over with fresh reconcilers (what an earlier term remembered may be stale: the other
+    replica wrote meanwhile) and a full pass over everything the indexes hold."""
+    runtime.reconciler = FineTuneJobReconciler(runtime.reconciler.api, runtime.settings)
+    runtime.serving = ModelDeploymentReconciler(runtime.serving.api, runtime.settings)
+    for key in list(runtime.indexes.get("finetunejobs", {}).keys()) if runtime.indexes else []:
+        runtime.queue.add(key)
+    for key in list(runtime.deployments):
+        runtime.serving_queue.add(key)
+    runtime.leading.set()
+
+
+def _stopped_leading() -> None:
+    runtime.leading.clear()  # workers take no new key; writes in flight are refused (may_write)
+
+
+def _ready_when_nothing_to_index() -> None:
+    """With no FineTuneJob and no ModelDeployment, no handler event ever says that kopf has
+    listed everything: the indexes then hold nothing a reconcile needs, so the operator is
+    ready. Checked every 2 s until ready."""
+    api = kubernetes.client.CustomObjectsApi(instrument_client(kubernetes.client.ApiClient()))
+    namespaces = runtime.settings.namespaces or (None,)
+    while not runtime.ready.is_set() and not runtime.stop.is_set():
+        try:
+            empty = True
+            for ns in namespaces:
+                for plural in (c.FINETUNEJOB_PLURAL, c.MODELDEPLOYMENT_PLURAL):
+                    listing = cast(dict[str, Any], (
+                        api.list_cluster_custom_object(c.GROUP, c.VERSION, plural, limit=1) if ns is None
+                        else api.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, plural, limit=1)))
+                    empty = empty and not listing.get("items")
+            if empty and len(runtime.indexes) == len(INDEX_NAMES) and not runtime.ready.is_set():
+                runtime.ready.set()
+                return
+        except Exception as exc:
+            log.warning("readiness: could not list FineTuneJobs and ModelDeployments: %s", exc)
+        runtime.stop.wait(2)
+
+
+def _healthy() -> tuple[bool, str]:
+    if runtime.workers and not all(t.is_alive() for t in runtime.workers):
+        return False, "a worker thread died"
+    if runtime.elector is not None and not runtime.elector.alive() and not runtime.stop.is_set():
+        return False, "the leader election thread died"
+    return True, "ok"
+
+
+def _ready() -> tuple[bool, str]:
+    if not runtime.workers:
+        return False, "starting"
+    if not runtime.ready.is_set():
+        return False, "kopf is still listing into the indexes"
+    healthy, why = _healthy()
+    if not healthy:
+        return False, why
+    if runtime.elector is None:
+        return True, "ok (leader election off)"
+    if not runtime.elector.observed_once.is_set():
+        return False, "the leader Lease has not been read yet"
+    return True, "ok (leader)" if runtime.leading.is_set() else "ok (standby)"

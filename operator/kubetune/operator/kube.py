@@ -1,6 +1,15 @@
 """The few Kubernetes API calls the operator makes, behind one small class.
 
 Kept apart from the reconcile logic so that logic reads as observe → build → apply → status.
+
+Every write carries the field manager `kubetune-operator`, so `managedFields` says which fields
+the operator owns: children it converges (ConfigMaps, Deployments, Services, PDBs) are
+server-side applied; a trainer Job is created once (see `create_job`); status goes through the
+status subresource. The operator never writes a spec of its own resources.
+
+With leader election on, every write first asks `may_write()`: a replica that does not hold the
+Lease (a standby, or a leader that could not renew in time) raises NotLeaderError instead of
+writing, so a non-leader never creates a Job, posts an Event or writes a status.
 """
 
 from __future__ import annotations
@@ -8,15 +17,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import constants as c
-from kubetune.operator.metrics import API_REQUESTS
+from kubetune.operator.metrics import API_REQUESTS, REST_CLIENT_REQUESTS
+from kubetune.operator.workqueue import Abandon
 
 log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "kubetune-operator"
+_APPLY: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml"}
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class NotLeaderError(Abandon):
+    """A write refused because this replica does not hold the leader Lease (any more)."""
 
 
 def load_client_config() -> None:
@@ -25,6 +45,59 @@ def load_client_config() -> None:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+def request_verb(method: str, url: str, headers: dict[str, str] | None) -> str:
+    """The Kubernetes verb of a REST request (get, list, watch, create, update, patch, apply, delete)."""
+    method = method.upper()
+    if method == "PATCH":
+        content_type = (headers or {}).get("Content-Type", "")
+        return "apply" if content_type.startswith("application/apply-patch") else "patch"
+    if method != "GET":
+        return {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(method, method.lower())
+    parts = urllib.parse.urlsplit(url)
+    if "watch=true" in parts.query:
+        return "watch"
+    segments = [s for s in parts.path.split("/") if s]
+    # /api/v1/... or /apis/<group>/<version>/...; then [namespaces/<ns>/]<resource>[/<name>[/<sub>]]
+    rest = segments[2:] if segments[:1] == ["api"] else segments[3:]
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        rest = rest[2:]
+    return "list" if len(rest) == 1 else "get"
+
+
+def instrument_client(
+    client: kubernetes.client.ApiClient, may_write: Callable[[], bool] | None = None
+) -> kubernetes.client.ApiClient:
+    """Count every request of `client` in rest_client_requests_total{verb,code}; with
+    `may_write`, refuse (NotLeaderError) each write it does not allow. Idempotent per client."""
+    if getattr(client, "_kubetune_instrumented", False):
+        if may_write is not None:
+            client._kubetune_may_write = may_write  # type: ignore[attr-defined]
+        return client
+    call_api = client.call_api
+    client._kubetune_may_write = may_write  # type: ignore[attr-defined]
+
+    def counted(method: str, url: str, header_params: dict[str, str] | None = None,
+                *args: Any, **kwargs: Any) -> Any:
+        verb = request_verb(method, url, header_params)
+        allowed = client._kubetune_may_write  # type: ignore[attr-defined]
+        if method.upper() in _WRITES and allowed is not None and not allowed():
+            raise NotLeaderError(f"not the leader: {verb} {urllib.parse.urlsplit(url).path} not sent")
+        code = "<error>"
+        try:
+            response = call_api(method, url, header_params, *args, **kwargs)
+            code = str(response.status)
+            return response
+        except ApiException as exc:
+            code = str(exc.status) if exc.status else "<error>"
+            raise
+        finally:
+            REST_CLIENT_REQUESTS.labels(verb, code).inc()
+
+    client.call_api = counted  # type: ignore[method-assign]
+    client._kubetune_instrumented = True  # type: ignore[attr-defined]
+    return client
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -42,10 +115,14 @@ def _drain(response: Any) -> bytes:
 
 
 class KubeApi:
-    """Create-if-absent, patch and event calls used by the reconcilers."""
+    """Apply, create-if-absent, status and event calls used by the reconcilers.
 
-    def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
-        self.client = client or kubernetes.client.ApiClient()
+    `may_write` (the leader election's) is asked before every write; None allows all.
+    """
+
+    def __init__(self, client: kubernetes.client.ApiClient | None = None, *,
+                 may_write: Callable[[], bool] | None = None) -> None:
+        self.client = instrument_client(client or kubernetes.client.ApiClient(), may_write)
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
@@ -55,20 +132,25 @@ class KubeApi:
         API_REQUESTS.labels(verb, resource).inc()
 
     def create_configmap(self, body: dict[str, Any]) -> None:
-        """Create a ConfigMap; an existing one (from an earlier run) is left as is."""
-        self._count("create", "configmaps")
-        try:
-            _drain(self.core.create_namespaced_config_map(body["metadata"]["namespace"], body, _preload_content=False))  # type: ignore[arg-type]  # dicts serialise as is
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        """Server-side apply a ConfigMap (created, or brought to `body` if it exists)."""
+        self._count("apply", "configmaps")
+        meta = body["metadata"]
+        body = {"apiVersion": "v1", "kind": "ConfigMap", **body}
+        _drain(self.core.patch_namespaced_config_map(meta["name"], meta["namespace"], body, _preload_content=False, **_APPLY))
 
     def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a Job, or return the existing one with that name."""
+        """Create a Job, or return the existing one with that name.
+
+        Created, not server-side applied: a Job is the record of one run, not a state to
+        converge. Applying over an existing Job would fail on its immutable pod template when
+        the desired one differs (a newer operator, changed settings), and with `force` it would
+        take over a same-named Job that belongs to an earlier FineTuneJob or was orphaned, and
+        report that run as this one's. Its mutable fields are patched by `patch_job`.
+        """
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         self._count("create", "jobs")
         try:
-            created = self.batch.create_namespaced_job(ns, body, _preload_content=False)  # type: ignore[arg-type]
+            created = self.batch.create_namespaced_job(ns, body, field_manager=FIELD_MANAGER, _preload_content=False)  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -90,9 +172,10 @@ class KubeApi:
         return _json(job)
 
     def patch_job(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
-        """Merge-patch a Job's spec."""
+        """Merge-patch the mutable fields of a Job's spec (null removes a field)."""
         self._count("patch", "jobs")
-        _drain(self.batch.patch_namespaced_job(name, namespace, {"spec": spec_patch}, _preload_content=False))
+        _drain(self.batch.patch_namespaced_job(name, namespace, {"spec": spec_patch}, field_manager=FIELD_MANAGER,
+                                               _content_type="application/merge-patch+json", _preload_content=False))
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any],
                                  uid: str | None = None) -> int:
@@ -103,7 +186,8 @@ class KubeApi:
         if uid:
             body["metadata"] = {"uid": uid}
         patched = self.custom.patch_namespaced_custom_object_status(
-            c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, body, _preload_content=False
+            c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, body,
+            field_manager=FIELD_MANAGER, _preload_content=False,
         )
         return int(_json(patched)["metadata"]["resourceVersion"])
 
@@ -133,21 +217,18 @@ class KubeApi:
         }
         self._count("create", "events")
         try:
-            _drain(self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False))  # type: ignore[arg-type]
+            _drain(self.core.create_namespaced_event(meta["namespace"], event, field_manager=FIELD_MANAGER, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
-
-
-FIELD_MANAGER = "kubetune-operator"
-_APPLY: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": "application/apply-patch+yaml"}
 
 
 class ServingApi(KubeApi):
     """The calls of the ModelDeployment controller: reads, server-side apply of its children
     (field manager `kubetune-operator`), status, and the finalizer on served FineTuneJobs."""
 
-    def __init__(self, client: kubernetes.client.ApiClient | None = None) -> None:
-        super().__init__(client)
+    def __init__(self, client: kubernetes.client.ApiClient | None = None, *,
+                 may_write: Callable[[], bool] | None = None) -> None:
+        super().__init__(client, may_write=may_write)
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.policy = kubernetes.client.PolicyV1Api(self.client)
 
@@ -202,7 +283,7 @@ class ServingApi(KubeApi):
         self._count("patch", "modeldeployments/status")
         _drain(self.custom.patch_namespaced_custom_object_status(
             c.GROUP, c.VERSION, namespace, c.MODELDEPLOYMENT_PLURAL, name, {"status": status},
-            _preload_content=False))
+            field_manager=FIELD_MANAGER, _preload_content=False))
 
     def set_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
         """Replace a FineTuneJob's finalizers, failing (409) if it changed since it was read."""
@@ -211,4 +292,4 @@ class ServingApi(KubeApi):
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
         _drain(self.custom.patch_namespaced_custom_object(
             c.GROUP, c.VERSION, meta["namespace"], c.FINETUNEJOB_PLURAL, meta["name"], patch,
-            _preload_content=False))
+            field_manager=FIELD_MANAGER, _preload_content=False))

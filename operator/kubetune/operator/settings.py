@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from kubetune.api import constants as c
 
@@ -38,6 +40,14 @@ class Settings:
       KUBETUNE_OLLAMA_COMMAND      JSON list: the Ollama container's command (default ["ollama", "serve"];
                                    the local pod runner's tests point it at the Ollama built by hack/)
       KUBETUNE_SERVING_RESYNC      seconds between re-reads of every ModelDeployment's serve-agents (default 5)
+      KUBETUNE_LEADER_ELECTION     only the replica holding the Lease reconciles (default: on when
+                                   POD_NAMESPACE is set, i.e. in a pod; off for a single local process)
+      KUBETUNE_LEASE_NAME          the Lease's name (default kubetune-operator)
+      POD_NAMESPACE                the Lease's namespace (the chart sets it from the downward API)
+      POD_NAME                     this replica's identity in the Lease (default: hostname_pid)
+      KUBETUNE_LEASE_DURATION      seconds a standby waits after the leader's last renewal (default 10)
+      KUBETUNE_LEASE_RENEW_DEADLINE seconds the leader keeps leading without a renewal (default 7)
+      KUBETUNE_LEASE_RETRY_PERIOD  seconds between renewals and between a standby's tries (default 2)
     """
 
     trainer_image: str = c.DEFAULT_TRAINER_IMAGE
@@ -55,6 +65,13 @@ class Settings:
     serve_agent_command: tuple[str, ...] = ("kubetune", "serve-agent")
     ollama_command: tuple[str, ...] = ("ollama", "serve")
     serving_resync: float = 5.0
+    leader_election: bool = False
+    lease_name: str = "kubetune-operator"
+    lease_namespace: str = ""
+    identity: str = ""
+    lease_duration: float = 10.0
+    lease_renew_deadline: float = 7.0
+    lease_retry_period: float = 2.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -76,6 +93,7 @@ class Settings:
             serving_resync=float(os.environ.get("KUBETUNE_SERVING_RESYNC", "5")),
             metrics_port=int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080")),
             workers=int(os.environ.get("KUBETUNE_WORKERS", "8")),
+            **_leader_election(),
         )
 
 
@@ -87,3 +105,48 @@ def _command(variable: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if not isinstance(command, list) or not command or not all(isinstance(x, str) for x in command):
         raise ValueError(f"{variable} must be a JSON list of strings, got {raw!r}")
     return tuple(command)
+
+
+class _LeaderElectionEnv(TypedDict):
+    leader_election: bool
+    lease_name: str
+    lease_namespace: str
+    identity: str
+    lease_duration: float
+    lease_renew_deadline: float
+    lease_retry_period: float
+
+
+def _leader_election() -> _LeaderElectionEnv:
+    namespace = os.environ.get("POD_NAMESPACE", "").strip()
+    enabled = _env_bool("KUBETUNE_LEADER_ELECTION", bool(namespace))
+    if enabled and not namespace:
+        raise ValueError(
+            "KUBETUNE_LEADER_ELECTION is on but POD_NAMESPACE is not set: set POD_NAMESPACE to the "
+            "namespace of the operator's Lease (in a pod: env valueFrom fieldRef metadata.namespace)"
+        )
+    timings: dict[str, float] = {}
+    for key, variable, default in (("lease_duration", "KUBETUNE_LEASE_DURATION", "10"),
+                                   ("lease_renew_deadline", "KUBETUNE_LEASE_RENEW_DEADLINE", "7"),
+                                   ("lease_retry_period", "KUBETUNE_LEASE_RETRY_PERIOD", "2")):
+        raw = os.environ.get(variable, default)
+        try:
+            timings[key] = float(raw)
+        except ValueError:
+            raise ValueError(f"{variable} must be a number of seconds, got {raw!r}") from None
+    if enabled and not (0 < timings["lease_retry_period"] < timings["lease_renew_deadline"]
+                        < timings["lease_duration"]):
+        raise ValueError(
+            "leader election needs KUBETUNE_LEASE_RETRY_PERIOD < KUBETUNE_LEASE_RENEW_DEADLINE < "
+            f"KUBETUNE_LEASE_DURATION (all > 0), got {timings['lease_retry_period']:g} < "
+            f"{timings['lease_renew_deadline']:g} < {timings['lease_duration']:g}"
+        )
+    return _LeaderElectionEnv(
+        leader_election=enabled,
+        lease_name=os.environ.get("KUBETUNE_LEASE_NAME", "kubetune-operator"),
+        lease_namespace=namespace,
+        identity=os.environ.get("POD_NAME", "").strip() or f"{socket.gethostname()}_{os.getpid()}",
+        lease_duration=timings["lease_duration"],
+        lease_renew_deadline=timings["lease_renew_deadline"],
+        lease_retry_period=timings["lease_retry_period"],
+    )

@@ -4,28 +4,57 @@ Watch events only add a key; a fixed set of worker threads reconciles each key f
 latest cached state. A burst of events for one object collapses into one reconcile, a key is
 never reconciled by two workers at once, and memory stays bounded by the number of objects
 rather than the number of events.
+
+The queue and its workers report client-go's and controller-runtime's metrics under the
+queue's `name` (the controller's name): depth, adds, time waiting, time processing, and each
+reconcile's result.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from kubetune.operator.metrics import (
+    ACTIVE_WORKERS,
+    MAX_CONCURRENT_RECONCILES,
+    RECONCILE_ERRORS_TOTAL,
+    RECONCILE_TIME,
+    RECONCILE_TOTAL,
+    WORKQUEUE_ADDS,
+    WORKQUEUE_DEPTH,
+    WORKQUEUE_QUEUE_DURATION,
+    WORKQUEUE_WORK_DURATION,
+)
+
 log = logging.getLogger(__name__)
+
+
+class Abandon(Exception):
+    """Raised by a process function to give a key up without it counting as a failed reconcile
+    (this replica lost the leader Lease mid-reconcile): the key is queued again, and the
+    leader, whichever replica that is, reconciles it."""
 
 
 class WorkQueue:
     """Keys waiting to be processed, each at most once in the queue and once in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
         self._cond = threading.Condition()
         self._queue: deque[Hashable] = deque()
         self._urgent: deque[Hashable] = deque()  # served first: objects whose children are missing
         self._dirty: set[Hashable] = set()  # queued, or re-added while in flight
         self._processing: set[Hashable] = set()
+        self._added_at: dict[Hashable, float] = {}  # when a dirty key was (first) added
         self._shutdown = False
+        self._depth = WORKQUEUE_DEPTH.labels(name)
+        self._adds = WORKQUEUE_ADDS.labels(name)
+        self._waited = WORKQUEUE_QUEUE_DURATION.labels(name)
+        self._depth.set(0)
 
     def add(self, key: Hashable, *, urgent: bool = False) -> None:
         """Ask for `key` to be processed (again) soon; `urgent` keys go before the others."""
@@ -38,8 +67,11 @@ class WorkQueue:
                     self._urgent.append(key)
                 return
             self._dirty.add(key)
+            self._added_at[key] = time.monotonic()
+            self._adds.inc()
             if key not in self._processing:
                 (self._urgent if urgent else self._queue).append(key)
+                self._depth.set(len(self._queue) + len(self._urgent))
                 self._cond.notify()
 
     def get(self) -> Hashable | None:
@@ -52,6 +84,10 @@ class WorkQueue:
             key = self._urgent.popleft() if self._urgent else self._queue.popleft()
             self._dirty.discard(key)
             self._processing.add(key)
+            added = self._added_at.pop(key, None)
+            if added is not None:
+                self._waited.observe(time.monotonic() - added)
+            self._depth.set(len(self._queue) + len(self._urgent))
             return key
 
     def done(self, key: Hashable) -> None:
@@ -60,11 +96,30 @@ class WorkQueue:
             self._processing.discard(key)
             if key in self._dirty:
                 self._queue.append(key)
+                self._depth.set(len(self._queue) + len(self._urgent))
                 self._cond.notify()
+
+    def requeue(self, key: Hashable) -> None:
+        """Mark `key` processed without having processed it: it goes back, first in line."""
+        with self._cond:
+            self._processing.discard(key)
+            if self._shutdown:
+                return
+            if key not in self._dirty:
+                self._dirty.add(key)
+                self._added_at.setdefault(key, time.monotonic())
+            if key not in self._urgent and key not in self._queue:
+                self._urgent.appendleft(key)
+            self._depth.set(len(self._queue) + len(self._urgent))
+            self._cond.notify()
 
     def __len__(self) -> int:
         with self._cond:
             return len(self._queue) + len(self._urgent)
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self._shutdown
 
     def shutdown(self) -> None:
         with self._cond:
@@ -72,19 +127,60 @@ class WorkQueue:
             self._cond.notify_all()
 
 
-def start_workers(queue: WorkQueue, process: Callable[[Hashable], None], count: int) -> list[threading.Thread]:
-    """Threads that process keys until the queue shuts down; an exception is logged, not fatal."""
+def start_workers(
+    queue: WorkQueue,
+    process: Callable[[Hashable], None],
+    count: int,
+    *,
+    active: threading.Event | None = None,
+) -> list[threading.Thread]:
+    """Threads that process keys until the queue shuts down; an exception is logged, not fatal.
+
+    With `active`, workers take keys only while it is set (this replica leads); keys added
+    meanwhile wait in the queue, deduplicated.
+    """
+    controller = queue.name
+    reconciles_ok = RECONCILE_TOTAL.labels(controller, "success")
+    reconciles_failed = RECONCILE_TOTAL.labels(controller, "error")
+    errors = RECONCILE_ERRORS_TOTAL.labels(controller)
+    took = RECONCILE_TIME.labels(controller)
+    worked = WORKQUEUE_WORK_DURATION.labels(queue.name)
+    busy = ACTIVE_WORKERS.labels(controller)
+    MAX_CONCURRENT_RECONCILES.labels(controller).set(count)
 
     def work() -> None:
-        while (key := queue.get()) is not None:
+        while not queue.is_shut_down:
+            if active is not None and not active.wait(0.5):
+                continue
+            key = queue.get()
+            if key is None:
+                return
+            if active is not None and not active.is_set():
+                queue.requeue(key)
+                continue
+            busy.inc()
+            start = time.monotonic()
             try:
                 process(key)
+                reconciles_ok.inc()
+            except Abandon as exc:
+                log.info("gave %s up: %s", key, exc)
+                queue.requeue(key)
+                time.sleep(0.5)  # until the election notices too; not a busy loop meanwhile
+                continue
             except Exception:
+                reconciles_failed.inc()
+                errors.inc()
                 log.exception("processing %s failed; the next event or resync retries", key)
             finally:
-                queue.done(key)
+                elapsed = time.monotonic() - start
+                took.observe(elapsed)
+                worked.observe(elapsed)
+                busy.dec()
+            queue.done(key)
 
-    threads = [threading.Thread(target=work, name=f"kubetune-worker-{i}", daemon=True) for i in range(count)]
+    threads = [threading.Thread(target=work, name=f"kubetune-{controller}-worker-{i}", daemon=True)
+               for i in range(count)]
     for thread in threads:
         thread.start()
     return threads
