@@ -5,6 +5,7 @@
                             (with --kubeconfig, also that the Secrets they reference exist)
   kubetune crds [--check]   write (or check) the generated CRDs in crds/ and the chart
   kubetune alerts [--check] write (or check) the alert rules and dashboard in deploy/monitoring/
+                            and the chart
   kubetune predictions export --deployment NAME --out FILE [--pairs FILE]
                             well-scored answers of a ModelDeployment as training data
   kubetune operator         run the operator against the current kubeconfig / in-cluster
@@ -29,7 +30,7 @@ from kubetune.api.finetunejob import FineTuneJob, FineTuneJobSpec
 from kubetune.api.modeldeployment import ModelDeployment
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "helm" / "kubetune" / "crds")
+CRD_DIRS = (REPO_ROOT / "crds",)  # the chart's CRD templates: kubetune.chartgen
 REFERENCE = REPO_ROOT / "docs" / "reference.md"
 
 _MODELS: dict[str, type[FineTuneJob] | type[ModelDeployment]] = {
@@ -147,6 +148,9 @@ def _cmd_crds(args: argparse.Namespace) -> int:
             target.write_text(text)
             print(f"wrote {target}")
     if not args.out:
+        from kubetune import chartgen
+
+        stale += chartgen.write_or_check(chartgen.render_crd_templates(), args.check)
         reference = render_reference()
         if args.check:
             if not REFERENCE.is_file() or REFERENCE.read_text() != reference:
@@ -161,9 +165,17 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
+    from kubetune import chartgen
     from kubetune.serving import alerts
 
-    return alerts.main((["--check"] if args.check else []) + (["--out", args.out] if args.out else []))
+    rc = alerts.main((["--check"] if args.check else []) + (["--out", args.out] if args.out else []))
+    if args.out:
+        return rc
+    stale = chartgen.write_or_check(chartgen.render_monitoring_files(), args.check)
+    if stale:
+        print("out of date (run `kubetune alerts`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return rc
 
 
 def _cmd_predictions_export(args: argparse.Namespace) -> int:
