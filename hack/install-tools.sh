@@ -6,6 +6,7 @@
 #   Go:   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, helm,
 #         ollama-template (Ollama's template package, for the Modelfile parity tests),
 #         ollama (the server the serving tests run as ModelDeployment pods' Ollama container)
+#         kubetune-check (kstatus, Argo CD Lua health and kind config checks; hack/kubetune-check)
 # Go builds are cached in ~/.cache/kubetune/bin/<name>-<version>/ (never in the repo), so a
 # second run takes seconds. Usage: hack/install-tools.sh [--skip-apt]
 set -euo pipefail
@@ -55,6 +56,7 @@ require_go
 "$HACK_DIR/build-helm.sh"
 "$HACK_DIR/build-ollama-template.sh"
 "$HACK_DIR/build-ollama.sh"
+"$HACK_DIR/build-kubetune-check.sh"
 
 step "tools ready in $((SECONDS - start)) s"
 for name_version in "kubernetes $KUBERNETES_VERSION" "etcd $ETCD_VERSION" \
