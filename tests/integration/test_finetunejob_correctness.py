@@ -1,6 +1,7 @@
 """The FineTuneJob controller's correctness on a real control plane (#11): long names work,
 children are matched by owner UID (a re-created or orphaning FineTuneJob trains again), phases
-only move forward, and a child the apiserver refuses is said in status and an Event.
+only move forward, a child the apiserver refuses is said in status and an Event, and a pod
+stuck on a missing Secret, ConfigMap or claim is explained (or the Job is never created).
 
 Trainer pods run on kwok's simulated GPU nodes and end as the test decides
 (kubetune.devcluster.simulation)."""
@@ -19,7 +20,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
+from kubetune.devcluster import LOCAL_RUNNER_LABEL, DevCluster, local_pod_toleration
 from kubetune.devcluster.waiting import wait_until
 from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
@@ -215,3 +216,75 @@ def test_a_job_the_apiserver_refuses_is_reported_then_created_once_allowed(
     _run_to_success(ftj, operator)
     warnings = [e for e in ftj.events() if e.reason == c.Reason.CHILD_CREATE_FAILED]
     assert len(warnings) == 1 and (warnings[0].count or 1) == 1
+
+
+# -- stuck pods explained (#11) ------------------------------------------------------------------
+
+LOCAL = {"nodeSelector": {LOCAL_RUNNER_LABEL: "true"}, "tolerations": [local_pod_toleration()]}
+
+
+def test_the_local_runner_reports_a_missing_secret_as_a_kubelet_does(cluster: DevCluster, namespace: str) -> None:
+    core = cluster.core()
+    env = [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "later", "key": "api-key"}}}]
+    pod = {"metadata": {"name": "needs-secret"}, "spec": {
+        "restartPolicy": "Never", "automountServiceAccountToken": False, **LOCAL,
+        "containers": [{"name": "main", "image": "ignored", "env": env,
+                        "command": [sys.executable, "-c", "import os; print('key', os.environ['KEY'])"]}]}}
+    core.create_namespaced_pod(namespace, pod)  # type: ignore[arg-type]
+
+    def waiting() -> dict[str, Any] | None:
+        statuses = core.read_namespaced_pod("needs-secret", namespace).status.container_statuses or []
+        state = statuses[0].state.waiting if statuses else None
+        return {"reason": state.reason, "message": state.message} if state and state.reason == "CreateContainerConfigError" else None
+
+    assert cluster.wait_for(waiting, what="CreateContainerConfigError") == {
+        "reason": "CreateContainerConfigError", "message": 'secret "later" not found'}
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "later"}, "stringData": {"other": "x"}})  # type: ignore[arg-type]
+    cluster.wait_for(lambda: (waiting() or {}).get("message") == f"couldn't find key api-key in Secret {namespace}/later",
+                     what="the missing key named")
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=needs-secret").items
+    assert any(e.type == "Warning" and e.reason == "Failed" and 'secret "later" not found' in e.message for e in events)
+    core.patch_namespaced_secret("later", namespace, {"stringData": {"api-key": "sk-1"}})
+    cluster.wait_for_pod_phase(namespace, "needs-secret", "Succeeded")
+    assert "key sk-1" in cluster.local_pod_logs(namespace, "needs-secret")
+
+
+def test_a_secret_gone_before_the_pod_starts_is_explained_in_status(
+    cluster: DevCluster, operator: OperatorProcess, ns: str
+) -> None:
+    core = cluster.core()
+    core.create_namespaced_secret(ns, {"metadata": {"name": "judge-key"}, "stringData": {"api-key": "sk-1"}})  # type: ignore[arg-type]
+    judge = {"endpoint": "https://judge.example/v1", "model": "judge-model",
+             "apiKeySecretRef": {"name": "judge-key", "key": "api-key"}}
+    # Suspended: the Job exists (the Secret was there when it was checked) but no pod yet.
+    spec = gpu_spec(resources={"gpus": 0, **LOCAL}, evaluation={"judge": judge}, suspend=True)
+    ftj = apply_ftj(cluster, ns, spec)
+    ftj.wait_phase("Suspended", operator)
+    core.delete_namespaced_secret("judge-key", ns)
+    ftj.patch_spec({"suspend": False})
+    status = ftj.wait_status(lambda s: s.get("reason") == c.Reason.CONTAINER_CONFIG_ERROR,
+                             "CreateContainerConfigError", operator=operator)
+    assert status["phase"] == "Pending"
+    assert 'secret "judge-key" not found' in status["message"]
+    assert f"Create the missing Secret or ConfigMap (or add the key) in namespace {ns}" in status["message"]
+    cluster.wait_for(lambda: [e for e in ftj.events() if e.reason == c.Reason.CONTAINER_CONFIG_ERROR and e.type == "Warning"],
+                     what="a CreateContainerConfigError warning on the FineTuneJob")
+    core.create_namespaced_secret(ns, {"metadata": {"name": "judge-key"}, "stringData": {"api-key": "sk-1"}})  # type: ignore[arg-type]
+    ftj.wait_phase("Succeeded", operator, timeout=120)
+
+
+@pytest.mark.parametrize(("source", "reason", "named"), [
+    ({"configMap": {"name": "absent-data", "key": "train.jsonl"}}, c.Reason.CONFIGMAP_NOT_FOUND,
+     "dataset.source.configMap: ConfigMap 'absent-data' not found"),
+    ({"uri": "pvc://absent-claim/train.jsonl"}, c.Reason.PVC_NOT_FOUND,
+     "dataset.source.uri: PersistentVolumeClaim 'absent-claim' not found"),
+])
+def test_a_missing_configmap_or_claim_is_named_before_the_job_exists(
+    cluster: DevCluster, operator: OperatorProcess, ns: str, source: dict[str, Any], reason: str, named: str
+) -> None:
+    ftj = apply_ftj(cluster, ns, gpu_spec(dataset={"source": source}))
+    status = ftj.wait_phase("Failed", operator)
+    assert status["reason"] == reason and named in status["message"]
+    assert ftj.jobs() == []
+    cluster.wait_for(lambda: [e for e in ftj.events() if e.reason == reason and e.type == "Warning"],
+                     what=f"a {reason} warning event")

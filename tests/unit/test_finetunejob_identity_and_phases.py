@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.constants import Phase, Reason
 from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler, owned_children
+from kubetune.operator.reconcile.references import reference_problems
 from kubetune.operator.reconcile.status import Observed, compute_status, transition_events
 from kubetune.operator.settings import Settings
 
@@ -62,11 +63,18 @@ def test_a_retry_after_a_failed_attempt_stays_running_and_says_why() -> None:
     assert retry.phase == Phase.RUNNING and "Attempt 1 failed" in retry.message
 
 
+class _EverythingExists:
+    """CoreV1Api reads of the references check: every ConfigMap and claim exists."""
+
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> object:
+        return object()
+
+
 class _RefusingApi:
     """The KubeApi calls the reconciler makes; the apiserver's answer to the Job create is a
-    422 with its real wording (as seen for a 70-character name before labels were shortened)."""
+    422 (as seen for a 70-character name before label values were shortened)."""
 
-    core = None
+    core = _EverythingExists()
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
@@ -102,3 +110,46 @@ def test_a_refused_child_is_a_warning_and_a_status_not_an_exception() -> None:
     assert api.events == [("Warning", Reason.CHILD_CREATE_FAILED)]
     again = reconciler.reconcile({**body, "metadata": {**body["metadata"], "resourceVersion": "101"}, "status": status.to_wire()}, None, [])
     assert again == status and len(api.events) == 1  # retried quietly: one Event, one status write
+
+
+def test_create_container_config_error_is_explained_with_the_fix() -> None:
+    spec = FineTuneJobSpec.model_validate(SPEC)
+    pod = _pod("Pending")
+    pod["metadata"]["namespace"] = "ml"
+    pod["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": "CreateContainerConfigError", "message": 'secret "judge-key" not found'}
+    }
+    status = compute_status(Observed(1, spec, job=_active_job(), pods=[pod], job_name="j"), FineTuneJobStatus(), NOW)
+    assert (status.phase, status.reason) == (Phase.PENDING, Reason.CONTAINER_CONFIG_ERROR)
+    assert 'secret "judge-key" not found' in (status.message or "")
+    assert "Create the missing Secret or ConfigMap (or add the key) in namespace ml" in (status.message or "")
+    assert [e.type for e in transition_events(FineTuneJobStatus(), status)] == ["Warning"]
+
+
+def test_missing_configmaps_keys_and_claims_are_each_named() -> None:
+    spec = FineTuneJobSpec.model_validate({
+        "baseModel": {"uri": "pvc://models/m"},
+        "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}},
+                    "general": {"source": {"configMap": {"name": "general", "key": "g.jsonl"}}}},
+    })
+    configmaps = {"general": ["other.jsonl"]}
+    claims = {"kubetune-artifacts"}
+    problems = reference_problems(spec, "ml", lambda ns, name: configmaps.get(name),
+                                  lambda ns, name: name in claims)
+    assert [p.reason for p in problems] == [Reason.CONFIGMAP_NOT_FOUND, Reason.CONFIGMAP_NOT_FOUND, Reason.PVC_NOT_FOUND]
+    assert problems[0].message.startswith("dataset.source.configMap: ConfigMap 'data' not found in namespace 'ml'")
+    assert "has no key 'g.jsonl' (its keys: other.jsonl)" in problems[1].message
+    assert problems[2].message.startswith("baseModel.uri: PersistentVolumeClaim 'models' not found")
+    configmaps["data"], configmaps["general"] = ["train.jsonl"], ["g.jsonl"]
+    claims.add("models")
+    assert reference_problems(spec, "ml", lambda ns, name: configmaps.get(name), lambda ns, name: name in claims) == []
+
+
+def test_references_the_operator_may_not_read_are_not_judged() -> None:
+    spec = FineTuneJobSpec.model_validate({"baseModel": {"uri": "pvc://models/m"},
+                                           "dataset": {"source": {"configMap": {"name": "d", "key": "k"}}}})
+
+    def forbidden(namespace: str, name: str) -> Any:
+        raise PermissionError(name)
+
+    assert reference_problems(spec, "ml", forbidden, forbidden) == []

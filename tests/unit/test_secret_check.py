@@ -81,6 +81,12 @@ class FakeCore:
             raise ApiException(status=404, reason="Not Found")
         return _Secret(self.secrets[name])
 
+    def read_namespaced_config_map(self, name: str, namespace: str) -> Any:
+        raise AssertionError("the spec references no ConfigMap")
+
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> object:
+        return object()  # every claim exists: this file is about Secrets
+
 
 class FakeApi:
     """The KubeApi calls the reconciler makes, recorded."""

@@ -108,6 +108,13 @@ class Reason:
     # The apiserver refused a child (the spec ConfigMap or the trainer Job): invalid, or
     # forbidden by RBAC, a quota or an admission policy; the message quotes it. Retried.
     CHILD_CREATE_FAILED: Final = "ChildCreateFailed"
+    # The kubelet cannot create the trainer container: a Secret or ConfigMap (or a key of one)
+    # its environment reads is missing. The kubelet's own reason.
+    CONTAINER_CONFIG_ERROR: Final = "CreateContainerConfigError"
+    # Before the trainer Job is created: a ConfigMap (or key) or a PersistentVolumeClaim the
+    # spec references does not exist; the message names the field and the object.
+    CONFIGMAP_NOT_FOUND: Final = "ConfigMapNotFound"
+    PVC_NOT_FOUND: Final = "PersistentVolumeClaimNotFound"
     # Reported by the trainer in its result.
     INVALID_DATA: Final = "InvalidData"
     DATA_UNAVAILABLE: Final = "DataUnavailable"

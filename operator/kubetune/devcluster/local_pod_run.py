@@ -37,6 +37,7 @@ from kubetune.devcluster.local_pod_probe import (
     container_probes,
 )
 from kubetune.devcluster.local_pod_setup import (
+    ContainerConfigError,
     LaunchPlan,
     Pod,
     UnsupportedPodSpec,
@@ -214,7 +215,8 @@ class PodRun:
             "metadata": {"generateName": f"{self.name}."},
             "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": self.namespace,
                                "name": self.name, "uid": self.uid,
-                               "fieldPath": f"spec.containers{{{container}}}"},
+                               **({"fieldPath": f"spec.containers{{{container}}}"}
+                                  if container else {})},
             "reason": reason, "message": message[:1024], "type": "Warning", "count": 1,
             "firstTimestamp": stamp, "lastTimestamp": stamp,
             "source": {"component": "kubelet", "host": self.pod["spec"].get("nodeName", "")},
@@ -226,6 +228,7 @@ class PodRun:
                      reason, error)
 
     def _wait_for_volumes(self) -> dict[str, Path] | None:
+        reported = ""
         while not self._stopping.is_set():
             try:
                 return materialise_volumes(self.core, self.pod, self.dir, self.state_dir,
@@ -234,8 +237,32 @@ class PodRun:
                 for state in self._init_containers or self._containers:
                     state.waiting_message = f"waiting for volumes: {error}"
                 self._patch("Pending")
+                if str(error) != reported:  # the kubelet's FailedMount event, once per cause
+                    reported = str(error)
+                    self._record_event("", "FailedMount", f"MountVolume.SetUp failed: {error}")
                 self._stopping.wait(1.0)
         return None
+
+    def _start_configured(self, state: ContainerState, init: bool, volumes: dict[str, Path],
+                          phase: str) -> bool:
+        """Start a container once the ConfigMaps/Secrets its environment reads exist; until
+        then it waits with reason CreateContainerConfigError and the kubelet's message, and a
+        Warning event `Failed` says so. False when the pod is stopped meanwhile."""
+        reported = ""
+        while not self._stopping.is_set():
+            try:
+                self._start_container(state, init, volumes)
+            except ContainerConfigError as error:
+                state.waiting_reason, state.waiting_message = "CreateContainerConfigError", str(error)
+                self._patch(phase)
+                if str(error) != reported:
+                    reported = str(error)
+                    self._record_event(state.name, "Failed", f"Error: {error}")
+                self._stopping.wait(1.0)
+                continue
+            state.waiting_reason, state.waiting_message = "ContainerCreating", ""
+            return True
+        return False
 
     def _start_volume_refresh(self) -> None:
         volumes = self.pod["spec"].get("volumes") or []
@@ -355,7 +382,7 @@ class PodRun:
         backoff = min(2.0 ** state.restart_count, MAX_RESTART_BACKOFF_SECONDS)
         state.last_terminated, state.restart_count = state.terminated, state.restart_count + 1
         if not self._stopping.wait(backoff):
-            self._start_container(state, init, volumes)
+            self._start_configured(state, init, volumes, "Pending" if init else "Running")
 
     def _wait(self, states: list[ContainerState], init: bool, volumes: dict[str, Path],
               phase: str) -> bool:
@@ -388,7 +415,8 @@ class PodRun:
 
     def _run_init_containers(self, volumes: dict[str, Path]) -> bool:
         for state in self._init_containers:
-            self._start_container(state, True, volumes)
+            if not self._start_configured(state, True, volumes, "Pending"):
+                return False
             self._patch("Pending")
             if not self._wait([state], True, volumes, "Pending"):
                 return False
@@ -399,7 +427,8 @@ class PodRun:
 
     def _run_containers(self, volumes: dict[str, Path]) -> None:
         for state in self._containers:
-            self._start_container(state, False, volumes)
+            if not self._start_configured(state, False, volumes, "Pending"):
+                return
         self._patch("Running")
         if self._wait(self._containers, False, volumes, "Running"):
             failed = any(s.terminated and s.terminated["exitCode"] != 0 for s in self._containers)

@@ -28,6 +28,12 @@ class VolumeNotReady(RuntimeError):
     """A referenced ConfigMap/Secret does not exist (yet); the kubelet would keep waiting."""
 
 
+class ContainerConfigError(RuntimeError):
+    """A ConfigMap/Secret (or key) the container's environment references is missing: the
+    kubelet keeps the container waiting with reason CreateContainerConfigError and this
+    message, in its own words, and tries again."""
+
+
 class UnsupportedPodSpec(RuntimeError):
     """The pod uses something the local runner cannot do; the pod fails with this message."""
 
@@ -134,12 +140,15 @@ def resolve_env(core: client.CoreV1Api, pod: Pod, container: dict[str, Any],
     env = dict(base)
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
-        if "configMapRef" in source:
-            ref = source["configMapRef"]
-            data = read_config_map(core, namespace, ref["name"], ref.get("optional", False))
-        else:
-            ref = source["secretRef"]
-            data = read_secret(core, namespace, ref["name"], ref.get("optional", False))
+        try:
+            if "configMapRef" in source:
+                ref = source["configMapRef"]
+                data = read_config_map(core, namespace, ref["name"], ref.get("optional", False))
+            else:
+                ref = source["secretRef"]
+                data = read_secret(core, namespace, ref["name"], ref.get("optional", False))
+        except VolumeNotReady as error:
+            raise ContainerConfigError(str(error)) from error
         env.update({prefix + key: value.decode() for key, value in (data or {}).items()})
     for var in container.get("env") or []:
         if "valueFrom" not in var:
@@ -152,11 +161,16 @@ def resolve_env(core: client.CoreV1Api, pod: Pod, container: dict[str, Any],
             is_cm = "configMapKeyRef" in source
             ref = source["configMapKeyRef" if is_cm else "secretKeyRef"]
             reader = read_config_map if is_cm else read_secret
-            data = reader(core, namespace, ref["name"], ref.get("optional", False))
+            try:
+                data = reader(core, namespace, ref["name"], ref.get("optional", False))
+            except VolumeNotReady as error:  # 'secret "x" not found', as the kubelet says it
+                raise ContainerConfigError(str(error)) from error
             if data is not None and ref["key"] in data:
                 env[var["name"]] = data[ref["key"]].decode()
             elif not ref.get("optional", False):
-                raise VolumeNotReady(f'key "{ref["key"]}" not found in {ref["name"]}')
+                kind = "ConfigMap" if is_cm else "Secret"
+                raise ContainerConfigError(
+                    f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}")
         elif "resourceFieldRef" in source:
             resource = source["resourceFieldRef"]["resource"]  # e.g. limits.cpu
             kind, _, name = resource.partition(".")

@@ -28,6 +28,12 @@ from kubetune.operator.builders.training_job import (
 )
 from kubetune.operator.kube import KubeApi
 from kubetune.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from kubetune.operator.reconcile.references import (
+    Problem,
+    read_claim_exists,
+    read_configmap_keys,
+    reference_problems,
+)
 from kubetune.operator.reconcile.status import Observed, compute_status, transition_events
 from kubetune.operator.settings import Settings
 
@@ -211,11 +217,11 @@ class FineTuneJobReconciler:
 
         # Checked once, before the Job exists: a missing Secret would otherwise leave the pod
         # holding its GPU in CreateContainerConfigError, or fail the job after training.
-        missing: str | None = None
+        missing: tuple[str, str] | None = None  # (reason, message)
         refused: str | None = None
         if spec is not None and current.phase not in Phase.FINAL:
             if job is None and not current.job_name:
-                missing = self._missing_secrets(ns, spec)
+                missing = self._missing_references(ns, spec)
             if missing is None:
                 try:
                     job = self._apply_children(body, spec, job, current)
@@ -231,7 +237,7 @@ class FineTuneJobReconciler:
         observed = Observed(
             generation=int(meta.get("generation") or 1),
             spec=spec,
-            spec_error=spec_error or missing,
+            spec_error=spec_error or (missing[1] if missing else None),
             job=job,
             pods=[p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
             if job
@@ -242,7 +248,7 @@ class FineTuneJobReconciler:
         )
         new = compute_status(observed, current, self.clock())
         if missing is not None:
-            new = _relabel(new, Reason.INVALID_SPEC, Reason.SECRET_NOT_FOUND)
+            new = _relabel(new, Reason.INVALID_SPEC, missing[0])
         if new != current:
             wire = new.to_wire()
             patch = {k: None for k in current.to_wire() if k not in wire} | wire
@@ -265,16 +271,34 @@ class FineTuneJobReconciler:
                 self.api.post_event(owner, event.type, event.reason, event.message)
         return new
 
-    def _missing_secrets(self, namespace: str, spec: FineTuneJobSpec) -> str | None:
-        """The status message when a referenced Secret or key is missing, else None."""
-        problems = secret_problems(spec, namespace, self._secret_keys)
+    def _missing_references(self, namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
+        """(reason, status message) when a referenced Secret, ConfigMap (or a key of one) or
+        PersistentVolumeClaim is missing, else None. The reason is that of the first problem."""
+        problems = [Problem(Reason.SECRET_NOT_FOUND, m) for m in secret_problems(spec, namespace, self._secret_keys)]
+        problems += reference_problems(spec, namespace, self._configmap_keys, self._claim_exists)
         if not problems:
             return None
-        return (
+        message = (
             "The trainer Job was not created: "
-            + "; ".join(problems)
+            + "; ".join(p.message for p in problems)
             + ". Then delete and re-create this FineTuneJob."
         )
+        return problems[0].reason, message
+
+    def _configmap_keys(self, namespace: str, name: str) -> list[str] | None:
+        try:
+            return read_configmap_keys(self.api.core, namespace, name)
+        except PermissionError:
+            log.warning("cannot check ConfigMap %s/%s (forbidden): grant the operator get on configmaps", namespace, name)
+            raise
+
+    def _claim_exists(self, namespace: str, name: str) -> bool:
+        try:
+            return read_claim_exists(self.api.core, namespace, name)
+        except PermissionError:
+            log.warning("cannot check PersistentVolumeClaim %s/%s (forbidden): grant the operator get on "
+                        "persistentvolumeclaims", namespace, name)
+            raise
 
     def _secret_keys(self, namespace: str, name: str) -> list[str] | None:
         try:

@@ -214,6 +214,16 @@ def _active_verdict(obs: Observed) -> Verdict:
             "Check spec.image (or the operator's KUBETUNE_TRAINER_IMAGE) and the registry credentials.",
             scheduled=True,
         )
+    if waiting.get("reason") == Reason.CONTAINER_CONFIG_ERROR:
+        namespace = (pod.get("metadata") or {}).get("namespace", "its namespace")
+        return Verdict(
+            Phase.PENDING,
+            Reason.CONTAINER_CONFIG_ERROR,
+            f"The trainer container cannot be created: {waiting.get('message', '').strip()}. "
+            f"Create the missing Secret or ConfigMap (or add the key) in namespace {namespace}, "
+            "or fix the reference in the spec; the pod starts by itself once it exists." + retry_note,
+            scheduled=True,
+        )
     scheduled = bool((pod.get("spec") or {}).get("nodeName"))
     return Verdict(
         Phase.PENDING,
@@ -412,6 +422,7 @@ def transition_events(old: FineTuneJobStatus, new: FineTuneJobStatus) -> list[Ev
             Reason.UNSCHEDULABLE,
             Reason.IMAGE_PULL,
             Reason.CHILD_CREATE_FAILED,
+            Reason.CONTAINER_CONFIG_ERROR,
         )
         events.append(
             Event(
