@@ -32,6 +32,7 @@ from kubetune.operator.probes import serve_probes
 from kubetune.operator.progress import scrape_progress
 from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler, owned_children
 from kubetune.operator.reconcile.modeldeployment import ModelDeploymentReconciler
+from kubetune.operator.resync import ProgressScraper, run_periodically
 from kubetune.operator.settings import Settings
 from kubetune.operator.workqueue import WorkQueue, start_workers
 
@@ -58,7 +59,7 @@ class _Runtime:
         self.indexes: dict[str, kopf.Index[Any, Any]] = {}
         self.ready = threading.Event()
         self.stop = threading.Event()
-        self.scrape_due: set[Hashable] = set()
+        self.scraper: ProgressScraper | None = None  # progress scrapes, off the workers (resync.py)
         # Workers take keys only while this replica leads (always, without leader election).
         self.leading = threading.Event()
         self.elector: LeaderElector | None = None
@@ -111,6 +112,11 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         *start_workers(runtime.queue, _process, runtime.settings.workers, active=runtime.leading),
         *start_workers(runtime.serving_queue, _process_deployment, 2, active=runtime.leading),
     ]
+    if runtime.scraper is not None:
+        runtime.scraper.shutdown()
+    runtime.scraper = ProgressScraper(
+        lambda pod: scrape_progress(pod, runtime.settings.scrape_timeout),
+        runtime.settings.workers, runtime.queue.add)
     threading.Thread(target=_resync_loop, name="kubetune-resync", daemon=True).start()
     threading.Thread(target=_serving_resync_loop, name="kubetune-serving-resync", daemon=True).start()
     threading.Thread(target=_ready_when_nothing_to_index, name="kubetune-readiness", daemon=True).start()
@@ -264,24 +270,31 @@ def _reconcile(body: dict[str, Any], key: Hashable) -> None:
     idx = runtime.indexes
     job, pods = owned_children(body, list(idx["trainer_jobs"].get(key) or []),
                                list(idx["trainer_pods"].get(key) or []))
-    progress = None
-    if key in runtime.scrape_due and runtime.settings.scrape_progress:
-        runtime.scrape_due.discard(key)
-        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-        if running:
-            progress = scrape_progress(running[-1], runtime.settings.scrape_timeout)
+    progress = runtime.scraper.take(key) if runtime.scraper is not None else None
     runtime.reconciler.reconcile(body, job, pods, progress)
 
 
 def _resync_loop() -> None:
-    """Re-queue every unfinished FineTuneJob periodically, asking for a progress scrape."""
-    while not runtime.stop.wait(runtime.settings.progress_interval):
-        if not runtime.ready.is_set():
-            continue
-        for key, store in list(runtime.indexes["finetunejobs"].items()):
-            if any((b.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for b in store):
-                runtime.scrape_due.add(key)
-                runtime.queue.add(key)
+    """Re-queue every unfinished FineTuneJob periodically and scrape its trainer's progress (a
+    failing pass is logged; the loop goes on)."""
+    run_periodically(_resync_once, lambda: runtime.settings.progress_interval, runtime.stop, "resync")
+
+
+def _resync_once() -> None:
+    if not runtime.ready.is_set():
+        return
+    idx = runtime.indexes
+    for key, store in list(idx["finetunejobs"].items()):
+        for body in list(store):
+            if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            runtime.queue.add(key)
+            if runtime.settings.scrape_progress and runtime.scraper is not None:
+                _, pods = owned_children(body, list(idx["trainer_jobs"].get(key) or []),
+                                         list(idx["trainer_pods"].get(key) or []))
+                running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+                if running:
+                    runtime.scraper.request(key, running[-1])
 
 
 # -- leader election, readiness and liveness ----------------------------------------------------
