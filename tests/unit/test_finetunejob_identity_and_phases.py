@@ -89,9 +89,9 @@ class _RefusingApi:
     def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
-    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any], uid: str | None = None) -> int:
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any], uid: str | None = None) -> str:
         self.patches.append(status)
-        return 100 + len(self.patches)
+        return str(100 + len(self.patches))
 
     def post_event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason))

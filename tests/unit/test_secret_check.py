@@ -111,9 +111,9 @@ class FakeApi:
     def patch_job(self, namespace: str, name: str, spec_patch: dict[str, Any]) -> None:
         pass
 
-    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any], uid: str | None = None) -> int:
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any], uid: str | None = None) -> str:
         self.patches.append(status)
-        return len(self.patches) + 100
+        return str(len(self.patches) + 100)
 
     def post_event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))

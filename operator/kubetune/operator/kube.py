@@ -178,7 +178,7 @@ class KubeApi:
                                                _content_type="application/merge-patch+json", _preload_content=False))
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any],
-                                 uid: str | None = None) -> int:
+                                 uid: str | None = None) -> str:
         """Merge-patch the status subresource; returns the object's new resourceVersion. With
         `uid`, the patch fails (409) instead of landing on another object of that name."""
         self._count("patch", "finetunejobs/status")
@@ -189,7 +189,7 @@ class KubeApi:
             c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, body,
             field_manager=FIELD_MANAGER, _preload_content=False,
         )
-        return int(_json(patched)["metadata"]["resourceVersion"])
+        return str(_json(patched)["metadata"]["resourceVersion"])  # opaque: compared for equality only
 
     def post_event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on `owner`; failures are logged, never raised (events are best effort)."""

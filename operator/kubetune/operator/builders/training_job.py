@@ -271,5 +271,10 @@ def build_training_job(
 
 
 def mutable_job_fields(spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The Job spec fields that follow the FineTuneJob's mutable fields after creation."""
-    return {"suspend": spec.suspend, "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished}
+    """The Job spec fields that follow the FineTuneJob's mutable fields after creation
+    (MUTABLE_SPEC_FIELDS of the API); None removes the field from the Job."""
+    return {
+        "suspend": spec.suspend,
+        "activeDeadlineSeconds": spec.active_deadline_seconds,
+        "ttlSecondsAfterFinished": spec.ttl_seconds_after_finished,
+    }

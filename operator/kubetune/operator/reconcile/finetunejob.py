@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
@@ -145,6 +146,47 @@ def _refusal(kind: str, name: str, exc: ApiException) -> ChildCreateError:
     return ChildCreateError(f"The apiserver refused to create the {kind} {name} (HTTP {exc.status}): {detail}")
 
 
+# Status fields a phase decision rests on: kept when a newer operator cannot read the rest of
+# a status an older one wrote (a stricter model), so a finished job stays finished.
+_CORE_STATUS_FIELDS = ("phase", "reason", "message", "jobName", "observedGeneration", "startTime",
+                       "completionTime")
+
+
+def read_status(raw: Mapping[str, Any], name: str) -> FineTuneJobStatus:
+    """The status as the model reads it; when the model refuses it (written by another version
+    of kubetune), its phase, reason, Job name and times alone, so that a finished job is never
+    started again. Fields left out are not written back: status patches are merges."""
+    try:
+        return FineTuneJobStatus.model_validate(dict(raw))
+    except ValidationError as exc:
+        log.warning("status of %s: keeping its phase only, the rest is unreadable: %s", name,
+                    describe_validation_error(exc, "status"))
+    core = {k: raw[k] for k in _CORE_STATUS_FIELDS if k in raw}
+    try:
+        return FineTuneJobStatus.model_validate(core)
+    except ValidationError:
+        phase = raw.get("phase")
+        return FineTuneJobStatus(phase=phase) if phase in Phase.ALL else FineTuneJobStatus()
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A status this process wrote. resourceVersions are opaque (only equality means anything),
+    so a snapshot is known to predate the write when it is the one the write was based on: same
+    resourceVersion, or (after someone else's write in between) the same status."""
+
+    version: str  # the resourceVersion the write produced
+    wire: dict[str, Any]
+    base_version: str
+    base_status: dict[str, Any]
+
+    def is_stale(self, body: Mapping[str, Any]) -> bool:
+        rv = str(body["metadata"].get("resourceVersion") or "")
+        if rv == self.version:
+            return False
+        return rv == self.base_version or dict(body.get("status") or {}) == self.base_status
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -160,9 +202,9 @@ class FineTuneJobReconciler:
         self.clock = clock
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        # The last status this process wrote, per uid, with the resourceVersion the patch got:
-        # events and index snapshots older than that carry a stale status.
-        self._written: dict[str, tuple[int, dict[str, Any]]] = {}
+        # The last status this process wrote, per uid, and how to tell the snapshots that are
+        # older than that write (the index lags behind our own patches).
+        self._written: dict[str, _Written] = {}
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -191,17 +233,14 @@ class FineTuneJobReconciler:
 
     def _current_status(self, body: Mapping[str, Any]) -> FineTuneJobStatus:
         raw = dict(body.get("status") or {})
-        written = self._written.get(body["metadata"]["uid"])
-        rv = int(body["metadata"].get("resourceVersion") or 0)
-        if (
-            written is not None and written[0] > rv
-        ):  # resourceVersions of one object are etcd revisions
-            raw = written[1]
-        try:
-            return FineTuneJobStatus.model_validate(raw)
-        except ValidationError:
-            log.warning("ignoring unreadable status of %s", body["metadata"]["name"])
-            return FineTuneJobStatus()
+        uid = body["metadata"]["uid"]
+        written = self._written.get(uid)
+        if written is not None:
+            if written.is_stale(body):
+                raw = written.wire
+            else:
+                self._written.pop(uid, None)  # the index has caught up with the write
+        return read_status(raw, body["metadata"]["name"])
 
     def _reconcile_locked(
         self,
@@ -261,7 +300,9 @@ class FineTuneJobReconciler:
                     log.info("%s/%s (uid %s) is gone or replaced: status not written", ns, name, meta["uid"])
                     return new
                 raise
-            self._written[meta["uid"]] = (version, wire)
+            self._written[meta["uid"]] = _Written(
+                version, wire, str(meta.get("resourceVersion") or ""), dict(body.get("status") or {})
+            )
             owner = {
                 "apiVersion": body.get("apiVersion"),
                 "kind": body.get("kind"),

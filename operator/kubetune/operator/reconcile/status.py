@@ -235,10 +235,12 @@ def _active_verdict(obs: Observed) -> Verdict:
 
 def decide(obs: Observed, current: FineTuneJobStatus) -> Verdict | None:
     """The phase the observations imply; None when the current final phase must stay."""
+    if current.phase in Phase.FINAL:
+        # A finished job never changes phase again, even when a newer operator's stricter
+        # validation refuses the spec it ran with.
+        return None
     if obs.spec_error is not None:
         return Verdict(Phase.FAILED, Reason.INVALID_SPEC, obs.spec_error)
-    if current.phase in Phase.FINAL:
-        return None  # a finished job never changes phase again
     if obs.job is None:
         if obs.create_error is not None:
             return Verdict(
