@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.trainer_result import TrainerResult
+from kubetune.api.trainer_contract import TrainerResult, exit_code_for
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -149,11 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def exit_code(result: TrainerResult) -> int:
-    """0 on success; PERMANENT_FAILURE_EXIT_CODE when a retry of the same spec cannot help
-    (the Job then fails at once instead of spending its backoffLimit); 1 otherwise."""
-    if result.phase == "Succeeded":
-        return 0
-    return c.PERMANENT_FAILURE_EXIT_CODE if result.reason in c.Reason.PERMANENT else 1
+    """The exit code the contract gives `result` (kubetune.api.trainer_contract.exit_code_for)."""
+    return exit_code_for(result)
 
 
 if __name__ == "__main__":

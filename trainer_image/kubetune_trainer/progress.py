@@ -1,9 +1,9 @@
-"""Live training progress: the trainer's Prometheus gauges, its log line, and their parsers.
+"""Live training progress: the trainer's Prometheus gauges and its log line.
 
-The trainer pod exposes the gauges below on `KUBETUNE_METRICS_PORT` (default 9400) and prints
-one `progress …` line per logging step; the operator scrapes the endpoint and turns the text
-into `status.progress` with `parse_progress_metrics`. This module imports neither torch nor
-transformers, so the operator can use it as it is.
+The trainer pod exposes the gauges named in the contract (`kubetune.api.trainer_contract.
+PROGRESS_GAUGES`) on `KUBETUNE_METRICS_PORT` (default 9400) and prints one `progress …` line
+per logging step; the operator scrapes the endpoint and reads it with the contract's
+`parse_progress_metrics`. This module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -17,75 +17,24 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
-from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api import constants as c
-from kubetune.api.trainer_result import Progress
+from kubetune.api.trainer_contract import PROGRESS_GAUGES as GAUGES
+from kubetune.api.trainer_contract import (
+    Progress,
+    parse_progress_metrics,
+    progress_from_values,
+)
 
-# Gauge name -> Progress field. Unknown values are exported as NaN and parsed back as None.
-GAUGES: Mapping[str, tuple[str, str]] = {
-    "kubetune_train_step": ("step", "Optimizer steps done."),
-    "kubetune_train_total_steps": ("total_steps", "Optimizer steps planned."),
-    "kubetune_train_epoch": ("epoch", "Epochs done (fractional)."),
-    "kubetune_train_loss": ("loss", "Latest training loss."),
-    "kubetune_eval_loss": ("eval_loss", "Latest validation loss."),
-    "kubetune_learning_rate": ("learning_rate", "Current learning rate."),
-    "kubetune_tokens_per_second": (
-        "tokens_per_second",
-        "Training throughput in tokens per second.",
-    ),
-    "kubetune_eta_seconds": ("eta_seconds", "Estimated seconds until training ends."),
-}
-_INT_FIELDS = ("step", "total_steps", "eta_seconds")
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) or math.isinf(value) else value
-
-
-def progress_from_values(values: Mapping[str, float | None]) -> Progress:
-    """Progress from field values (NaN / missing = unknown); computes `percent`."""
-    fields: dict[str, float | int | None] = {}
-    for name, value in values.items():
-        value = _finite(value)
-        if value is None:
-            continue
-        fields[name] = round(value) if name in _INT_FIELDS else float(value)
-    step = int(fields.get("step") or 0)
-    total = fields.get("total_steps")
-    percent = 0
-    if total:
-        percent = max(0, min(100, int(100 * step / float(total))))
-    return Progress(
-        step=max(0, step),
-        total_steps=int(total) if total else None,
-        percent=percent,
-        epoch=fields.get("epoch"),
-        loss=fields.get("loss"),
-        eval_loss=fields.get("eval_loss"),
-        learning_rate=fields.get("learning_rate"),
-        tokens_per_second=fields.get("tokens_per_second"),
-        eta_seconds=int(eta) if (eta := fields.get("eta_seconds")) is not None else None,
-    )
-
-
-def parse_progress_metrics(text: str) -> Progress:
-    """`status.progress` from the Prometheus text exposition the trainer serves.
-
-    Unknown metrics are ignored; missing or NaN gauges become None, so a scrape taken before
-    the first evaluation has no `evalLoss`. Raises ValueError on text that is not the
-    exposition format.
-    """
-    values: dict[str, float | None] = {}
-    for family in text_string_to_metric_families(text):
-        target = GAUGES.get(family.name)
-        if target is None:
-            continue
-        for sample in family.samples:
-            if sample.name == family.name:
-                values[target[0]] = sample.value
-    return progress_from_values(values)
-
+__all__ = [
+    "GAUGES",
+    "ProgressMetrics",
+    "format_progress_line",
+    "metrics_port_from_env",
+    "parse_progress_line",
+    "parse_progress_metrics",
+    "progress_from_values",
+]
 
 _LINE = re.compile(r"^progress\s+(?P<body>.*)$")
 _PAIR = re.compile(r"(?P<key>[a-z_]+)=(?P<value>\S+)")

@@ -8,10 +8,7 @@ from typing import Any
 import httpx
 
 from kubetune.api import constants as c
-from kubetune.api.trainer_result import Progress
-from kubetune_trainer.progress import (
-    parse_progress_metrics,  # one parser, shared with the trainer (no torch)
-)
+from kubetune.api.trainer_contract import Progress, parse_progress_metrics
 
 log = logging.getLogger(__name__)
 

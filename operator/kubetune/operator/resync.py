@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kubetune.api.trainer_result import Progress
+from kubetune.api.trainer_contract import Progress
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,11 @@ from typing import Any
 
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.trainer_contract import PERMANENT_FAILURE_EXIT_CODE
 from kubetune.operator.builders.names import label_value, spec_configmap_name, training_job_name
 from kubetune.operator.settings import Settings
 
 TRAINER_CONTAINER = "trainer"
-# The trainer exits with this code on a failure a retry cannot fix (invalid spec, data policy,
-# licence): the Job's podFailurePolicy then fails the Job at once instead of retrying.
-PERMANENT_FAILURE_EXIT_CODE = c.PERMANENT_FAILURE_EXIT_CODE
 
 
 def labels_for(name: str, component: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from kubetune.api.constants import Phase, Reason
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, secret_refs
-from kubetune.api.trainer_result import Progress
+from kubetune.api.trainer_contract import Progress
 from kubetune.operator.builders.training_job import (
     build_spec_configmap,
     build_training_job,

@@ -14,8 +14,8 @@ from typing import Any
 from kubetune.api.common import Condition
 from kubetune.api.constants import ConditionType, Phase, Reason
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
-from kubetune.api.trainer_result import Progress, TrainerResult
-from kubetune.operator.builders.training_job import PERMANENT_FAILURE_EXIT_CODE, TRAINER_CONTAINER
+from kubetune.api.trainer_contract import PERMANENT_FAILURE_EXIT_CODE, Progress, TrainerResult
+from kubetune.operator.builders.training_job import TRAINER_CONTAINER
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 
