@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--pvc-root", help="where pvc://<claim> is mounted (env KUBETUNE_PVC_ROOT)")
     agent.add_argument("--gateway", help="HOST:PORT of the OpenAI-compatible gateway in this process (off when unset)")
     agent.add_argument("--model", help="the model name clients call (the ModelDeployment's name); needed with --gateway")
-    agent.add_argument("--predictions-db", default="/models/kubetune-predictions.db", help="the gateway's SQLite prediction log")
+    agent.add_argument("--predictions-db", default="/var/lib/kubetune/predictions.db", help="the gateway's SQLite prediction log")
     agent.add_argument("--log-content", choices=("full", "redacted", "none"), default="redacted",
                        help="what of prompts and answers the prediction log keeps")
     agent.add_argument("--log-retention-days", type=float, default=30.0)

@@ -58,9 +58,20 @@ def test_children_are_applied_and_the_pdb_follows_replicas(
     apps = client.AppsV1Api(cluster.api_client())
     policy = client.PolicyV1Api(cluster.api_client())
     core = cluster.core()
-    dep = cluster.wait_for(lambda: next(iter(apps.list_namespaced_deployment(namespace).items), None),
-                           timeout=60, what="Deployment")
+    dep = cluster.wait_for(lambda: next(iter(apps.list_namespaced_stateful_set(namespace).items), None),
+                           timeout=60, what="StatefulSet")
     assert dep.metadata.name == "chat" and dep.spec.replicas == 2
+    assert dep.spec.pod_management_policy == "Parallel" and dep.spec.service_name == "chat"
+    assert [t.metadata.name for t in dep.spec.volume_claim_templates] == ["predictions"]
+    mounts = {m.name: m.mount_path for m in dep.spec.template.spec.containers[1].volume_mounts}
+    assert mounts["predictions"] == s.PREDICTIONS_DIR
+    # The StatefulSet controller makes one prediction-log claim per pod, bound by the dev
+    # cluster's provisioner: predictions and feedback outlive their pod.
+    claims = cluster.wait_for(
+        lambda: sorted(c.metadata.name for c in core.list_namespaced_persistent_volume_claim(namespace).items
+                       if c.status.phase == "Bound") or None,
+        timeout=60, what="the two prediction-log claims bound")
+    assert claims == ["predictions-chat-0", "predictions-chat-1"]
     assert any(m.manager == FIELD_MANAGER and m.operation == "Apply" for m in dep.metadata.managed_fields)
     assert dep.metadata.owner_references[0].kind == c.MODELDEPLOYMENT_KIND
     pod = dep.spec.template.spec
@@ -87,3 +98,46 @@ def test_children_are_applied_and_the_pdb_follows_replicas(
     assert status["phase"] == "Pending" and "servedVersion" not in status
     cond = {x["type"]: x["status"] for x in status["conditions"]}
     assert cond["Ready"] == "False" and cond["Reconciling"] == "True"
+
+
+def test_a_legacy_serving_deployment_is_replaced_and_a_foreign_one_left_alone(
+    cluster: DevCluster, namespace: str, operator: OperatorProcess
+) -> None:
+    """Serving pods were a Deployment before the StatefulSet: the operator deletes the one it
+    owns, and never a Deployment of the same name that another owner (or nobody) holds."""
+    apps = client.AppsV1Api(cluster.api_client())
+    api = client.CustomObjectsApi(cluster.api_client())
+    template = {"metadata": {"labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    apps.create_namespaced_deployment(namespace, {
+        "metadata": {"name": "theirs"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "x"}}, "template": template}})
+    _create(cluster, namespace, "theirs", {"versions": [{"name": "v1", "uri": "https://m/v1.gguf", "sha256": SHA}]})
+    _create(cluster, namespace, "legacy", {"versions": [{"name": "v1", "uri": "https://m/v1.gguf", "sha256": SHA}]})
+    md = api.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.MODELDEPLOYMENT_PLURAL, "legacy")
+    cluster.wait_for(lambda: next((x for x in apps.list_namespaced_stateful_set(namespace).items
+                                   if x.metadata.name == "theirs"), None), timeout=60, what="theirs' StatefulSet")
+    owner = {"apiVersion": c.API_VERSION, "kind": c.MODELDEPLOYMENT_KIND, "name": "legacy",
+             "uid": md["metadata"]["uid"], "controller": True}
+    apps.create_namespaced_deployment(namespace, {
+        "metadata": {"name": "legacy", "ownerReferences": [owner]},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "x"}}, "template": template}})
+    operator.stop()
+    operator.start()  # a new operator: the upgrade
+    cluster.wait_for(lambda: "legacy" not in {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items},
+                     timeout=60, what="the owned legacy Deployment deleted")
+    assert "theirs" in {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
+
+
+def test_the_prediction_log_volume_cannot_change_under_its_claims(cluster: DevCluster, namespace: str) -> None:
+    install_crds(cluster)
+    _create(cluster, namespace, "fixed", {"versions": [{"name": "v1", "uri": "https://m/v1.gguf", "sha256": SHA}],
+                                          "logging": {"content": "none"}})
+    api = client.CustomObjectsApi(cluster.api_client())
+    with pytest.raises(client.ApiException) as err:
+        api.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.MODELDEPLOYMENT_PLURAL, "fixed",
+                                           {"spec": {"logging": {"volumeSize": "10Gi"}}})
+    assert err.value.status == 422
+    assert "logging.volumeSize" in json.loads(err.value.body)["message"]
+    api.patch_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.MODELDEPLOYMENT_PLURAL, "fixed",
+                                       {"spec": {"logging": {"retentionDays": 7}}})  # the rest may change

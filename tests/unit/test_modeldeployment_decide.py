@@ -224,3 +224,15 @@ def test_a_uri_version_takes_its_drift_reference_from_the_spec() -> None:
     got = resolve_version(v, None).source
     assert got is not None and got.drift_reference_uri == "https://x/ref.json"
     assert got.drift_reference_sha256 == SHA2
+
+
+def test_a_prediction_log_larger_than_its_volume_is_refused_naming_both_fields() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"logging.maxSizeMiB 4096 does not fit logging.volumeSize 2Gi"):
+        ModelDeploymentSpec.model_validate({"versions": [{"name": "v1", "fineTuneJob": "a"}],
+                                            "logging": {"maxSizeMiB": 4096}})
+    ok = ModelDeploymentSpec.model_validate({"versions": [{"name": "v1", "fineTuneJob": "a"}],
+                                             "logging": {"maxSizeMiB": 4096, "volumeSize": "8Gi"}})
+    assert ok.logging.volume_size == "8Gi" and ok.logging.storage == "PersistentVolumeClaim"

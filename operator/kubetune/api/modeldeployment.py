@@ -109,8 +109,33 @@ class RollbackSpec(ApiModel):
     drift can roll it back (a quiet service never flaps)."""
 
 
+LOGGING_VOLUME_FIXED = (
+    "(has(self.storage) ? self.storage : 'PersistentVolumeClaim') == "
+    "(has(oldSelf.storage) ? oldSelf.storage : 'PersistentVolumeClaim') && "
+    "(has(self.volumeSize) ? self.volumeSize : '2Gi') == (has(oldSelf.volumeSize) ? oldSelf.volumeSize : '2Gi') && "
+    "(has(self.storageClassName) ? self.storageClassName : '') == "
+    "(has(oldSelf.storageClassName) ? oldSelf.storageClassName : '')",
+    "logging.storage, logging.volumeSize and logging.storageClassName are fixed once set (each pod's "
+    "claim is made from them): create a new ModelDeployment to change them",
+)
+_QUANTITY_MIB = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+
+
+def quantity_mib(quantity: str) -> float:
+    """MiB in a binary-suffixed quantity (`2Gi`); a plain number is bytes."""
+    for suffix, factor in _QUANTITY_MIB.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity) / (1024 * 1024)
+
+
 class LoggingSpec(ApiModel):
-    """The gateway's prediction log (SQLite in WAL mode on each pod's model volume)."""
+    """The gateway's prediction log: SQLite in WAL mode on a PersistentVolumeClaim per pod (the
+    pods are a StatefulSet), so predictions and feedback survive pod restarts and rescheduling."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": LOGGING_VOLUME_FIXED[0], "message": LOGGING_VOLUME_FIXED[1]},
+    ]})
 
     content: Literal["full", "redacted", "none"] = "redacted"
     """What of prompts and answers is kept: `full`; `redacted` (secrets and personal data
@@ -118,7 +143,25 @@ class LoggingSpec(ApiModel):
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
     """Predictions and feedback older than this are deleted."""
     max_size_mib: Annotated[int, Field(ge=16, le=1_048_576)] = 1024
-    """Above this size the oldest predictions are deleted."""
+    """Above this size the oldest predictions are deleted. At most 80% of `volumeSize` (SQLite's
+    write-ahead log and deletions need room)."""
+    storage: Literal["PersistentVolumeClaim", "EmptyDir"] = "PersistentVolumeClaim"
+    """`PersistentVolumeClaim`: a claim per pod (`predictions-<name>-<ordinal>`), kept across pod
+    restarts, rescheduling and scale-down, deleted with the ModelDeployment; `EmptyDir`: the log
+    lives and dies with its pod (clusters without dynamic provisioning). Fixed once set."""
+    volume_size: Annotated[str, Field(max_length=32, pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")] = "2Gi"
+    """Size of each pod's claim (or the emptyDir's limit). Fixed once set."""
+    storage_class_name: Annotated[str, Field(max_length=253)] | None = None
+    """StorageClass of the claims; none: the cluster's default class. Fixed once set."""
+
+    @model_validator(mode="after")
+    def _log_fits(self) -> LoggingSpec:
+        if self.max_size_mib > 0.8 * quantity_mib(self.volume_size):
+            raise ValueError(
+                f"logging.maxSizeMiB {self.max_size_mib} does not fit logging.volumeSize {self.volume_size}: "
+                "keep it at most 80% of the volume (SQLite's write-ahead log needs room)"
+            )
+        return self
 
 
 FallbackTrigger = Literal["error", "timeout", "refusal"]

@@ -267,9 +267,33 @@ class ServingApi(KubeApi):
             "ConfigMap": self.core.patch_namespaced_config_map,
             "Service": self.core.patch_namespaced_service,
             "Deployment": self.apps.patch_namespaced_deployment,
+            "StatefulSet": self.apps.patch_namespaced_stateful_set,
             "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
         }[kind]
         _drain(call(name, ns, body, _preload_content=False, **_APPLY))
+
+    def delete_owned_deployment(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete the Deployment `name` if `owner_uid` owns it (never someone else's of the same
+        name); whether one was deleted."""
+        self._count("get", "deployments")
+        try:
+            found = _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        meta = found["metadata"]
+        if not any(o.get("uid") == owner_uid for o in meta.get("ownerReferences") or []):
+            return False
+        self._count("delete", "deployments")
+        body = {"preconditions": {"uid": meta["uid"]}, "propagationPolicy": "Background"}
+        try:
+            _drain(self.apps.delete_namespaced_deployment(name, namespace, body=body, _preload_content=False))  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
 
     def delete_pdb(self, namespace: str, name: str) -> None:
         self._count("delete", "poddisruptionbudgets")

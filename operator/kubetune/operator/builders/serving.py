@@ -1,5 +1,6 @@
-"""Pure builders of a ModelDeployment's children: the serving ConfigMap, the Deployment of
-Ollama + serve-agent pods, the Service and the PodDisruptionBudget.
+"""Pure builders of a ModelDeployment's children: the serving ConfigMap, the StatefulSet of
+Ollama + serve-agent pods (a StatefulSet so that each pod keeps its own prediction-log claim),
+the Service and the PodDisruptionBudget.
 
 Each returns a full object for server-side apply (apiVersion, kind, metadata with the owner
 reference, the fields kubetune owns); nothing here calls the API.
@@ -19,6 +20,7 @@ from kubetune.api.modeldeployment import ModelDeploymentSpec
 COMPONENT = "serving"
 CONFIG_VOLUME = "serving-config"
 MODELS_VOLUME = "models"
+PREDICTIONS_VOLUME = "predictions"  # claims are named predictions-<name>-<ordinal>
 
 
 def configmap_name(md_name: str) -> str:
@@ -135,7 +137,12 @@ def _fallback_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     }]  # fmt: skip
 
 
-def build_deployment(
+def prediction_claim(md_name: str, ordinal: int) -> str:
+    """The claim the StatefulSet controller makes for pod `<md_name>-<ordinal>`."""
+    return f"{PREDICTIONS_VOLUME}-{md_name}-{ordinal}"
+
+
+def build_statefulset(
     md: dict[str, Any],
     spec: ModelDeploymentSpec,
     claims: Sequence[str],
@@ -147,8 +154,14 @@ def build_deployment(
     uid: int = 1000,
 ) -> dict[str, Any]:
     """Ollama + serve-agent pods. Every pod has its own model store (an emptyDir) that the
-    agent fills from the ConfigMap; both containers bind the pod's IP so that on the local pod
-    runner (one host) replicas are separate servers, as they are on a cluster."""
+    agent fills from the ConfigMap, and its own prediction log on a claim from
+    `volumeClaimTemplates` (or an emptyDir with `logging.storage: EmptyDir`); both containers
+    bind the pod's IP so that on the local pod runner (one host) replicas are separate servers,
+    as they are on a cluster.
+
+    Pods start and stop in parallel (`podManagementPolicy: Parallel`): switching versions
+    restarts no pod (the agent moves the alias), so ordered start-up would only slow scaling.
+    A template change (new images, fallback, logging settings) rolls one pod at a time."""
     name = md["metadata"]["name"]
     pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     gpu = {c.GPU_RESOURCE: str(spec.gpus)} if spec.gpus else {}
@@ -180,6 +193,7 @@ def build_deployment(
     agent_mounts = [
         {"name": CONFIG_VOLUME, "mountPath": s.SERVING_CONFIG_DIR, "readOnly": True},
         {"name": MODELS_VOLUME, "mountPath": s.MODELS_DIR},
+        {"name": PREDICTIONS_VOLUME, "mountPath": s.PREDICTIONS_DIR},
         *({"name": f"pvc-{i}", "mountPath": f"{s.PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
           for i, claim in enumerate(claims)),
     ]
@@ -237,6 +251,23 @@ def build_deployment(
         *({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
           for i, claim in enumerate(claims)),
     ]
+    logging = spec.logging
+    claim_templates: list[dict[str, Any]] = []
+    if logging.storage == "EmptyDir":
+        volumes.append({"name": PREDICTIONS_VOLUME, "emptyDir": {"sizeLimit": logging.volume_size}})
+    else:
+        claim_spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": logging.volume_size}},
+        }
+        if logging.storage_class_name is not None:
+            claim_spec["storageClassName"] = logging.storage_class_name
+        claim_templates.append({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": PREDICTIONS_VOLUME, "labels": _labels(name)},
+            "spec": claim_spec,
+        })  # fmt: skip
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # neither container talks to the Kubernetes API
         "securityContext": {
@@ -257,17 +288,24 @@ def build_deployment(
         tolerations.append({"key": c.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    sts_spec: dict[str, Any] = {
+        "replicas": spec.replicas,
+        "serviceName": name,
+        "selector": {"matchLabels": selector_labels(name)},
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate"},
+        "template": {"metadata": {"labels": _labels(name)}, "spec": pod_spec},
+        # Scale-down keeps a pod's log for when it comes back; deleting the ModelDeployment
+        # deletes the claims with it (export predictions first: docs/serving.md).
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+    }
+    if claim_templates:
+        sts_spec["volumeClaimTemplates"] = claim_templates
     return {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "metadata": _metadata(md, name),
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": {"matchLabels": selector_labels(name)},
-            # A new pod must be Ready (serving the current version) before an old one goes.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": _labels(name)}, "spec": pod_spec},
-        },
+        "spec": sts_spec,
     }
 
 

@@ -1,6 +1,6 @@
 """Reconcile one ModelDeployment: observe (spec, FineTuneJobs, pods and their serve-agents) →
 decide what is served (:mod:`kubetune.operator.reconcile.serving`) → server-side apply the
-ConfigMap, Deployment, Service and PodDisruptionBudget → patch status → Events.
+ConfigMap, StatefulSet, Service and PodDisruptionBudget → patch status → Events.
 
 The ConfigMap is written before the status, so an operator killed between the two converges
 on its next run to the same decision without recording the switch twice: the switch is
@@ -114,7 +114,11 @@ class ModelDeploymentReconciler:
         sources = [r.source for r in resolved if r.source is not None]
         config = b.serving_config(name, sources, decision.served, decision.keep_loaded)
         self._apply(b.build_configmap(md, config))
-        self._apply(b.build_deployment(
+        # Serving pods were a Deployment before kubetune 0.2: the StatefulSet takes over.
+        if (self._changed(("Deployment", namespace, name), "absent")
+                and self.api.delete_owned_deployment(namespace, name, md["metadata"]["uid"])):
+            log.info("%s/%s: replaced its serving Deployment by a StatefulSet", namespace, name)
+        self._apply(b.build_statefulset(
             md, spec, b.pvc_claims(sources),
             agent_image=self.settings.serving_image,
             agent_command=self.settings.serve_agent_command,
