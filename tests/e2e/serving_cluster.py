@@ -160,10 +160,13 @@ def alias_digest(pod_ip: str, model: str) -> str | None:
     return m.group(1) if m else None
 
 
-def chat(pod_ip: str, model: str, timeout: float = 60, port: int = s.OLLAMA_PORT) -> dict[str, Any]:
-    return post_json(f"http://{pod_ip}:{port}/v1/chat/completions",
-                     {"model": model, "messages": [{"role": "user", "content": "Where is my order?"}],
-                      "max_tokens": 2, "temperature": 0}, timeout)
+def chat(pod_ip: str, model: str, timeout: float = 60, port: int = s.OLLAMA_PORT,
+         content: str = "Where is my order?", max_tokens: int | None = 2) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}],
+                            "temperature": 0}
+    if max_tokens is not None:  # None: the version's Modelfile (PARAMETER num_predict) decides
+        body["max_tokens"] = max_tokens
+    return post_json(f"http://{pod_ip}:{port}/v1/chat/completions", body, timeout)
 
 
 @dataclass
@@ -174,6 +177,8 @@ class RequestLoop:
     ips: list[str]
     model: str
     port: int = s.OLLAMA_PORT
+    prompts: tuple[str, ...] = ("Where is my order?",)  # sent in turn
+    max_tokens: int | None = 2
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     failure_times: list[float] = field(default_factory=list)  # time.monotonic() of each
@@ -198,7 +203,8 @@ class RequestLoop:
             i += 1
             started = time.monotonic()
             try:
-                answer = chat(ip, self.model, port=self.port)
+                answer = chat(ip, self.model, port=self.port, content=self.prompts[i % len(self.prompts)],
+                              max_tokens=self.max_tokens)
                 if not answer.get("choices"):
                     raise ValueError(f"no choices: {answer}")
                 self.ok += 1
