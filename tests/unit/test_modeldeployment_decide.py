@@ -230,9 +230,9 @@ def test_a_prediction_log_larger_than_its_volume_is_refused_naming_both_fields()
     import pytest
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"logging.maxSizeMiB 4096 does not fit logging.volumeSize 2Gi"):
+    with pytest.raises(ValidationError, match=r"logging.maxSizeMib 4096 does not fit logging.volumeSize 2Gi"):
         ModelDeploymentSpec.model_validate({"versions": [{"name": "v1", "fineTuneJob": "a"}],
-                                            "logging": {"maxSizeMiB": 4096}})
+                                            "logging": {"maxSizeMib": 4096}})
     ok = ModelDeploymentSpec.model_validate({"versions": [{"name": "v1", "fineTuneJob": "a"}],
-                                             "logging": {"maxSizeMiB": 4096, "volumeSize": "8Gi"}})
+                                             "logging": {"maxSizeMib": 4096, "volumeSize": "8Gi"}})
     assert ok.logging.volume_size == "8Gi" and ok.logging.storage == "PersistentVolumeClaim"

@@ -158,7 +158,7 @@ class LoggingSpec(ApiModel):
     def _log_fits(self) -> LoggingSpec:
         if self.max_size_mib > 0.8 * quantity_mib(self.volume_size):
             raise ValueError(
-                f"logging.maxSizeMiB {self.max_size_mib} does not fit logging.volumeSize {self.volume_size}: "
+                f"logging.maxSizeMib {self.max_size_mib} does not fit logging.volumeSize {self.volume_size}: "
                 "keep it at most 80% of the volume (SQLite's write-ahead log needs room)"
             )
         return self
