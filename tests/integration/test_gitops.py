@@ -46,7 +46,8 @@ def _example_object(path: Path) -> tuple[str, str]:
 
 
 def _live(cluster: DevCluster, kind: str, name: str, namespace: str) -> dict[str, Any]:
-    return json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)  # type: ignore[no-any-return]
+    out = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", "--show-managed-fields").stdout
+    return json.loads(out)  # type: ignore[no-any-return]
 
 
 def _apply(cluster: DevCluster, path: Path) -> str:
@@ -120,7 +121,7 @@ def test_diff_stays_empty_after_the_operator_reconciled(
     assert (diff.returncode, diff.stdout) == (0, ""), diff.stdout + diff.stderr
     _apply(cluster, path)
     after = _live(cluster, kind, name, examples_namespace)
-    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"], json.dumps(after, indent=1)
     # Only the applier owns spec fields: the operator writes status (and metadata), never spec,
     # so a GitOps tool's next apply never conflicts with it.
     for entry in after["metadata"]["managedFields"]:

@@ -120,12 +120,13 @@ def test_a_new_object_without_status_is_progressing_for_argo_cd() -> None:
 
 def _md_status(pods: list[Any], current: ModelDeploymentStatus | None = None, active: str = "v1",
                unhealthy: str | None = None, versions: list[Resolved] = BOTH) -> ModelDeploymentStatus:
-    return decide(spec(active=active), GENERATION, versions, pods, current or ModelDeploymentStatus(), T1,
+    return decide(spec(active=active or None), GENERATION, versions, pods, current or ModelDeploymentStatus(), T1,
                   unhealthy=unhealthy).status
 
 
-def _unservable(reason: str) -> list[Resolved]:
-    return [Resolved("v1", None, None, reason, f"version v1: FineTuneJob 'a': {reason}"), resolved("v2", SHA2)]
+def _unservable(reason: str, *names: str) -> list[Resolved]:
+    return [Resolved(n, None, None, reason, f"version {n}: FineTuneJob '{n}': {reason}") for n in names or ("v1",)] + (
+        [] if names else [resolved("v2", SHA2)])
 
 
 def _md_statuses() -> dict[str, ModelDeploymentStatus]:
@@ -139,6 +140,10 @@ def _md_statuses() -> dict[str, ModelDeploymentStatus]:
         "pending-desired-failed": _md_status([agent("p0", {}, failed={"v1": "checksum"}), agent("p1", {})]),
         "pending-job-failed": _md_status([agent("p0", {}), agent("p1", {})], versions=_unservable(MdReason.JOB_FAILED)),
         "pending-gate-failed": _md_status([agent("p0", {}), agent("p1", {})], versions=_unservable(MdReason.GATE_FAILED)),
+        "pending-every-job-failed": _md_status([agent("p0", {}), agent("p1", {})], active="",
+                                               versions=_unservable(MdReason.JOB_FAILED, "v1", "v2")),
+        "pending-one-job-failed": _md_status([agent("p0", {}), agent("p1", {})], active="", versions=[
+            *_unservable(MdReason.JOB_FAILED, "v1"), *_unservable(MdReason.JOB_NOT_FINISHED, "v2")]),
         "pending-job-running": _md_status([agent("p0", {}), agent("p1", {})],
                                           versions=_unservable(MdReason.JOB_NOT_FINISHED)),
         "progressing": _md_status([agent("p0", {"v1": ""}), agent("p1", {"v1": ""})]),
@@ -157,6 +162,8 @@ MD_EXPECTED = {
     "pending-job-failed": ("Pending", "Failed", "Degraded"),
     "pending-gate-failed": ("Pending", "Failed", "Degraded"),
     "pending-job-running": ("Pending", "InProgress", "Progressing"),
+    "pending-every-job-failed": ("Pending", "Failed", "Degraded"),
+    "pending-one-job-failed": ("Pending", "InProgress", "Progressing"),
     "progressing": ("Progressing", "InProgress", "Progressing"),
     "ready": ("Ready", "Current", "Healthy"),
     "degraded-desired-failed": ("Degraded", "Failed", "Degraded"),

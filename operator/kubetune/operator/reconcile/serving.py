@@ -351,9 +351,12 @@ def decide(
     conds = current.conditions
     # kstatus: Stalled (kstatus Failed) when the desired version failed, served or not, or was
     # rolled back: neither changes until the spec does, so a GitOps tool must not wait for it.
-    # So is a desired version whose FineTuneJob failed or failed its gate (allowUngated unset).
-    desired_stuck = wanted is not None and wanted in vstat and vstat[wanted].reason in (
-        MdReason.JOB_FAILED, MdReason.GATE_FAILED)
+    # So is a desired version whose FineTuneJob failed or failed its gate (allowUngated unset),
+    # or, with no activeVersion, every listed version being so.
+    stuck = {v.name for v in versions if v.reason in (MdReason.JOB_FAILED, MdReason.GATE_FAILED)}
+    desired_stuck = wanted in stuck if wanted is not None else bool(vstat) and set(vstat) <= stuck
+    if desired_stuck and wanted is None:
+        msg = "; ".join(v.message for v in versions if v.name in stuck)
     stalled = desired_failed or desired_stuck or rolled_back is not None
     reconciling = phase in ("Pending", "Progressing") and not stalled
     conditions = [
