@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 
@@ -43,11 +44,25 @@ async def serve_gateway(
         await runner.cleanup()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop (libuv: the proxy's socket work in C), unless
+    KUBETUNE_GATEWAY_LOOP=asyncio asks for the standard library's (for comparison, or where
+    uvloop is not installed: it is a base dependency on Linux and macOS only)."""
+    if os.environ.get("KUBETUNE_GATEWAY_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class GatewayThread:
     """A gateway on its own event loop in a daemon thread."""
 
     def __init__(self, settings: GatewaySettings, version: VersionProvider) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.started = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
@@ -109,4 +124,5 @@ def run_gateway(settings: GatewaySettings, version: VersionProvider) -> int:
             return 1
         return 0
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main())
