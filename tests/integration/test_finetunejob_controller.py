@@ -101,14 +101,15 @@ def test_success_lands_the_trainer_result_in_status(
     assert pod.spec.automount_service_account_token is False
     assert pod.spec.security_context.run_as_non_root is True
     status = ftj.wait_phase("Running", operator)
-    assert status["startTime"] and status["jobName"] == training_job_name(ftj.name)
+    uid = ftj.get()["metadata"]["uid"]
+    assert status["startTime"] and status["jobName"] == training_job_name(ftj.name, uid)
     # Children are adopted: owner references make them go with the FineTuneJob.
     job = ftj.jobs()[0]
     assert (
         job.metadata.owner_references[0].name == ftj.name
         and job.metadata.owner_references[0].controller
     )
-    cm = ftj.core.read_namespaced_config_map(spec_configmap_name(ftj.name), ns)
+    cm = ftj.core.read_namespaced_config_map(spec_configmap_name(ftj.name, uid), ns)
     assert json.loads(cm.data[c.SPEC_FILE_NAME])["lora"]["r"] == 16
 
     ftj.end_pod(pod, "succeed", result_message())
@@ -162,12 +163,13 @@ def test_deleted_mid_run_takes_its_children_along(
     ftj = apply_ftj(cluster, ns, gpu_spec())
     ftj.running_pod()
     ftj.wait_phase("Running", operator)
+    uid = ftj.get()["metadata"]["uid"]
     ftj.api.delete_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, ftj.name)
     cluster.wait_for(
         lambda: not ftj.jobs() and not ftj.pods(), timeout=60, what="Job and pods garbage-collected"
     )
     with pytest.raises(ApiException) as info:
-        ftj.core.read_namespaced_config_map(spec_configmap_name(ftj.name), ns)
+        ftj.core.read_namespaced_config_map(spec_configmap_name(ftj.name, uid), ns)
     assert info.value.status == 404
 
 
