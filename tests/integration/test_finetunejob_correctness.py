@@ -1,7 +1,8 @@
 """The FineTuneJob controller's correctness on a real control plane (#11): long names work,
 children are matched by owner UID (a re-created or orphaning FineTuneJob trains again), phases
 only move forward, a child the apiserver refuses is said in status and an Event, and a pod
-stuck on a missing Secret, ConfigMap or claim is explained (or the Job is never created).
+stuck on a missing Secret, ConfigMap or claim is explained (or the Job is never created), and
+an operator upgrade neither restarts a finished job nor loses a deadline edit.
 
 Trainer pods run on kwok's simulated GPU nodes and end as the test decides
 (kubetune.devcluster.simulation)."""
@@ -294,3 +295,37 @@ def test_a_missing_configmap_or_claim_is_named_before_the_job_exists(
     assert ftj.jobs() == []
     cluster.wait_for(lambda: [e for e in ftj.events() if e.reason == reason and e.type == "Warning"],
                      what=f"a {reason} warning event")
+
+
+# -- upgrade safety (#11) ------------------------------------------------------------------------
+
+
+def test_an_active_deadline_edit_reaches_the_job(cluster: DevCluster, operator: OperatorProcess, ns: str) -> None:
+    ftj = apply_ftj(cluster, ns, gpu_spec(activeDeadlineSeconds=7200))
+    ftj.running_pod()
+    ftj.wait_phase("Running", operator)
+    ftj.patch_spec({"activeDeadlineSeconds": 3600})
+    cluster.wait_for(lambda: ftj.jobs()[0].spec.active_deadline_seconds == 3600, what="the Job's new deadline")
+    ftj.patch_spec({"activeDeadlineSeconds": None})
+    cluster.wait_for(lambda: ftj.jobs()[0].spec.active_deadline_seconds is None, what="the Job's deadline removed")
+
+
+def test_a_finished_job_stays_finished_under_a_stricter_operator(
+    cluster: DevCluster, operator: OperatorProcess, ns: str
+) -> None:
+    # A job an older operator ran to Succeeded, whose spec this operator's model refuses (float16
+    # compute on CPU passes the CRD schema, not the model; as a rule added in a newer version
+    # would): this operator keeps it Succeeded and starts nothing. (A status the model cannot
+    # read keeps its phase too: tests/unit/test_finetunejob_upgrade_safety.py.)
+    operator.kill()
+    try:
+        ftj = apply_ftj(cluster, ns, gpu_spec(resources={"gpus": 0}, quantization={"computeDtype": "float16"}))
+        older = {"phase": "Succeeded", "reason": "Succeeded", "message": "Training, evaluation and export finished.",
+                 "jobName": f"{ftj.name}-train", "observedGeneration": 1, "completionTime": "2026-11-01T10:00:00Z"}
+        ftj.api.patch_namespaced_custom_object_status(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, ftj.name, {"status": older})
+        ftj.patch_spec({"ttlSecondsAfterFinished": 60})  # generation 2: the operator's reconcile shows
+    finally:
+        operator.start()
+    status = ftj.wait_status(lambda s: s.get("observedGeneration") == 2, "observedGeneration 2", operator=operator)
+    assert (status["phase"], status["reason"], status["completionTime"]) == ("Succeeded", "Succeeded", "2026-11-01T10:00:00Z")
+    assert ftj.jobs() == [] and not [e for e in ftj.events() if e.reason == "InvalidSpec"]
