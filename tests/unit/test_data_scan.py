@@ -332,7 +332,7 @@ def test_the_report_never_shows_the_secret_key_nor_the_email(tmp_path: Path) -> 
 def test_the_keyword_gate_changes_no_result_of_the_keyword_plugin() -> None:
     from detect_secrets.plugins.keyword import KeywordDetector
 
-    from kubetune_trainer.data.scan import _may_hold_keyword
+    from kubetune.scanning import _may_hold_keyword
 
     plugin = KeywordDetector()
     slots = [

@@ -273,15 +273,7 @@ OPTIONAL_THIRD_PARTY = {
 }
 # Gaps this check found that are not fixed yet. Each is a real failure of the built image; the
 # test fails when one is fixed too, so that the entry goes.
-KNOWN_GAPS = {
-    # The gateway's default `redacted` prediction log loads the trainer's scanner at start
-    # (kubetune.serving.gateway.predictions → redaction.scanner_redact): a serving pod of the
-    # image as built would fail there. Copying kubetune_trainer/data/ is not enough: its
-    # __init__ imports numpy (dedup, stats) and fsspec, which the operator lock lacks. The fix is
-    # the scanner moving out of kubetune_trainer (issue #11, "Structure").
-    "kubetune.serving.gateway.redaction imports kubetune_trainer.data, which the image does not copy",
-    "kubetune.serving.gateway.redaction imports kubetune_trainer.data.scan, which the image does not copy",
-}
+KNOWN_GAPS: set[str] = set()
 
 
 def test_everything_the_operator_image_runs_is_inside_it_but_the_known_gaps() -> None:

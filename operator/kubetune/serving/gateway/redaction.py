@@ -1,12 +1,11 @@
 """What of a prompt or an answer the prediction log stores.
 
-``redacted`` uses the trainer's own scanner (:func:`kubetune_trainer.data.scan.redact`): the
-project's secret and PII rules plus every detect-secrets plugin, the same detectors that keep
-secrets out of training data. Importing it costs about 0.4 s and pulls in no torch (it imports
-``kubetune_trainer.data`` and pydantic models only); detect-secrets is imported on first use.
-Where detect-secrets is not installed (it is a dependency of the ``trainer`` extra), only the
-project's rules of that module run. Either way the work is done in the log's writer thread,
-never on the event loop, and the text is cut to ``max_chars`` first (redaction is linear).
+``redacted`` uses the scanner that keeps secrets out of training data
+(:func:`kubetune.scanning.redact`, shared with the trainer's data stage): the project's secret
+and PII rules plus every detect-secrets plugin (a base dependency, so the operator/serving image
+has it); detect-secrets is imported on first use. Where it is missing anyway (an installation
+without it), only the project's rules run. Either way the work is done in the log's writer
+thread, never on the event loop, and the text is cut to ``max_chars`` first (redaction is linear).
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ Redactor = Callable[[str], str]
 
 @lru_cache(maxsize=1)
 def scanner_redact() -> Redactor:
-    """The trainer's redaction (detect-secrets too when installed), loaded once."""
-    from kubetune_trainer.data import scan
+    """The shared redaction (detect-secrets too when installed), loaded once."""
+    from kubetune import scanning as scan
 
     if importlib.util.find_spec("detect_secrets") is not None:
         return scan.redact
