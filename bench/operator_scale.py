@@ -10,7 +10,11 @@ FineTuneJobs at once, and print:
   - the operator's peak RSS (VmHWM),
   - Kubernetes API requests the reconcilers made per FineTuneJob (from the operator's /metrics),
   - CPU seconds the operator used (to tell an operator bottleneck from an apiserver one).
-Targets on a 2-core machine: 1000 jobs -> every Job within 60 s, operator RSS under 300 MB.
+And, on the same cluster before the operator starts, the built-in baseline: N plain Jobs
+created with 8 client threads, and the seconds until kube-controller-manager's Job controller has
+made every pod (`plain_jobs_pods_s`); `ratio` is all_jobs_created_s / plain_jobs_pods_s (the
+operator's FineTuneJob -> Job against the Job controller's Job -> Pod, same count, same cluster).
+Targets on a 2-core machine: ratio <= 1.5, operator RSS under 300 MB.
 Prints figures; asserts nothing.
 """
 
@@ -59,7 +63,33 @@ def cpu_seconds(pid: int) -> float:
 def reconciler_requests(port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("kubetune_operator_api_requests_total{"))
+               if line.startswith("rest_client_requests_total{"))
+
+
+def plain_job_baseline(cluster: Any, n: int) -> float | None:
+    """Seconds from creating `n` plain Jobs until the Job controller made all their pods."""
+    ns = cluster.create_namespace("bench-plain")
+    batch = client.BatchV1Api(cluster.api_client())
+    core = cluster.core()
+
+    def create(i: int) -> None:
+        batch.create_namespaced_job(ns, {
+            "metadata": {"name": f"plain-{i:05d}", "labels": {"bench": "plain"}},
+            "spec": {"backoffLimit": 0, "template": {
+                "metadata": {"labels": {"bench": "plain"}},
+                "spec": {"restartPolicy": "Never",
+                         "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "10m"}}}]}}},
+        })
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(n)))
+    deadline = start + 600
+    while time.monotonic() < deadline:
+        if len(core.list_namespaced_pod(ns, label_selector="bench=plain").items) >= n:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    return None
 
 
 def run(n: int, workdir: Path) -> dict[str, Any]:
@@ -71,6 +101,7 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         core = cluster.core()
         for i in range(n // 100 + 1):
             core.create_node(_node(f"bench-cpu-{i}", {}, {"cpu": "64", "memory": "256Gi", "pods": "110"}))
+        baseline = plain_job_baseline(cluster, n)
         ns = cluster.create_namespace("bench")
         ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC, "models", "datasets")
         port = free_port()
@@ -113,6 +144,8 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             "apply_s": round(applied, 1),
             "all_jobs_created_s": round(jobs_at, 1) if jobs_at else "timeout",
             "all_running_s": round(running_at, 1) if running_at else "timeout",
+            "plain_jobs_pods_s": round(baseline, 1) if baseline else "timeout",
+            "ratio": round(jobs_at / baseline, 2) if jobs_at and baseline else None,
             "operator_peak_rss_mb": round(peak_rss_mb(operator.process.pid), 1) if operator.process else None,
             "operator_cpu_s": round(cpu_seconds(operator.process.pid), 1) if operator.process else None,
             "api_requests_per_job": round(reconciler_requests(port) / n, 2),
