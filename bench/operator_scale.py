@@ -97,9 +97,10 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
     operator = None
     try:
         install_crds(cluster)
-        # The 6 standard nodes hold 110 pods each; add CPU nodes so every trainer pod fits.
+        # The 6 standard nodes hold 110 pods each; add CPU nodes so every trainer pod (and every
+        # pod of the plain-Job baseline) fits.
         core = cluster.core()
-        for i in range(n // 100 + 1):
+        for i in range(2 * (n // 100 + 1)):
             core.create_node(_node(f"bench-cpu-{i}", {}, {"cpu": "64", "memory": "256Gi", "pods": "110"}))
         baseline = plain_job_baseline(cluster, n)
         ns = cluster.create_namespace("bench")
