@@ -68,8 +68,9 @@ def test_children_are_applied_and_the_pdb_follows_replicas(
     # The StatefulSet controller makes one prediction-log claim per pod, bound by the dev
     # cluster's provisioner: predictions and feedback outlive their pod.
     claims = cluster.wait_for(
-        lambda: sorted(c.metadata.name for c in core.list_namespaced_persistent_volume_claim(namespace).items
-                       if c.status.phase == "Bound") or None,
+        lambda: (lambda bound: bound if len(bound) >= 2 else None)(sorted(
+            c.metadata.name for c in core.list_namespaced_persistent_volume_claim(namespace).items
+            if c.status.phase == "Bound")),
         timeout=60, what="the two prediction-log claims bound")
     assert claims == ["predictions-chat-0", "predictions-chat-1"]
     assert any(m.manager == FIELD_MANAGER and m.operation == "Apply" for m in dep.metadata.managed_fields)
