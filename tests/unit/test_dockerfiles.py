@@ -7,6 +7,7 @@ in its lock — found by walking the imports statically, the ones inside functio
 from __future__ import annotations
 
 import ast
+import fnmatch
 import glob
 import importlib.metadata
 import re
@@ -114,12 +115,38 @@ def test_every_base_image_is_pinned_by_digest(image: str) -> None:
             f"{DOCKERFILES[image].name}:{line}: FROM {ref} is not pinned as IMAGE:TAG@sha256:DIGEST")
 
 
+def dockerignored(path: str, root: Path = ROOT) -> bool:
+    """Whether .dockerignore keeps `path` (relative to the context root) out of the build context:
+    the path or a folder above it matches a pattern (`**/` matches at any depth)."""
+    ignore = root / ".dockerignore"
+    patterns = [line.strip() for line in ignore.read_text().splitlines()
+                if line.strip() and not line.startswith("#")] if ignore.is_file() else []
+    parts = Path(path.rstrip("/")).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        assert not pattern.startswith("!"), "exceptions in .dockerignore are not understood by this check"
+        for prefix in prefixes:
+            if fnmatch.fnmatchcase(prefix, pattern) or (
+                    pattern.startswith("**/") and fnmatch.fnmatchcase(prefix.rsplit("/", 1)[-1], pattern[3:])):
+                return True
+    return False
+
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
-def test_every_copied_file_exists(image: str) -> None:
+def test_every_copied_file_exists_in_the_build_context(image: str) -> None:
     sources = copy_sources(DOCKERFILES[image])
     assert sources
     for src, line in sources:
-        assert glob.glob(str(ROOT / src)), f"{DOCKERFILES[image].relative_to(ROOT)}:{line}: COPY {src}: no such file"
+        where = f"{DOCKERFILES[image].relative_to(ROOT)}:{line}: COPY {src}"
+        assert glob.glob(str(ROOT / src)), f"{where}: no such file"
+        assert not dockerignored(src), f"{where}: excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_the_environment_out_and_the_sources_in() -> None:
+    for path in (".venv", ".git", "operator/kubetune/__pycache__", "kubetune.egg-info"):
+        assert dockerignored(path), path
+    for path in ("operator/kubetune/cli.py", "requirements/operator.lock", "pyproject.toml"):
+        assert not dockerignored(path), path
 
 
 def locked(image: str) -> dict[str, str]:
@@ -174,7 +201,7 @@ def copied_files(path: Path, root: Path = ROOT) -> set[Path]:
         for match in glob.glob(str(root / src)):
             p = Path(match)
             files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
-            out.update(f.relative_to(root) for f in files if "__pycache__" not in f.parts)
+            out.update(f.relative_to(root) for f in files if not dockerignored(str(f.relative_to(root)), root))
     return out
 
 
