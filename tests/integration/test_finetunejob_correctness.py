@@ -329,3 +329,36 @@ def test_a_finished_job_stays_finished_under_a_stricter_operator(
     status = ftj.wait_status(lambda s: s.get("observedGeneration") == 2, "observedGeneration 2", operator=operator)
     assert (status["phase"], status["reason"], status["completionTime"]) == ("Succeeded", "Succeeded", "2026-11-01T10:00:00Z")
     assert ftj.jobs() == [] and not [e for e in ftj.events() if e.reason == "InvalidSpec"]
+
+
+# -- results never lost (#11) --------------------------------------------------------------------
+
+
+def test_results_of_jobs_removed_while_the_operator_was_down_are_recovered_or_reported_lost(
+    cluster: DevCluster, operator: OperatorProcess, ns: str
+) -> None:
+    # Two jobs on the local runner (their trainer really writes result.json on the claim), both
+    # with ttlSecondsAfterFinished: 0. They are created suspended, so their Jobs exist before the
+    # operator goes down; while it is down they run, finish and their Jobs are removed.
+    spec = gpu_spec(resources={"gpus": 0, **LOCAL}, suspend=True, ttlSecondsAfterFinished=0)
+    kept, lost = apply_ftj(cluster, ns, spec), apply_ftj(cluster, ns, spec)
+    jobs = {f.name: f.wait_phase("Suspended", operator)["jobName"] for f in (kept, lost)}
+    volume = cluster.state_dir / "pvc" / ns / c.DEFAULT_ARTIFACTS_PVC / ns
+    operator.kill()
+    try:
+        for ftj in (kept, lost):
+            ftj.patch_spec({"suspend": False})
+            ftj.batch.patch_namespaced_job(jobs[ftj.name], ns, {"spec": {"suspend": False}})
+        for ftj in (kept, lost):
+            cluster.wait_for(lambda f=ftj: not f.jobs() and (volume / f.name / "result.json").is_file(),
+                             timeout=120, what=f"{ftj.name}: run, and its Job removed by the TTL")
+        (volume / lost.name / "result.json").unlink()  # as if the trainer never got to write it
+    finally:
+        operator.extra_env["KUBETUNE_CLAIMS_ROOT"] = str(cluster.state_dir / "pvc")
+        operator.start()
+    status = kept.wait_phase("Succeeded", operator)
+    assert "read from result.json" in status["message"]
+    assert status["artifacts"][0]["uri"] == f"pvc://{c.DEFAULT_ARTIFACTS_PVC}/{ns}/{kept.name}/model-f16.gguf"
+    status = lost.wait_phase("Failed", operator)
+    assert status["reason"] == c.Reason.RESULT_LOST
+    assert f"pvc://{c.DEFAULT_ARTIFACTS_PVC}/{ns}/{lost.name}/result.json does not exist" in status["message"]

@@ -99,6 +99,9 @@ class Reason:
     TRAINER_FAILED: Final = "TrainerFailed"
     DATA_POLICY: Final = "DataPolicyFailed"
     JOB_DELETED: Final = "JobDeleted"
+    # The trainer Job was removed (ttlSecondsAfterFinished) before the operator read its result,
+    # and result.json could not be read from the artifact volume; the message says where it is.
+    RESULT_LOST: Final = "ResultLost"
     GATE_PASSED: Final = "GatePassed"
     GATE_FAILED: Final = "GateFailed"
     NO_GATE: Final = "NoGate"

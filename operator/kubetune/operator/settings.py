@@ -40,6 +40,10 @@ class Settings:
       KUBETUNE_OLLAMA_COMMAND      JSON list: the Ollama container's command (default ["ollama", "serve"];
                                    the local pod runner's tests point it at the Ollama built by hack/)
       KUBETUNE_SERVING_RESYNC      seconds between re-reads of every ModelDeployment's serve-agents (default 5)
+      KUBETUNE_CLAIMS_ROOT         a folder where the operator can read PersistentVolumeClaims as
+                                   <root>/<namespace>/<claim> (e.g. an NFS export behind the artifacts
+                                   claims); when set, the result of a trainer Job deleted before it was
+                                   read is recovered from result.json there (default: unset)
       KUBETUNE_LEADER_ELECTION     only the replica holding the Lease reconciles (default: on when
                                    POD_NAMESPACE is set, i.e. in a pod; off for a single local process)
       KUBETUNE_LEASE_NAME          the Lease's name (default kubetune-operator)
@@ -65,6 +69,7 @@ class Settings:
     serve_agent_command: tuple[str, ...] = ("kubetune", "serve-agent")
     ollama_command: tuple[str, ...] = ("ollama", "serve")
     serving_resync: float = 5.0
+    claims_root: str = ""
     leader_election: bool = False
     lease_name: str = "kubetune-operator"
     lease_namespace: str = ""
@@ -91,6 +96,7 @@ class Settings:
             serve_agent_command=_command("KUBETUNE_SERVE_AGENT_COMMAND", cls.serve_agent_command),
             ollama_command=_command("KUBETUNE_OLLAMA_COMMAND", cls.ollama_command),
             serving_resync=float(os.environ.get("KUBETUNE_SERVING_RESYNC", "5")),
+            claims_root=os.environ.get("KUBETUNE_CLAIMS_ROOT", ""),
             metrics_port=int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080")),
             workers=int(os.environ.get("KUBETUNE_WORKERS", "8")),
             **_leader_election(),

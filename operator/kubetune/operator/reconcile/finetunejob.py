@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
@@ -21,11 +22,12 @@ from pydantic import ValidationError
 
 from kubetune.api.constants import Phase, Reason
 from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, secret_refs
-from kubetune.api.trainer_contract import Progress
+from kubetune.api.trainer_contract import RESULT_FILE_NAME, Progress, TrainerResult
 from kubetune.operator.builders.training_job import (
     build_spec_configmap,
     build_training_job,
     mutable_job_fields,
+    output_path,
 )
 from kubetune.operator.kube import KubeApi
 from kubetune.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
@@ -272,6 +274,10 @@ class FineTuneJobReconciler:
             job = self.api.read_job(ns, current.job_name)
             if job is not None and not owned_by(job, meta["uid"]):
                 job = None
+        recovered: TrainerResult | None = None
+        unrecovered = ""
+        if job is None and current.job_name and current.phase not in Phase.FINAL and spec is not None:
+            recovered, unrecovered = self._read_result_file(ns, name, spec)
 
         observed = Observed(
             generation=int(meta.get("generation") or 1),
@@ -284,6 +290,8 @@ class FineTuneJobReconciler:
             job_name=job["metadata"]["name"] if job is not None else None,
             progress=progress,
             create_error=refused,
+            recovered=recovered,
+            unrecovered=unrecovered,
         )
         new = compute_status(observed, current, self.clock())
         if missing is not None:
@@ -352,6 +360,31 @@ class FineTuneJobReconciler:
                 name,
             )
             raise
+
+    def _read_result_file(
+        self, namespace: str, name: str, spec: FineTuneJobSpec
+    ) -> tuple[TrainerResult | None, str]:
+        """The trainer's full result from result.json on the artifact volume, when the operator
+        can read that volume (KUBETUNE_CLAIMS_ROOT); else None and why, for the status."""
+        claim, folder = spec.export.output.pvc_name, output_path(spec, namespace, name)
+        where = f"pvc://{claim}/{folder}/{RESULT_FILE_NAME}"
+        if not self.settings.claims_root:
+            return None, (f"its result is in {where}, on a volume the operator cannot read (set "
+                          "KUBETUNE_CLAIMS_ROOT where it can, and it is read from there).")
+        base = (Path(self.settings.claims_root) / namespace / claim).resolve()
+        path = (base / folder / RESULT_FILE_NAME).resolve()
+        if not path.is_relative_to(base):  # export.output.path must not lead out of the claim
+            return None, f"{where} is outside the claim."
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None, f"{where} does not exist (the trainer did not get to write it)."
+        except OSError as exc:
+            return None, f"{where} could not be read ({exc.strerror})."
+        try:
+            return TrainerResult.model_validate_json(text), ""
+        except ValidationError as exc:
+            return None, f"{where} is not a trainer result: {describe_validation_error(exc, 'result')}."
 
     def _apply_children(
         self,

@@ -32,6 +32,9 @@ class Observed:
     job_name: str | None = None
     progress: Progress | None = None
     create_error: str | None = None  # why the apiserver refused a child, when it did
+    # When the trainer Job is gone: the result read from result.json, or why it could not be.
+    recovered: TrainerResult | None = None
+    unrecovered: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,14 @@ def _active_verdict(obs: Observed) -> Verdict:
     )
 
 
+def _recovered_verdict(result: TrainerResult, job_name: str) -> Verdict:
+    note = f" (read from result.json: the trainer Job {job_name} was deleted before the operator saw it finish)"
+    if result.phase == "Succeeded":
+        return Verdict(Phase.SUCCEEDED, Reason.SUCCEEDED, "Training, evaluation and export finished." + note, result)
+    return Verdict(Phase.FAILED, result.reason or Reason.TRAINER_FAILED,
+                   (result.message or "The trainer failed.") + note, result)
+
+
 def decide(obs: Observed, current: FineTuneJobStatus) -> Verdict | None:
     """The phase the observations imply; None when the current final phase must stay."""
     if current.phase in Phase.FINAL:
@@ -247,6 +258,17 @@ def decide(obs: Observed, current: FineTuneJobStatus) -> Verdict | None:
                 Phase.PENDING,
                 Reason.CHILD_CREATE_FAILED,
                 obs.create_error + " The operator tries again at every resync.",
+            )
+        if current.job_name and obs.recovered is not None:
+            return _recovered_verdict(obs.recovered, current.job_name)
+        if current.job_name and obs.spec is not None and obs.spec.ttl_seconds_after_finished is not None:
+            return Verdict(
+                Phase.FAILED,
+                Reason.RESULT_LOST,
+                f"The trainer Job {current.job_name} is gone (ttlSecondsAfterFinished: "
+                f"{obs.spec.ttl_seconds_after_finished} removes it after it finishes) and the operator did not "
+                f"read its result before: {obs.unrecovered} Artifacts on the volume are kept; raise "
+                "ttlSecondsAfterFinished so a restarting operator has time to read the next result.",
             )
         if current.job_name:
             return Verdict(
