@@ -17,10 +17,12 @@ from typing import IO
 class OperatorProcess:
     """The operator as a child process, with its log kept in a file."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_env = env or {}
+        self.args = args or []  # `kubetune operator` flags, e.g. ["--liveness", URL]
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -34,7 +36,7 @@ class OperatorProcess:
         }
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator"],
+            [sys.executable, "-m", "kubetune.cli", "operator", *self.args],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

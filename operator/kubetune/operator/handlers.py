@@ -103,8 +103,10 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         runtime.indexes = {k: kwargs[k] for k in INDEX_NAMES}
     runtime.elector = _elector(runtime.settings)
     may_write = runtime.elector.may_write if runtime.elector is not None else None
-    runtime.reconciler = FineTuneJobReconciler(KubeApi(may_write=may_write), runtime.settings)
-    runtime.serving = ModelDeploymentReconciler(ServingApi(may_write=may_write), runtime.settings)
+    instance = runtime.settings.identity
+    runtime.reconciler = FineTuneJobReconciler(KubeApi(may_write=may_write, instance=instance), runtime.settings)
+    runtime.serving = ModelDeploymentReconciler(ServingApi(may_write=may_write, instance=instance),
+                                                runtime.settings)
     runtime.stop.clear()
     if runtime.settings.metrics_port:
         start_http_server(runtime.settings.metrics_port)

@@ -118,11 +118,13 @@ class KubeApi:
     """Apply, create-if-absent, status and event calls used by the reconcilers.
 
     `may_write` (the leader election's) is asked before every write; None allows all.
+    `instance` (this replica's identity) goes into the Events it posts as reportingInstance.
     """
 
     def __init__(self, client: kubernetes.client.ApiClient | None = None, *,
-                 may_write: Callable[[], bool] | None = None) -> None:
+                 may_write: Callable[[], bool] | None = None, instance: str = "") -> None:
         self.client = instrument_client(client or kubernetes.client.ApiClient(), may_write)
+        self.instance = instance
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
@@ -214,6 +216,7 @@ class KubeApi:
             "lastTimestamp": now.isoformat(),
             "count": 1,
             "reportingComponent": "kubetune-operator",
+            **({"reportingInstance": self.instance[:128]} if self.instance else {}),
         }
         self._count("create", "events")
         try:
@@ -227,8 +230,8 @@ class ServingApi(KubeApi):
     (field manager `kubetune-operator`), status, and the finalizer on served FineTuneJobs."""
 
     def __init__(self, client: kubernetes.client.ApiClient | None = None, *,
-                 may_write: Callable[[], bool] | None = None) -> None:
-        super().__init__(client, may_write=may_write)
+                 may_write: Callable[[], bool] | None = None, instance: str = "") -> None:
+        super().__init__(client, may_write=may_write, instance=instance)
         self.apps = kubernetes.client.AppsV1Api(self.client)
         self.policy = kubernetes.client.PolicyV1Api(self.client)
 
