@@ -8,6 +8,7 @@ Trainer pods run on kwok's simulated GPU nodes and end when the test annotates t
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import sys
@@ -26,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api import constants as c
 from kubetune.devcluster import DevCluster
+from kubetune.operator.kube import KubeApi, NotLeaderError
 from kubetune.operator.leaderelection import LeaderElector, LeaseConfig
 from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
@@ -130,6 +132,35 @@ def test_a_released_lease_is_taken_at_the_next_retry(cluster: DevCluster, namesp
     cluster.wait_for(lambda: b.leading.is_set(), timeout=10, what="b takes the released lease")
     print(f"election handover after a release: {time.monotonic() - released:.1f} s")
     b.stop(release=True)
+
+
+def test_a_leader_that_loses_the_lease_stops_writing_at_once(cluster: DevCluster, namespace: str) -> None:
+    a = _elector(cluster, namespace, "a")
+    api = KubeApi(cluster.api_client(), may_write=a.may_write)
+    a.start()
+    cluster.wait_for(lambda: a.leading.is_set(), timeout=20, what="a leads")
+    api.create_configmap({"metadata": {"name": "written-as-leader", "namespace": namespace}, "data": {}})
+
+    # Another replica took the Lease (as after a partition that outlasted a's renew deadline).
+    coordination = client.CoordinationV1Api(cluster.api_client())
+    lease = coordination.read_namespaced_lease(LEASE, namespace)
+    assert lease.spec is not None
+    lease.spec.holder_identity = "intruder"
+    lease.spec.renew_time = datetime.datetime.now(datetime.UTC)
+    coordination.replace_namespaced_lease(LEASE, namespace, lease)
+    cluster.wait_for(lambda: not a.leading.is_set(), timeout=10, what="a steps down")
+    assert not a.may_write()
+    with pytest.raises(NotLeaderError):
+        api.create_configmap({"metadata": {"name": "written-after", "namespace": namespace}, "data": {}})
+    with pytest.raises(NotLeaderError):
+        api.post_event({"metadata": {"name": "x", "namespace": namespace, "uid": "u"}}, "Normal", "R", "m")
+    names = {cm.metadata.name for cm in cluster.core().list_namespaced_config_map(namespace).items}
+    assert "written-as-leader" in names and "written-after" not in names
+    assert not [e for e in cluster.core().list_namespaced_event(namespace).items if e.reason == "R"]
+    time.sleep(2)  # several of a's retries, within the lease duration (4 s): a does not take it back
+    assert lease_holder(cluster, namespace) == "intruder" and not a.leading.is_set()
+    a.stop(release=True)
+    assert lease_holder(cluster, namespace) == "intruder"  # only one's own Lease is released
 
 
 # -- two operator processes -----------------------------------------------------------------------

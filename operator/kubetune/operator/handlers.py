@@ -283,8 +283,8 @@ def _resync_loop() -> None:
 
 
 def _resync_once() -> None:
-    if not runtime.ready.is_set():
-        return
+    if not runtime.ready.is_set() or not runtime.leading.is_set():
+        return  # a standby scrapes nothing: it queues everything when it takes over
     idx = runtime.indexes
     for key, store in list(idx["finetunejobs"].items()):
         for body in list(store):
