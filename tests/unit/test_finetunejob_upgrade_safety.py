@@ -102,3 +102,24 @@ def test_active_deadline_edits_reach_the_job() -> None:
     running = {"phase": "Running", "reason": Reason.TRAINING, "jobName": "bot-u1-train", "observedGeneration": 1}
     reconciler.reconcile(_body(running, "1", {**SPEC, "activeDeadlineSeconds": 3600}), job, [])
     assert api.jobs == [{"suspend": False, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": None}]
+
+
+def test_a_snapshot_of_an_earlier_own_write_is_stale_after_two_quick_writes() -> None:
+    # Seen on the dev cluster as a second "Training" event: write 1 (Pending), write 2 (Running)
+    # based on the stale creation snapshot, then the index delivers write 1's snapshot.
+    api = _Api()
+    events: list[str] = []
+    api.post_event = lambda owner, type_, reason, message: events.append(reason)  # type: ignore[method-assign]
+    reconciler = FineTuneJobReconciler(api, Settings(), clock=lambda: NOW)  # type: ignore[arg-type]
+    job = {"metadata": {"name": "bot-u1-train", "uid": "j"}, "spec": {"suspend": False}, "status": {"active": 1}}
+    pod = {"metadata": {"name": "p", "creationTimestamp": NOW, "ownerReferences": [{"uid": "j"}]},
+           "spec": {"nodeName": "n", "containers": [{"name": "trainer"}]},
+           "status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {}}]}}
+    pending = reconciler.reconcile(_body({}, "1"), job, [])
+    assert pending.phase == Phase.PENDING
+    running = reconciler.reconcile(_body({}, "1"), job, [pod])
+    assert running.phase == Phase.RUNNING and len(api.patches) == 2
+    assert reconciler.reconcile(_body(pending.to_wire(), "opaque-1"), job, [pod]) == running
+    assert len(api.patches) == 2 and events.count("Training") == 1
+    assert reconciler.reconcile(_body(running.to_wire(), "opaque-2"), job, [pod]) == running
+    assert len(api.patches) == 2

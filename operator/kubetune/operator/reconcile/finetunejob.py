@@ -173,20 +173,30 @@ def read_status(raw: Mapping[str, Any], name: str) -> FineTuneJobStatus:
 
 @dataclass(frozen=True)
 class _Written:
-    """A status this process wrote. resourceVersions are opaque (only equality means anything),
-    so a snapshot is known to predate the write when it is the one the write was based on: same
-    resourceVersion, or (after someone else's write in between) the same status."""
+    """The last status this process wrote and what is known to predate it. resourceVersions are
+    opaque (only equality means anything), so a snapshot is stale when its resourceVersion, or
+    (after someone else's write in between, e.g. a spec edit) its status, is one this process
+    had already seen or written before: the chain grows with each write until the index shows
+    the last one, and is dropped then."""
 
-    version: str  # the resourceVersion the write produced
+    version: str  # the resourceVersion the last write produced
     wire: dict[str, Any]
-    base_version: str
-    base_status: dict[str, Any]
+    older_versions: frozenset[str] = frozenset()
+    older_statuses: tuple[dict[str, Any], ...] = ()
 
     def is_stale(self, body: Mapping[str, Any]) -> bool:
         rv = str(body["metadata"].get("resourceVersion") or "")
         if rv == self.version:
             return False
-        return rv == self.base_version or dict(body.get("status") or {}) == self.base_status
+        return rv in self.older_versions or dict(body.get("status") or {}) in self.older_statuses
+
+    def after(self, version: str, wire: dict[str, Any], body: Mapping[str, Any]) -> _Written:
+        """The record of a further write, made while the index still showed `body`."""
+        return _Written(
+            version, wire,
+            self.older_versions | {self.version, str(body["metadata"].get("resourceVersion") or "")},
+            (*self.older_statuses, self.wire, dict(body.get("status") or {})),
+        )
 
 
 def now_rfc3339() -> str:
@@ -308,9 +318,8 @@ class FineTuneJobReconciler:
                     log.info("%s/%s (uid %s) is gone or replaced: status not written", ns, name, meta["uid"])
                     return new
                 raise
-            self._written[meta["uid"]] = _Written(
-                version, wire, str(meta.get("resourceVersion") or ""), dict(body.get("status") or {})
-            )
+            previous = self._written.get(meta["uid"]) or _Written("", {})
+            self._written[meta["uid"]] = previous.after(version, wire, body)
             owner = {
                 "apiVersion": body.get("apiVersion"),
                 "kind": body.get("kind"),
