@@ -362,3 +362,15 @@ def test_results_of_jobs_removed_while_the_operator_was_down_are_recovered_or_re
     status = lost.wait_phase("Failed", operator)
     assert status["reason"] == c.Reason.RESULT_LOST
     assert f"pvc://{c.DEFAULT_ARTIFACTS_PVC}/{ns}/{lost.name}/result.json does not exist" in status["message"]
+
+
+def test_concurrent_trainers_writing_to_one_read_write_once_claim_share_its_node(
+    cluster: DevCluster, operator: OperatorProcess, ns: str
+) -> None:
+    # The artifacts claim here is ReadWriteOnce (ensure_pvcs): pods on two nodes would not both
+    # attach it. The scheduler alone spreads them over the 4 GPU nodes.
+    first, second, third = (apply_ftj(cluster, ns, gpu_spec()) for _ in range(3))
+    pods = [f.running_pod() for f in (first, second, third)]
+    assert len({p.spec.node_name for p in pods}) == 1
+    term = pods[0].spec.affinity.pod_affinity.required_during_scheduling_ignored_during_execution[0]
+    assert term.label_selector.match_labels == {c.LABEL_ARTIFACTS_CLAIM: c.DEFAULT_ARTIFACTS_PVC}

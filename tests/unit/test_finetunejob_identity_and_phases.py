@@ -153,3 +153,11 @@ def test_references_the_operator_may_not_read_are_not_judged() -> None:
         raise PermissionError(name)
 
     assert reference_problems(spec, "ml", forbidden, forbidden) == []
+
+
+def test_claims_attachable_to_one_node_only() -> None:
+    from kubetune.operator.reconcile.references import single_node_only
+
+    assert single_node_only(["ReadWriteOnce"]) and single_node_only(["ReadWriteOncePod"])
+    assert not single_node_only(["ReadWriteMany"]) and not single_node_only(["ReadWriteOnce", "ReadWriteMany"])
+    assert not single_node_only([])  # unknown: no affinity

@@ -189,3 +189,14 @@ def test_resolved_spec_carries_the_learning_rate_of_the_method_and_objective() -
     assert full["training"]["learningRate"] == 2e-5
     pinned = FineTuneJobSpec.model_validate({**base, "training": {"learningRate": 1e-3}})
     assert _json.loads(resolved_spec_json(pinned))["training"]["learningRate"] == 1e-3
+
+
+def test_trainers_sharing_a_read_write_once_claim_are_put_on_one_node() -> None:
+    spec = FineTuneJobSpec.model_validate(SPEC)
+    plain = build_training_job("a", "ml", spec, Settings(), uid=UID)["spec"]["template"]
+    assert "affinity" not in plain["spec"] and c.LABEL_ARTIFACTS_CLAIM not in plain["metadata"]["labels"]
+    shared = build_training_job("a", "ml", spec, Settings(), uid=UID, single_node_claim=True)["spec"]["template"]
+    assert shared["metadata"]["labels"][c.LABEL_ARTIFACTS_CLAIM] == c.DEFAULT_ARTIFACTS_PVC
+    (term,) = shared["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term == {"labelSelector": {"matchLabels": {c.LABEL_ARTIFACTS_CLAIM: c.DEFAULT_ARTIFACTS_PVC}},
+                    "topologyKey": "kubernetes.io/hostname"}

@@ -32,6 +32,9 @@ LABEL_PREFIX: Final = "kubetune.dev"
 LABEL_FINETUNEJOB: Final = f"{LABEL_PREFIX}/finetunejob"
 LABEL_COMPONENT: Final = f"{LABEL_PREFIX}/component"
 LABEL_MODELDEPLOYMENT: Final = f"{LABEL_PREFIX}/modeldeployment"
+# On trainer pods writing to a ReadWriteOnce artifacts claim: the claim's name. Their required
+# pod affinity on it puts every trainer sharing that claim on the one node it can attach to.
+LABEL_ARTIFACTS_CLAIM: Final = f"{LABEL_PREFIX}/artifacts-claim"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 # The owning FineTuneJob's full name, on its children: the label value is shortened with a
 # hash when the name is over 63 characters (label values allow no more).

@@ -151,9 +151,14 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
 
 
 def build_training_job(
-    name: str, namespace: str, spec: FineTuneJobSpec, settings: Settings, *, uid: str
+    name: str, namespace: str, spec: FineTuneJobSpec, settings: Settings, *, uid: str,
+    single_node_claim: bool = False,
 ) -> dict[str, Any]:
-    """The batch/v1 Job running the trainer for the FineTuneJob `name` whose UID is `uid`."""
+    """The batch/v1 Job running the trainer for the FineTuneJob `name` whose UID is `uid`.
+
+    `single_node_claim`: the artifacts claim is ReadWriteOnce (attachable to one node at a
+    time). Concurrent trainers writing to it would then fail to start on any other node
+    (Multi-Attach), so they carry a required pod affinity that puts them on the same node."""
     claims, configmaps = _spec_sources(spec)
     out_claim = spec.export.output.pvc_name
     out_path = output_path(spec, namespace, name)
@@ -226,6 +231,12 @@ def build_training_job(
         "volumes": volumes,
         **_scheduling(spec, settings),
     }
+    if single_node_claim:
+        labels = {**labels, c.LABEL_ARTIFACTS_CLAIM: label_value(out_claim)}
+        pod_spec["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {c.LABEL_ARTIFACTS_CLAIM: label_value(out_claim)}},
+            "topologyKey": "kubernetes.io/hostname",
+        }]}}
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "suspend": spec.suspend,

@@ -33,9 +33,11 @@ from kubetune.operator.kube import KubeApi
 from kubetune.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from kubetune.operator.reconcile.references import (
     Problem,
+    read_claim_access_modes,
     read_claim_exists,
     read_configmap_keys,
     reference_problems,
+    single_node_only,
 )
 from kubetune.operator.reconcile.status import Observed, compute_status, transition_events
 from kubetune.operator.settings import Settings
@@ -370,6 +372,14 @@ class FineTuneJobReconciler:
             )
             raise
 
+    def _single_node_claim(self, namespace: str, spec: FineTuneJobSpec) -> bool:
+        """Whether the artifacts claim is ReadWriteOnce (unknown when it may not be read: no)."""
+        try:
+            modes = read_claim_access_modes(self.api.core, namespace, spec.export.output.pvc_name)
+        except PermissionError:
+            return False
+        return single_node_only(modes or [])
+
     def _read_result_file(
         self, namespace: str, name: str, spec: FineTuneJobSpec
     ) -> tuple[TrainerResult | None, str]:
@@ -409,7 +419,8 @@ class FineTuneJobReconciler:
                 return None  # created before and gone now: the status says so, nothing is re-run
             uid = meta["uid"]
             configmap = build_spec_configmap(name, ns, spec, uid=uid)
-            desired = build_training_job(name, ns, spec, self.settings, uid=uid)
+            desired = build_training_job(name, ns, spec, self.settings, uid=uid,
+                                         single_node_claim=self._single_node_claim(ns, spec))
             owner = kopf.Body(cast(kopf.RawBody, dict(body)))
             kopf.adopt(configmap, owner=owner)
             kopf.adopt(desired, owner=owner)

@@ -105,12 +105,25 @@ def read_configmap_keys(core: kubernetes.client.CoreV1Api, namespace: str, name:
 
 def read_claim_exists(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> bool:
     """Whether a PersistentVolumeClaim exists; PermissionError when forbidden."""
+    return read_claim_access_modes(core, namespace, name) is not None
+
+
+def read_claim_access_modes(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> list[str] | None:
+    """A PersistentVolumeClaim's access modes (as bound, else as asked), None when it does not
+    exist; PermissionError when forbidden."""
     try:
-        core.read_namespaced_persistent_volume_claim(name, namespace)
+        claim = core.read_namespaced_persistent_volume_claim(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
-            return False
+            return None
         if exc.status == 403:
             raise PermissionError(f"may not get PersistentVolumeClaim {namespace}/{name}") from exc
         raise
-    return True
+    status = getattr(claim, "status", None)
+    spec = getattr(claim, "spec", None)
+    return list(getattr(status, "access_modes", None) or getattr(spec, "access_modes", None) or [])
+
+
+def single_node_only(access_modes: list[str]) -> bool:
+    """Whether a claim with these access modes attaches to one node at a time."""
+    return bool(access_modes) and "ReadWriteMany" not in access_modes
