@@ -59,3 +59,17 @@ def test_lease_timings_out_of_order_are_refused(monkeypatch: pytest.MonkeyPatch)
 def test_request_verbs(method: str, url: str, content_type: str | None, verb: str) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     assert request_verb(method, url, headers) == verb
+
+
+def test_the_operator_refuses_a_bad_probe_address_or_lease_setting_before_starting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubetune.cli import main
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.delenv("KUBETUNE_LEADER_ELECTION", raising=False)
+    assert main(["operator", "--liveness", "0.0.0.0:8081"]) == 2
+    assert "must look like http://0.0.0.0:8081/healthz" in capsys.readouterr().err
+    monkeypatch.setenv("KUBETUNE_LEADER_ELECTION", "on")
+    assert main(["operator"]) == 2
+    assert "POD_NAMESPACE" in capsys.readouterr().err
