@@ -374,3 +374,22 @@ def test_concurrent_trainers_writing_to_one_read_write_once_claim_share_its_node
     assert len({p.spec.node_name for p in pods}) == 1
     term = pods[0].spec.affinity.pod_affinity.required_during_scheduling_ignored_during_execution[0]
     assert term.label_selector.match_labels == {c.LABEL_ARTIFACTS_CLAIM: c.DEFAULT_ARTIFACTS_PVC}
+
+
+def test_a_configmap_gone_before_the_pod_starts_is_explained_from_the_kubelets_event(
+    cluster: DevCluster, operator: OperatorProcess, ns: str
+) -> None:
+    core = cluster.core()
+    data = {"metadata": {"name": "support-data"}, "data": {"train.jsonl": "{}\n"}}
+    core.create_namespaced_config_map(ns, data)  # type: ignore[arg-type]
+    spec = gpu_spec(resources={"gpus": 0, **LOCAL}, suspend=True,
+                    dataset={"source": {"configMap": {"name": "support-data", "key": "train.jsonl"}}})
+    ftj = apply_ftj(cluster, ns, spec)
+    ftj.wait_phase("Suspended", operator)  # checked and created while the ConfigMap was there
+    core.delete_namespaced_config_map("support-data", ns)
+    ftj.patch_spec({"suspend": False})
+    status = ftj.wait_status(lambda s: s.get("reason") == c.Reason.VOLUME_NOT_READY, "VolumeNotReady", operator=operator)
+    assert status["phase"] == "Pending"
+    assert 'FailedMount: MountVolume.SetUp failed: configmap "support-data" not found' in status["message"]
+    core.create_namespaced_config_map(ns, data)  # type: ignore[arg-type]
+    ftj.wait_phase("Succeeded", operator, timeout=120)

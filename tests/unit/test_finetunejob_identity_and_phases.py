@@ -161,3 +161,18 @@ def test_claims_attachable_to_one_node_only() -> None:
     assert single_node_only(["ReadWriteOnce"]) and single_node_only(["ReadWriteOncePod"])
     assert not single_node_only(["ReadWriteMany"]) and not single_node_only(["ReadWriteOnce", "ReadWriteMany"])
     assert not single_node_only([])  # unknown: no affinity
+
+
+def test_a_volume_the_kubelet_cannot_attach_or_mount_is_explained() -> None:
+    spec = FineTuneJobSpec.model_validate(SPEC)
+    pod = _pod("Pending")
+    attach = ("FailedAttachVolume", 'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) other-train-x')
+    status = compute_status(Observed(1, spec, job=_active_job(), pods=[pod], job_name="j", volume_event=attach),
+                            FineTuneJobStatus(), NOW)
+    assert (status.phase, status.reason) == (Phase.PENDING, Reason.VOLUME_NOT_READY)
+    assert "Multi-Attach error" in (status.message or "") and "ReadWriteMany" in (status.message or "")
+    mount = ("FailedMount", 'MountVolume.SetUp failed for volume "cm-0" : configmap "data" not found')
+    status = compute_status(Observed(1, spec, job=_active_job(), pods=[pod], job_name="j", volume_event=mount),
+                            FineTuneJobStatus(), NOW)
+    assert 'configmap "data" not found' in (status.message or "") and "Create what the volume refers to" in (status.message or "")
+    assert [e.type for e in transition_events(FineTuneJobStatus(), status)] == ["Warning"]

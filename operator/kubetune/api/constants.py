@@ -117,6 +117,10 @@ class Reason:
     # The kubelet cannot create the trainer container: a Secret or ConfigMap (or a key of one)
     # its environment reads is missing. The kubelet's own reason.
     CONTAINER_CONFIG_ERROR: Final = "CreateContainerConfigError"
+    # The kubelet cannot attach or mount a volume of the trainer pod (its FailedAttachVolume /
+    # FailedMount events: a ReadWriteOnce claim attached to another node, a ConfigMap deleted
+    # after the Job was created, a storage error); the message quotes the latest event.
+    VOLUME_NOT_READY: Final = "VolumeNotReady"
     # Before the trainer Job is created: a ConfigMap (or key) or a PersistentVolumeClaim the
     # spec references does not exist; the message names the field and the object.
     CONFIGMAP_NOT_FOUND: Final = "ConfigMapNotFound"

@@ -193,6 +193,15 @@ class KubeApi:
         )
         return str(_json(patched)["metadata"]["resourceVersion"])  # opaque: compared for equality only
 
+    def pod_warning_events(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
+        """Warning Events of one pod (the kubelet's FailedMount, FailedAttachVolume...)."""
+        self._count("list", "events")
+        selector = f"involvedObject.kind=Pod,involvedObject.name={name},type=Warning"
+        if uid:
+            selector += f",involvedObject.uid={uid}"
+        listing = _json(self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False))
+        return list(listing.get("items") or [])
+
     def post_event(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on `owner`; failures are logged, never raised (events are best effort)."""
         meta = owner["metadata"]

@@ -304,6 +304,7 @@ class FineTuneJobReconciler:
             create_error=refused,
             recovered=recovered,
             unrecovered=unrecovered,
+            volume_event=self._volume_event(pods) if job is not None and current.phase not in Phase.FINAL else None,
         )
         new = compute_status(observed, current, self.clock())
         if missing is not None:
@@ -371,6 +372,30 @@ class FineTuneJobReconciler:
                 name,
             )
             raise
+
+    def _volume_event(self, pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+        """The latest FailedMount / FailedAttachVolume event of the newest trainer pod, when it is
+        scheduled and still waiting to start (the kubelet says why only in Events). One list call,
+        made only for a pod in that state."""
+        live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        if not live:
+            return None
+        pod = max(live, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending" or not (pod.get("spec") or {}).get("nodeName"):
+            return None
+        states = [s.get("state") or {} for s in status.get("containerStatuses") or []]
+        if any("running" in s or "terminated" in s for s in states):
+            return None
+        if any((s.get("waiting") or {}).get("reason") not in (None, "ContainerCreating") for s in states):
+            return None  # the kubelet's reason in the pod status says more
+        meta = pod["metadata"]
+        events = self.api.pod_warning_events(meta["namespace"], meta["name"], meta.get("uid") or "")
+        volume = [e for e in events if e.get("reason") in ("FailedMount", "FailedAttachVolume")]
+        if not volume:
+            return None
+        last = max(volume, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return str(last.get("reason")), str(last.get("message") or "")
 
     def _single_node_claim(self, namespace: str, spec: FineTuneJobSpec) -> bool:
         """Whether the artifacts claim is ReadWriteOnce (unknown when it may not be read: no)."""

@@ -35,6 +35,8 @@ class Observed:
     # When the trainer Job is gone: the result read from result.json, or why it could not be.
     recovered: TrainerResult | None = None
     unrecovered: str = ""
+    # The latest FailedMount / FailedAttachVolume event of the trainer pod still waiting to start.
+    volume_event: tuple[str, str] | None = None  # (event reason, message)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,17 @@ def _active_verdict(obs: Observed) -> Verdict:
             f"The trainer container cannot be created: {waiting.get('message', '').strip()}. "
             f"Create the missing Secret or ConfigMap (or add the key) in namespace {namespace}, "
             "or fix the reference in the spec; the pod starts by itself once it exists." + retry_note,
+            scheduled=True,
+        )
+    if obs.volume_event is not None:
+        reason, message = obs.volume_event
+        fix = ("The claim is ReadWriteOnce and attached to another node: wait for the pod there to "
+               "finish, or use a ReadWriteMany claim." if "Multi-Attach" in message else
+               "Create what the volume refers to (kubectl describe pod shows the volumes), or fix the spec.")
+        return Verdict(
+            Phase.PENDING,
+            Reason.VOLUME_NOT_READY,
+            f"The trainer pod cannot start: {reason}: {message.strip()} {fix}" + retry_note,
             scheduled=True,
         )
     scheduled = bool((pod.get("spec") or {}).get("nodeName"))
@@ -447,6 +460,7 @@ def transition_events(old: FineTuneJobStatus, new: FineTuneJobStatus) -> list[Ev
             Reason.IMAGE_PULL,
             Reason.CHILD_CREATE_FAILED,
             Reason.CONTAINER_CONFIG_ERROR,
+            Reason.VOLUME_NOT_READY,
         )
         events.append(
             Event(
