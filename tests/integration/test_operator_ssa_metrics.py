@@ -2,7 +2,8 @@
 
 - Field ownership: after a FineTuneJob and a ModelDeployment have been reconciled, every
   managedFields entry the operator could have made (FineTuneJob and ModelDeployment status,
-  the Job, the ConfigMaps, the serving StatefulSet, the Service, the Events) names
+  the Job, the ConfigMaps, the serving StatefulSet, the Service, the PodDisruptionBudget, the
+  Events) names
   `kubetune-operator`; the only other writers are the user (spec) and kube-controller-manager
   (Job and StatefulSet status).
 - The KubeApi calls are idempotent on objects that exist: a Job is not re-applied over its
@@ -132,6 +133,8 @@ def test_every_write_of_the_operator_carries_its_field_manager(
         assert managers(cm) == {(FIELD_MANAGER, "Apply", "")}, (cm.metadata.name, managers(cm))
     service = core.read_namespaced_service("chat", namespace)
     assert {m for m, _, _ in managers(service)} == ours
+    pdb = client.PolicyV1Api(cluster.api_client()).read_namespaced_pod_disruption_budget("chat", namespace)
+    assert {m for m, _, sub in managers(pdb) if sub != "status"} == ours
     events = [e for e in core.list_namespaced_event(namespace).items
               if e.involved_object.kind in (c.FINETUNEJOB_KIND, c.MODELDEPLOYMENT_KIND)]
     assert events and all({m for m, _, _ in managers(e)} == ours for e in events)
