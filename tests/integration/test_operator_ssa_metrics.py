@@ -217,6 +217,9 @@ def test_metrics_and_probes_of_a_running_operator(
     assert value("workqueue_adds_total", name="finetunejob") >= 1
     assert value("workqueue_queue_duration_seconds_count", name="finetunejob") >= 1
     assert value("workqueue_work_duration_seconds_count", name="finetunejob") >= 1
+    assert value("workqueue_unfinished_work_seconds", name="finetunejob") >= 0
+    assert value("workqueue_longest_running_processor_seconds", name="modeldeployment") >= 0
+    assert value("workqueue_retries_total", name="finetunejob") == 0  # a leader abandons nothing
     assert value("rest_client_requests_total", verb="create", code="201") >= 1  # the Job, Events
     assert value("rest_client_requests_total", verb="apply") >= 1  # the spec ConfigMap
     assert value("rest_client_requests_total", verb="patch", code="200") >= 1  # status

@@ -137,7 +137,29 @@ def test_an_abandoned_key_goes_back_to_the_queue_without_counting_as_an_error() 
         time.sleep(0.01)
     time.sleep(0.7)
     assert calls == ["k"] and len(queue) == 1  # waiting for the next leader term
+    assert _sample("workqueue_retries_total", {"name": "unit-abandon"}) == 1
     assert _sample("controller_runtime_reconcile_errors_total", {"controller": "unit-abandon"}) == 0
+    queue.shutdown()
+    for t in threads:
+        t.join(timeout=5)
+
+
+def test_a_busy_worker_shows_in_unfinished_work_and_longest_running() -> None:
+    queue = WorkQueue("unit-busy")
+    release = threading.Event()
+    threads = start_workers(queue, lambda key: release.wait(5), 1)
+    queue.add("slow")
+    deadline = time.monotonic() + 5
+    while _sample("workqueue_longest_running_processor_seconds", {"name": "unit-busy"}) < 0.2 \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    busy = _sample("workqueue_longest_running_processor_seconds", {"name": "unit-busy"})
+    assert busy >= 0.2  # the slow key is in flight
+    assert _sample("workqueue_unfinished_work_seconds", {"name": "unit-busy"}) >= busy
+    release.set()
+    while _sample("workqueue_work_duration_seconds_count", {"name": "unit-busy"}) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sample("workqueue_longest_running_processor_seconds", {"name": "unit-busy"}) == 0
     queue.shutdown()
     for t in threads:
         t.join(timeout=5)

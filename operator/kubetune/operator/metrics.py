@@ -39,6 +39,16 @@ WORKQUEUE_QUEUE_DURATION = Histogram(
     "workqueue_queue_duration_seconds", "How long a key waits in the queue before a worker takes it.",
     ["name"], buckets=_QUEUE_BUCKETS,
 )
+WORKQUEUE_UNFINISHED_WORK = Gauge(
+    "workqueue_unfinished_work_seconds",
+    "Seconds of work in progress not yet observed by work_duration (large values: stuck workers).",
+    ["name"],
+)
+WORKQUEUE_LONGEST_RUNNING = Gauge(
+    "workqueue_longest_running_processor_seconds", "Seconds the longest-running worker has been busy.",
+    ["name"],
+)
+WORKQUEUE_RETRIES = Counter("workqueue_retries", "Keys put back without being processed.", ["name"])
 WORKQUEUE_WORK_DURATION = Histogram(
     "workqueue_work_duration_seconds", "How long processing one key takes.",
     ["name"], buckets=_QUEUE_BUCKETS,

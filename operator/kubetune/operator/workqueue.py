@@ -26,7 +26,10 @@ from kubetune.operator.metrics import (
     RECONCILE_TOTAL,
     WORKQUEUE_ADDS,
     WORKQUEUE_DEPTH,
+    WORKQUEUE_LONGEST_RUNNING,
     WORKQUEUE_QUEUE_DURATION,
+    WORKQUEUE_RETRIES,
+    WORKQUEUE_UNFINISHED_WORK,
     WORKQUEUE_WORK_DURATION,
 )
 
@@ -48,13 +51,22 @@ class WorkQueue:
         self._queue: deque[Hashable] = deque()
         self._urgent: deque[Hashable] = deque()  # served first: objects whose children are missing
         self._dirty: set[Hashable] = set()  # queued, or re-added while in flight
-        self._processing: set[Hashable] = set()
+        self._processing: dict[Hashable, float] = {}  # in flight, since (monotonic)
         self._added_at: dict[Hashable, float] = {}  # when a dirty key was (first) added
         self._shutdown = False
         self._depth = WORKQUEUE_DEPTH.labels(name)
         self._adds = WORKQUEUE_ADDS.labels(name)
         self._waited = WORKQUEUE_QUEUE_DURATION.labels(name)
+        self._retries = WORKQUEUE_RETRIES.labels(name)
         self._depth.set(0)
+        WORKQUEUE_UNFINISHED_WORK.labels(name).set_function(lambda: sum(self._busy_for()))
+        WORKQUEUE_LONGEST_RUNNING.labels(name).set_function(lambda: max(self._busy_for(), default=0.0))
+
+    def _busy_for(self) -> list[float]:
+        """Seconds each in-flight key has been processed (read at scrape time)."""
+        now = time.monotonic()
+        with self._cond:
+            return [now - since for since in self._processing.values()]
 
     def add(self, key: Hashable, *, urgent: bool = False) -> None:
         """Ask for `key` to be processed (again) soon; `urgent` keys go before the others."""
@@ -83,7 +95,7 @@ class WorkQueue:
                 return None
             key = self._urgent.popleft() if self._urgent else self._queue.popleft()
             self._dirty.discard(key)
-            self._processing.add(key)
+            self._processing[key] = time.monotonic()
             added = self._added_at.pop(key, None)
             if added is not None:
                 self._waited.observe(time.monotonic() - added)
@@ -93,7 +105,7 @@ class WorkQueue:
     def done(self, key: Hashable) -> None:
         """Mark `key` processed; if it was re-added meanwhile, queue it again."""
         with self._cond:
-            self._processing.discard(key)
+            self._processing.pop(key, None)
             if key in self._dirty:
                 self._queue.append(key)
                 self._depth.set(len(self._queue) + len(self._urgent))
@@ -102,7 +114,8 @@ class WorkQueue:
     def requeue(self, key: Hashable) -> None:
         """Mark `key` processed without having processed it: it goes back, first in line."""
         with self._cond:
-            self._processing.discard(key)
+            self._processing.pop(key, None)
+            self._retries.inc()
             if self._shutdown:
                 return
             if key not in self._dirty:
