@@ -3,7 +3,8 @@ without a change and `kubectl diff --server-side` stays empty after the operator
 statuses the running operator writes read as expected by kstatus (sigs.k8s.io/cli-utils, what
 Flux and kpt run) and by the Argo CD health checks in deploy/argocd (under gopher-lua, Argo CD's
 interpreter), through kubetune-check. tests/unit/test_gitops_health.py covers the phases a
-serving pod's agent must report (Ready, rollback), which need real serving pods."""
+serving pod's agent must report; tests/e2e/test_gitops_serving.py judges a deployment that real
+Ollama pods serve."""
 
 from __future__ import annotations
 
