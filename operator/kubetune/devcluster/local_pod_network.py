@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import random
 import shutil
 import socket
 import subprocess
@@ -75,13 +76,18 @@ class PodAddresses:
 
     Allocation goes round the network (the next free address after the last one handed out), so
     an address freed by a deleted pod is not reused at once while Services may still list it.
+    It starts at a random point of the network (``randomize``), so that dev clusters running
+    side by side on one host (parallel test sessions) do not hand out the same addresses: they
+    share the host's loopback route, and two pods on one address collide on their ports.
     """
 
-    def __init__(self, network: ipaddress.IPv4Network) -> None:
+    def __init__(self, network: ipaddress.IPv4Network, *, randomize: bool = True) -> None:
         self.network = network
         self._by_uid: dict[str, str] = {}
         self._lock = threading.Lock()
         self._last = int(network.network_address)
+        if randomize and network.num_addresses > 4:
+            self._last += random.randrange(network.num_addresses - 2)
 
     def allocate(self, uid: str, preferred: str | None = None) -> str:
         """The address of pod ``uid``: its current one, else ``preferred`` (the IP a pod had
