@@ -176,3 +176,74 @@ def test_a_volume_the_kubelet_cannot_attach_or_mount_is_explained() -> None:
                             FineTuneJobStatus(), NOW)
     assert 'configmap "data" not found' in (status.message or "") and "Create what the volume refers to" in (status.message or "")
     assert [e.type for e in transition_events(FineTuneJobStatus(), status)] == ["Warning"]
+
+
+class _CountingCore:
+    """CoreV1Api reads of the references check, counted: every reference exists."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, str]] = []
+
+    def read_namespaced_config_map(self, name: str, namespace: str) -> Any:
+        self.reads.append(("configmap", name))
+        return type("CM", (), {"data": {"train.jsonl": "{}"}, "binary_data": None})()
+
+    def read_namespaced_persistent_volume_claim(self, name: str, namespace: str) -> Any:
+        self.reads.append(("claim", name))
+        return object()
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+        self.reads.append(("secret", name))
+        return type("S", (), {"data": {"api-key": "eA=="}, "string_data": None})()
+
+
+class _CreatingApi(_RefusingApi):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = _CountingCore()  # type: ignore[assignment]
+        self.created: list[str] = []
+
+    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(body["metadata"]["name"])
+        return body
+
+
+def test_a_burst_of_jobs_naming_the_same_references_reads_each_once() -> None:
+    api = _CreatingApi()
+    reconciler = FineTuneJobReconciler(api, Settings(), clock=lambda: NOW)  # type: ignore[arg-type]
+    spec = {"baseModel": {"uri": "pvc://models/m"},
+            "dataset": {"source": {"configMap": {"name": "data", "key": "train.jsonl"}}},
+            "evaluation": {"judge": {"endpoint": "https://judge.example/v1", "model": "j",
+                                     "apiKeySecretRef": {"name": "judge-key", "key": "api-key"}}}}
+    for i in range(5):
+        body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "spec": spec, "status": {},
+                "metadata": {"name": f"bot-{i}", "namespace": "ml", "uid": f"u-{i}", "generation": 1, "resourceVersion": "1"}}
+        reconciler.reconcile(body, None, [])
+    assert len(api.created) == 5
+    assert sorted(api.core.reads) == [("claim", "kubetune-artifacts"), ("claim", "models"),  # type: ignore[attr-defined]
+                                      ("configmap", "data"), ("secret", "judge-key")]
+
+
+def test_a_key_added_to_a_remembered_secret_is_seen_at_once() -> None:
+    api = _CreatingApi()
+    core = api.core
+    keys = {"api-key": "eA=="}
+
+    def read_secret(name: str, namespace: str) -> Any:
+        core.reads.append(("secret", name))  # type: ignore[attr-defined]
+        return type("S", (), {"data": dict(keys), "string_data": None})()
+
+    core.read_namespaced_secret = read_secret  # type: ignore[attr-defined]
+    reconciler = FineTuneJobReconciler(api, Settings(), clock=lambda: NOW)  # type: ignore[arg-type]
+
+    def run(i: int, key: str) -> Any:
+        spec = {"baseModel": {"uri": "hf://org/m", "tokenSecretRef": {"name": "judge-key", "key": key}},
+                "dataset": {"source": {"uri": "pvc://datasets/d.jsonl"}}}
+        body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "spec": spec, "status": {},
+                "metadata": {"name": f"bot-{i}", "namespace": "ml", "uid": f"u-{i}", "generation": 1, "resourceVersion": "1"}}
+        return reconciler.reconcile(body, None, [])
+
+    assert run(0, "api-key").reason == Reason.PENDING  # found, and remembered
+    keys["token"] = "eQ=="
+    assert run(1, "token").reason == Reason.PENDING  # not refused on the remembered keys
+    assert len(api.created) == 2

@@ -10,10 +10,11 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 import kubernetes
@@ -34,7 +35,6 @@ from kubetune.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECON
 from kubetune.operator.reconcile.references import (
     Problem,
     read_claim_access_modes,
-    read_claim_exists,
     read_configmap_keys,
     reference_problems,
     single_node_only,
@@ -201,6 +201,11 @@ class _Written:
         )
 
 
+# How long a referenced Secret, ConfigMap or claim that was found is taken to exist still.
+REFERENCE_CACHE_SECONDS = 30.0
+_T = TypeVar("_T")
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -216,6 +221,8 @@ class FineTuneJobReconciler:
         self.clock = clock
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # (kind, namespace, name) -> (when read, keys or access modes) of references found
+        self._references: dict[tuple[str, str, str], tuple[float, Any]] = {}
         # The last status this process wrote, per uid, and how to tell the snapshots that are
         # older than that write (the index lags behind our own patches).
         self._written: dict[str, _Written] = {}
@@ -332,11 +339,20 @@ class FineTuneJobReconciler:
                 self.api.post_event(owner, event.type, event.reason, event.message)
         return new
 
+    def _reference_problems(self, namespace: str, spec: FineTuneJobSpec) -> list[Problem]:
+        problems = [Problem(Reason.SECRET_NOT_FOUND, m) for m in secret_problems(spec, namespace, self._secret_keys)]
+        return problems + reference_problems(spec, namespace, self._configmap_keys, self._claim_exists)
+
     def _missing_references(self, namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
         """(reason, status message) when a referenced Secret, ConfigMap (or a key of one) or
         PersistentVolumeClaim is missing, else None. The reason is that of the first problem."""
-        problems = [Problem(Reason.SECRET_NOT_FOUND, m) for m in secret_problems(spec, namespace, self._secret_keys)]
-        problems += reference_problems(spec, namespace, self._configmap_keys, self._claim_exists)
+        problems = self._reference_problems(namespace, spec)
+        if problems:
+            # A remembered reference may have lost a key since: judge only on fresh reads.
+            with self._locks_guard:
+                for key in [k for k in self._references if k[1] == namespace]:
+                    del self._references[key]
+            problems = self._reference_problems(namespace, spec)
         if not problems:
             return None
         message = (
@@ -346,16 +362,39 @@ class FineTuneJobReconciler:
         )
         return problems[0].reason, message
 
+    def _cached(self, kind: str, namespace: str, name: str, read: Callable[[], _T | None]) -> _T | None:
+        """`read()`, remembered for REFERENCE_CACHE_SECONDS when it found the object: a burst of
+        FineTuneJobs naming one Secret, ConfigMap or claim reads it once, not once each. What is
+        missing is never remembered, so it is read again at the next try."""
+        key = (kind, namespace, name)
+        now = time.monotonic()
+        with self._locks_guard:
+            hit = self._references.get(key)
+        if hit is not None and now - hit[0] < REFERENCE_CACHE_SECONDS:
+            return cast(_T, hit[1])
+        value = read()
+        if value is not None:
+            with self._locks_guard:
+                if len(self._references) > 10_000:
+                    self._references.clear()
+                self._references[key] = (now, value)
+        return value
+
     def _configmap_keys(self, namespace: str, name: str) -> list[str] | None:
         try:
-            return read_configmap_keys(self.api.core, namespace, name)
+            return self._cached("configmap", namespace, name,
+                                lambda: read_configmap_keys(self.api.core, namespace, name))
         except PermissionError:
             log.warning("cannot check ConfigMap %s/%s (forbidden): grant the operator get on configmaps", namespace, name)
             raise
 
+    def _claim_modes(self, namespace: str, name: str) -> list[str] | None:
+        return self._cached("claim", namespace, name,
+                            lambda: read_claim_access_modes(self.api.core, namespace, name))
+
     def _claim_exists(self, namespace: str, name: str) -> bool:
         try:
-            return read_claim_exists(self.api.core, namespace, name)
+            return self._claim_modes(namespace, name) is not None
         except PermissionError:
             log.warning("cannot check PersistentVolumeClaim %s/%s (forbidden): grant the operator get on "
                         "persistentvolumeclaims", namespace, name)
@@ -363,7 +402,8 @@ class FineTuneJobReconciler:
 
     def _secret_keys(self, namespace: str, name: str) -> list[str] | None:
         try:
-            return read_secret_keys(self.api.core, namespace, name)
+            return self._cached("secret", namespace, name,
+                                lambda: read_secret_keys(self.api.core, namespace, name))
         except PermissionError:
             # Without `get` on secrets the kubelet still reports a missing Secret, only later.
             log.warning(
@@ -400,7 +440,7 @@ class FineTuneJobReconciler:
     def _single_node_claim(self, namespace: str, spec: FineTuneJobSpec) -> bool:
         """Whether the artifacts claim is ReadWriteOnce (unknown when it may not be read: no)."""
         try:
-            modes = read_claim_access_modes(self.api.core, namespace, spec.export.output.pvc_name)
+            modes = self._claim_modes(namespace, spec.export.output.pvc_name)
         except PermissionError:
             return False
         return single_node_only(modes or [])

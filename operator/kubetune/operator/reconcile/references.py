@@ -103,11 +103,6 @@ def read_configmap_keys(core: kubernetes.client.CoreV1Api, namespace: str, name:
     return [*(cm.data or {}), *(cm.binary_data or {})]
 
 
-def read_claim_exists(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> bool:
-    """Whether a PersistentVolumeClaim exists; PermissionError when forbidden."""
-    return read_claim_access_modes(core, namespace, name) is not None
-
-
 def read_claim_access_modes(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> list[str] | None:
     """A PersistentVolumeClaim's access modes (as bound, else as asked), None when it does not
     exist; PermissionError when forbidden."""
