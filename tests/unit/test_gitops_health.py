@@ -8,6 +8,7 @@ FineTuneJob phases with statuses the running operator wrote to a real apiserver.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from tests.kubetune_check import (
     ARGOCD_DIR,
     FINETUNEJOB_HEALTH,
     MODELDEPLOYMENT_HEALTH,
+    CheckRefused,
     argo_health,
     kstatus,
 )
@@ -201,3 +203,19 @@ def test_argocd_cm_snippet_holds_the_scripts_verbatim() -> None:
         f"resource.customizations.health.{c.GROUP}_{c.FINETUNEJOB_KIND}": FINETUNEJOB_HEALTH.read_text(),
         f"resource.customizations.health.{c.GROUP}_{c.MODELDEPLOYMENT_KIND}": MODELDEPLOYMENT_HEALTH.read_text(),
     }
+
+
+def test_the_checker_treats_a_bad_script_answer_as_argo_cd_does(tmp_path: Path) -> None:
+    obj = _ftj("running")
+    bogus = tmp_path / "bogus.lua"
+    bogus.write_text('return {status = "Fine", message = "x"}')
+    assert argo_health(bogus, obj) == {"status": "Unknown", "message": "Lua returned an invalid health status"}
+    not_table = tmp_path / "string.lua"
+    not_table.write_text('return "Healthy"')
+    with pytest.raises(CheckRefused, match="expect table output from Lua script, not string"):
+        argo_health(not_table, obj)
+    # Argo CD opens only the package, base and table libraries (plus a reduced os): io is absent.
+    io = tmp_path / "io.lua"
+    io.write_text('io.write("x") return {status = "Healthy"}')
+    with pytest.raises(CheckRefused, match="io"):
+        argo_health(io, obj)
