@@ -11,18 +11,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import kopf
-import kubernetes
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubetune.api.constants import Phase, Reason
-from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, secret_refs
+from kubetune.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.trainer_contract import RESULT_FILE_NAME, Progress, TrainerResult
 from kubetune.operator.builders.training_job import (
     build_spec_configmap,
@@ -36,13 +35,18 @@ from kubetune.operator.reconcile.references import (
     Problem,
     read_claim_access_modes,
     read_configmap_keys,
+    read_secret_keys,
     reference_problems,
+    secret_problems,
     single_node_only,
 )
 from kubetune.operator.reconcile.status import Observed, compute_status, transition_events
 from kubetune.operator.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# secret_problems and read_secret_keys live in references.py; `kubetune validate` imports them here.
+__all__ = ["FineTuneJobReconciler", "owned_children", "read_secret_keys", "secret_problems"]
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
@@ -60,50 +64,6 @@ def parse_spec(raw: Mapping[str, Any]) -> tuple[FineTuneJobSpec | None, str | No
         return FineTuneJobSpec.model_validate(dict(raw)), None
     except ValidationError as exc:
         return None, "Invalid spec: " + describe_validation_error(exc)
-
-
-# Key names of a Secret: (namespace, name) -> its keys, or None when it does not exist; raises
-# PermissionError when it may not be read (that reference is then not checked).
-SecretKeys = Callable[[str, str], Collection[str] | None]
-
-
-def secret_problems(spec: FineTuneJobSpec, namespace: str, secret_keys: SecretKeys) -> list[str]:
-    """What is missing of the Secrets `spec` references: one message per reference whose Secret
-    or key does not exist, naming the field, the Secret and the key."""
-    problems = []
-    for field, ref in secret_refs(spec):
-        try:
-            keys = secret_keys(namespace, ref.name)
-        except PermissionError:
-            continue
-        if keys is None:
-            problems.append(
-                f"{field}: Secret {ref.name!r} not found in namespace {namespace!r}; create it with key "
-                f"{ref.key!r} (kubectl create secret generic {ref.name} -n {namespace} "
-                f"--from-literal={ref.key}=...)"
-            )
-        elif ref.key not in keys:
-            problems.append(
-                f"{field}: Secret {ref.name!r} in namespace {namespace!r} has no key {ref.key!r} "
-                f"(its keys: {', '.join(sorted(keys)) or 'none'}); add the key, or set {field}.key to one of them"
-            )
-    return problems
-
-
-def read_secret_keys(
-    core: kubernetes.client.CoreV1Api, namespace: str, name: str
-) -> list[str] | None:
-    """The key names of a Secret (never its values), None when it does not exist; raises
-    PermissionError when the credentials may not `get` it."""
-    try:
-        secret = core.read_namespaced_secret(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        if exc.status == 403:
-            raise PermissionError(f"may not get Secret {namespace}/{name}") from exc
-        raise
-    return [*(secret.data or {}), *(secret.string_data or {})]
 
 
 def _relabel(status: FineTuneJobStatus, old: str, new: str) -> FineTuneJobStatus:

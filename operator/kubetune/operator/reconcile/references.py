@@ -1,10 +1,9 @@
-"""What a FineTuneJob's spec references besides Secrets: ConfigMaps (datasets kept beside the
-job) and PersistentVolumeClaims (base model, datasets, the artifacts claim). Checked before the
-trainer Job is created, so a missing one is named in status instead of leaving the pod stuck in
-ContainerCreating (FailedMount) or Pending (claim not found) while it holds a GPU.
-
-Secrets are checked by `secret_problems` in reconcile/finetunejob.py (shared with
-`kubetune validate`).
+"""What a FineTuneJob's spec references: Secrets (API keys, tokens), ConfigMaps (datasets kept
+beside the job) and PersistentVolumeClaims (base model, datasets, the artifacts claim). Checked
+before the trainer Job is created, so a missing one (or a missing key) is named in status
+instead of leaving the pod stuck in CreateContainerConfigError, ContainerCreating (FailedMount)
+or Pending (claim not found) while it holds a GPU. `secret_problems` is shared with
+`kubetune validate`; only key names are compared, values are never used.
 """
 
 from __future__ import annotations
@@ -16,7 +15,51 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.constants import Reason
-from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.api.finetunejob import FineTuneJobSpec, secret_refs
+
+# Key names of a Secret: (namespace, name) -> its keys, or None when it does not exist; raises
+# PermissionError when it may not be read (that reference is then not checked).
+SecretKeys = Callable[[str, str], Collection[str] | None]
+
+
+def secret_problems(spec: FineTuneJobSpec, namespace: str, secret_keys: SecretKeys) -> list[str]:
+    """What is missing of the Secrets `spec` references: one message per reference whose Secret
+    or key does not exist, naming the field, the Secret and the key."""
+    problems = []
+    for field, ref in secret_refs(spec):
+        try:
+            keys = secret_keys(namespace, ref.name)
+        except PermissionError:
+            continue
+        if keys is None:
+            problems.append(
+                f"{field}: Secret {ref.name!r} not found in namespace {namespace!r}; create it with key "
+                f"{ref.key!r} (kubectl create secret generic {ref.name} -n {namespace} "
+                f"--from-literal={ref.key}=...)"
+            )
+        elif ref.key not in keys:
+            problems.append(
+                f"{field}: Secret {ref.name!r} in namespace {namespace!r} has no key {ref.key!r} "
+                f"(its keys: {', '.join(sorted(keys)) or 'none'}); add the key, or set {field}.key to one of them"
+            )
+    return problems
+
+
+def read_secret_keys(
+    core: kubernetes.client.CoreV1Api, namespace: str, name: str
+) -> list[str] | None:
+    """The key names of a Secret (never its values), None when it does not exist; raises
+    PermissionError when the credentials may not `get` it."""
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        if exc.status == 403:
+            raise PermissionError(f"may not get Secret {namespace}/{name}") from exc
+        raise
+    return [*(secret.data or {}), *(secret.string_data or {})]
+
 
 # (namespace, name) -> the ConfigMap's keys, or None when it does not exist; raises
 # PermissionError when it may not be read (that reference is then not checked).
