@@ -95,3 +95,14 @@ def test_a_reference_needs_its_sha256() -> None:
     with pytest.raises(ValueError, match="driftReferenceSha256"):
         ServingVersion(name="v1", gguf_uri="file:///m.gguf", sha256="0" * 64,
                        drift_reference_uri="file:///r.json")
+
+
+def test_answer_lengths_are_the_generated_token_counts_not_a_re_encoding(qwen2_tokenizer: Any) -> None:
+    """An undertrained model's byte pieces decode to text that re-encodes to other tokens: the
+    reference takes the count generation reported (what Ollama's completion_tokens counts)."""
+    rows = _rows(["��k techn", "es| eu"])
+    for row in rows:
+        row.answer_tokens["fine_tuned"] = 4
+    reference = build_drift_reference(qwen2_tokenizer, rows)
+    assert reference is not None and reference.completion_tokens == [4, 4]
+    assert len(qwen2_tokenizer("��k techn", add_special_tokens=False)["input_ids"]) != 4

@@ -6,10 +6,10 @@ takes the version's first requests, so a version that misbehaves from its first 
 stable against itself. This writes the reference the version was trained and evaluated for: for
 every test example, the prompt's length in tokens as the served model sees it (the chat template
 applied with the generation prompt, BOS included where the tokenizer adds one: what Ollama
-reports as `prompt_tokens`) and the length of the fine-tuned model's own answer in tokens (what
-Ollama reports as `completion_tokens`, less the end-of-turn token, which neither counts
-consistently; one token moves few values across a decile cut), with the share of those answers
-that are refusals or empty, by the gateway's own rules.
+reports as `prompt_tokens`) and the number of tokens the fine-tuned model generated for its
+answer, its end-of-turn token not counted (what Ollama reports as `completion_tokens`; counted at
+generation, since decoded text does not always re-encode to the same tokens), with the share of
+those answers that are refusals or empty, by the gateway's own rules.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def build_drift_reference(tokenizer: Any, rows: Sequence[Any]) -> DriftReference
             continue
         text, special = render_prompt(tokenizer, row.example)
         prompts.append(len(encode(tokenizer, text, special)))
-        count = len(encode(tokenizer, answer, False))
+        count = row.answer_tokens.get(FINE_TUNED)
+        if count is None:
+            count = len(encode(tokenizer, answer, False))
         answers.append(count)
         refusals += is_refusal(answer)
         empties += is_empty_answer(answer, count)

@@ -64,6 +64,8 @@ class ExampleResult:
     example: EvalExample
     answers: dict[str, str] = field(default_factory=dict)
     """Answer per model role (`fine_tuned`, `base`)."""
+    answer_tokens: dict[str, int] = field(default_factory=dict)
+    """Tokens each role's answer generated (for the drift reference)."""
     scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Per-example metric scores per model role."""
     judge: dict[str, JudgeOutcome] = field(default_factory=dict)
@@ -168,11 +170,14 @@ def _answer_with_each_model(
             if role not in set_roles or not rows:
                 continue
             examples = [r.example for r in rows]
+            counts: list[int] = []
             answers = generate_answers(
-                model, tokenizer, examples, max_new_tokens=spec.max_new_tokens, device=device
+                model, tokenizer, examples, max_new_tokens=spec.max_new_tokens, device=device,
+                token_counts=counts,
             )
-            for row, answer in zip(rows, answers, strict=True):
+            for row, answer, count in zip(rows, answers, counts, strict=True):
                 row.answers[role] = answer
+                row.answer_tokens[role] = count
         if perplexity_on[0] and role in perplexity_on[1]:
             examples = [r.example for r in perplexity_on[0]]
             losses[role] = answer_losses(model, tokenizer, examples, device=device)

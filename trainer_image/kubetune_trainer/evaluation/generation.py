@@ -146,8 +146,12 @@ def generate_answers(
     max_new_tokens: int,
     device: str,
     batch_size: int = 8,
+    token_counts: list[int] | None = None,
 ) -> list[str]:
-    """Greedy answers to each example's prompt, batched with left padding."""
+    """Greedy answers to each example's prompt, batched with left padding. With `token_counts`,
+    the number of tokens each answer generated (its end-of-turn token not counted, as Ollama
+    reports `completion_tokens`) is appended to it: decoded text does not always re-encode to
+    the tokens that were generated (an undertrained model's byte pieces)."""
     import torch
     from transformers import GenerationConfig
 
@@ -179,6 +183,10 @@ def generate_answers(
                 input_ids=input_ids, attention_mask=attention, generation_config=config
             )
         for row in out[:, width:]:
-            answers.append(str(tokenizer.decode(row.tolist(), skip_special_tokens=True)).strip())
+            ids = row.tolist()
+            answers.append(str(tokenizer.decode(ids, skip_special_tokens=True)).strip())
+            if token_counts is not None:
+                ends = [i for i, token in enumerate(ids) if token in stop]
+                token_counts.append(ends[0] if ends else len(ids))
         log.debug("generated %d/%d answers", len(answers), len(examples))
     return answers
