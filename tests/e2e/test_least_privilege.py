@@ -2,8 +2,9 @@
 operator run with nothing but a bound token of the chart's ServiceAccount (TokenRequest API)
 through a whole flow — a FineTuneJob that references a Secret and claims trains a tiny model
 (the real trainer, on the local pod runner) and Succeeds; a ModelDeployment serves it with real
-Ollama and a serve-agent (Ready), gets a PodDisruptionBudget at two replicas and loses it at
-one, and is deleted (the served job's finalizer is removed). No request of the operator
+Ollama and a serve-agent (Ready; the chart's PodMonitor selects its pod and port), gets a
+PodDisruptionBudget at two replicas and loses it at one, and is deleted (the served job's
+finalizer is removed). No request of the operator
 is refused: its log holds no 403 / Forbidden. What the identity may do is compared with
 docs/install.md by tests/integration/test_chart.py."""
 
@@ -11,16 +12,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from kubetune.api import constants as c
 from kubetune.devcluster import DevCluster
 from tests.e2e.serving_cluster import DATA, Md, operator_env, tiny_version_spec
 from tests.integration.chart import (
+    CHART,
     RELEASE_NAMESPACE,
+    helm,
     helm_env,
     install_chart,
     service_account_kubeconfig,
@@ -39,6 +44,7 @@ SERVED_FINALIZER = f"{c.GROUP}/served-by-modeldeployment"
 
 @pytest.fixture(scope="module")
 def operator_as_service_account(cluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The chart installed, and the operator running with the chart's ServiceAccount token."""
     home = tmp_path_factory.mktemp("least-privilege")
     env = helm_env(home / "helm")
     install_chart(cluster, env)
@@ -56,13 +62,29 @@ def operator_as_service_account(cluster: DevCluster, tmp_path_factory: pytest.Te
     uninstall_chart(cluster, env)
 
 
+def _pods_the_pod_monitor_scrapes(cluster: DevCluster, ns: str, helm_home: Path) -> list[str]:
+    """Names of the pods in `ns` that the chart's rendered PodMonitor selects and that have its
+    endpoint's named port."""
+    rendered = helm(helm_env(helm_home), "template", "kubetune", str(CHART), "--kube-version", "1.32.13",
+                    "--set", "monitoring.podMonitor.enabled=true", "--show-only", "templates/podmonitor.yaml").stdout
+    monitor = yaml.safe_load(rendered)
+    selector = monitor["spec"]["selector"]
+    terms = [f"{k}={v}" for k, v in selector.get("matchLabels", {}).items()]
+    terms += [e["key"] for e in selector.get("matchExpressions", []) if e["operator"] == "Exists"]
+    port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+    pods = cluster.core().list_namespaced_pod(ns, label_selector=",".join(terms)).items
+    return [p.metadata.name for p in pods
+            if p.metadata.deletion_timestamp is None
+            and any(cp.name == port for ct in p.spec.containers for cp in ct.ports or [])]
+
+
 def _finalizers(api: client.CustomObjectsApi, ns: str, name: str) -> list[str]:
     obj: dict[str, Any] = api.get_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, name)
     return list(obj["metadata"].get("finalizers") or [])
 
 
 def test_a_finetunejob_to_a_served_modeldeployment_under_the_charts_service_account(
-        cluster: DevCluster, ns: str, operator_as_service_account: OperatorProcess) -> None:
+        cluster: DevCluster, ns: str, operator_as_service_account: OperatorProcess, tmp_path: Path) -> None:
     operator = operator_as_service_account
     core = cluster.core()
     ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC)  # referenced claims are checked (get) before the Job
@@ -83,6 +105,8 @@ def test_a_finetunejob_to_a_served_modeldeployment_under_the_charts_service_acco
     md.wait_serving("v1", operator, timeout=600)
     api = client.CustomObjectsApi(cluster.api_client())
     assert SERVED_FINALIZER in _finalizers(api, ns, job.name)
+    # The chart's PodMonitor (monitoring.podMonitor) selects these serving pods and their port.
+    assert _pods_the_pod_monitor_scrapes(cluster, ns, tmp_path) == [p.metadata.name for p in md.pods()]
 
     # Two replicas get a PodDisruptionBudget (created by server-side apply), one loses it.
     md.patch_spec({"replicas": 2})
