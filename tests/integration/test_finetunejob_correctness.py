@@ -393,3 +393,21 @@ def test_a_configmap_gone_before_the_pod_starts_is_explained_from_the_kubelets_e
     assert 'FailedMount: MountVolume.SetUp failed: configmap "support-data" not found' in status["message"]
     core.create_namespaced_config_map(ns, data)  # type: ignore[arg-type]
     ftj.wait_phase("Succeeded", operator, timeout=120)
+
+
+def test_a_status_write_for_an_earlier_object_of_the_same_name_is_refused(cluster: DevCluster, ns: str) -> None:
+    # What keeps a reconcile of a deleted FineTuneJob (still in the index) from writing its status
+    # into the new object of the same name: the UID in the patch is a precondition.
+    from kubetune.operator.kube import KubeApi
+
+    install_crds(cluster)
+    body = {"apiVersion": c.API_VERSION, "kind": c.FINETUNEJOB_KIND, "metadata": {"name": "same"}, "spec": gpu_spec()}
+    api = client.CustomObjectsApi(cluster.api_client())
+    created = api.create_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, body)
+    kube = KubeApi(cluster.api_client())
+    with pytest.raises(ApiException) as info:
+        kube.patch_finetunejob_status(ns, "same", {"phase": "Succeeded"}, uid="00000000-0000-0000-0000-000000000000")
+    assert info.value.status in (409, 422), info.value.body
+    got = api.get_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, "same")
+    assert not (got.get("status") or {}).get("phase")  # type: ignore[union-attr]
+    kube.patch_finetunejob_status(ns, "same", {"phase": "Pending"}, uid=created["metadata"]["uid"])  # type: ignore[index]

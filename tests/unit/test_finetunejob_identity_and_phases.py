@@ -247,3 +247,19 @@ def test_a_key_added_to_a_remembered_secret_is_seen_at_once() -> None:
     keys["token"] = "eQ=="
     assert run(1, "token").reason == Reason.PENDING  # not refused on the remembered keys
     assert len(api.created) == 2
+
+
+def test_a_status_write_refused_for_a_replaced_object_is_dropped_quietly() -> None:
+    class _Replaced(_RefusingApi):
+        def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any], uid: str | None = None) -> str:
+            # what kube-apiserver 1.32 answers when the JSON patch's uid test fails
+            exc = ApiException(status=422, reason="Unprocessable Entity")
+            exc.body = ('{"kind":"Status","status":"Failure","message":"the server rejected our request due to an '
+                        'error in our request","reason":"Invalid","details":{},"code":422}')
+            raise exc
+
+    api = _Replaced()
+    body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "spec": SPEC, "status": {},
+            "metadata": {"name": "bot", "namespace": "ml", "uid": "u-old", "generation": 1, "resourceVersion": "1"}}
+    status = FineTuneJobReconciler(api, Settings(), clock=lambda: NOW).reconcile(body, None, [])  # type: ignore[arg-type]
+    assert status.reason == Reason.CHILD_CREATE_FAILED and api.events == []  # computed, not written, no Event

@@ -181,15 +181,22 @@ class KubeApi:
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any],
                                  uid: str | None = None) -> str:
-        """Merge-patch the status subresource; returns the object's new resourceVersion. With
-        `uid`, the patch fails (409) instead of landing on another object of that name."""
+        """Patch the status subresource; returns the object's new resourceVersion.
+
+        Without `uid`: a merge patch (None removes a field). With `uid`: `status` is the whole
+        new status, written by a JSON patch whose first operation tests metadata.uid, so the
+        write fails (422) instead of landing on a newer object of the same name (the status
+        subresource ignores metadata in a merge patch: a uid there is no precondition)."""
         self._count("patch", "finetunejobs/status")
-        body: dict[str, Any] = {"status": status}
+        body: Any = {"status": status}
+        extra: dict[str, Any] = {}
         if uid:
-            body["metadata"] = {"uid": uid}
+            body = [{"op": "test", "path": "/metadata/uid", "value": uid},
+                    {"op": "add", "path": "/status", "value": {k: v for k, v in status.items() if v is not None}}]
+            extra["_content_type"] = "application/json-patch+json"
         patched = self.custom.patch_namespaced_custom_object_status(
             c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL, name, body,
-            field_manager=FIELD_MANAGER, _preload_content=False,
+            field_manager=FIELD_MANAGER, _preload_content=False, **extra,
         )
         return str(_json(patched)["metadata"]["resourceVersion"])  # opaque: compared for equality only
 
