@@ -411,3 +411,25 @@ def test_a_status_write_for_an_earlier_object_of_the_same_name_is_refused(cluste
     got = api.get_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, "same")
     assert not (got.get("status") or {}).get("phase")  # type: ignore[union-attr]
     kube.patch_finetunejob_status(ns, "same", {"phase": "Pending"}, uid=created["metadata"]["uid"])  # type: ignore[index]
+
+
+def test_a_running_job_recreated_at_once_under_its_name_is_not_given_the_old_ones_fate(
+    cluster: DevCluster, operator: OperatorProcess, ns: str
+) -> None:
+    # The old object, deleted mid-run, may still be reconciled from the index while its Job is
+    # being garbage-collected (JobDeleted): that status must never land on the new object.
+    ftj = apply_ftj(cluster, ns, gpu_spec())
+    recorder = PhaseRecorder(cluster, ns, ftj.name)
+    try:
+        for _ in range(3):
+            ftj.running_pod()
+            ftj.wait_phase("Running", operator)
+            uid = _recreate(ftj, "Background")
+            status = ftj.wait_status(lambda s: bool(s.get("jobName")), "a Job of its own", operator=operator)
+            assert _owner_uids(ftj.batch.read_namespaced_job(status["jobName"], ns)) == [uid]
+        _run_to_success(ftj, operator)
+        cluster.wait_for(lambda: len(recorder.phases) == 4, what="the watch saw four objects")
+    finally:
+        recorder.stop()
+    for phases in list(recorder.phases.values())[1:]:
+        assert "Failed" not in phases, recorder.phases
