@@ -263,3 +263,19 @@ def test_a_status_write_refused_for_a_replaced_object_is_dropped_quietly() -> No
             "metadata": {"name": "bot", "namespace": "ml", "uid": "u-old", "generation": 1, "resourceVersion": "1"}}
     status = FineTuneJobReconciler(api, Settings(), clock=lambda: NOW).reconcile(body, None, [])  # type: ignore[arg-type]
     assert status.reason == Reason.CHILD_CREATE_FAILED and api.events == []  # computed, not written, no Event
+
+
+def test_events_the_operator_may_not_list_leave_the_usual_message() -> None:
+    class _NoEvents(_RefusingApi):
+        def pod_warning_events(self, namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
+            raise ApiException(status=403, reason="Forbidden")
+
+    pod = _pod("Pending")
+    pod["metadata"].update(namespace="ml", uid="p-1")
+    pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    job = {"metadata": {"name": "bot-u1-train", "uid": "j"}, "spec": {"suspend": False}, "status": {"active": 1}}
+    body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "spec": SPEC,
+            "status": {"phase": "Pending", "jobName": "bot-u1-train"},
+            "metadata": {"name": "bot", "namespace": "ml", "uid": "u-1", "generation": 1, "resourceVersion": "1"}}
+    status = FineTuneJobReconciler(_NoEvents(), Settings(), clock=lambda: NOW).reconcile(body, job, [pod])  # type: ignore[arg-type]
+    assert (status.phase, status.message) == (Phase.PENDING, "The trainer pod is starting.")

@@ -392,7 +392,11 @@ class FineTuneJobReconciler:
         if any((s.get("waiting") or {}).get("reason") not in (None, "ContainerCreating") for s in states):
             return None  # the kubelet's reason in the pod status says more
         meta = pod["metadata"]
-        events = self.api.pod_warning_events(meta["namespace"], meta["name"], meta.get("uid") or "")
+        try:
+            events = self.api.pod_warning_events(meta["namespace"], meta["name"], meta.get("uid") or "")
+        except ApiException as exc:  # an explanation never blocks the reconcile (e.g. no `list events`)
+            log.warning("cannot list events of pod %s/%s (HTTP %s): status says less", meta["namespace"], meta["name"], exc.status)
+            return None
         volume = [e for e in events if e.get("reason") in ("FailedMount", "FailedAttachVolume")]
         if not volume:
             return None
