@@ -236,3 +236,22 @@ def test_a_prediction_log_larger_than_its_volume_is_refused_naming_both_fields()
     ok = ModelDeploymentSpec.model_validate({"versions": [{"name": "v1", "fineTuneJob": "a"}],
                                              "logging": {"maxSizeMib": 4096, "volumeSize": "8Gi"}})
     assert ok.logging.volume_size == "8Gi" and ok.logging.storage == "PersistentVolumeClaim"
+
+
+def test_a_deployment_is_not_ready_while_its_pods_roll_to_a_new_template() -> None:
+    from kubetune.operator.reconcile.serving import statefulset_rollout
+
+    sts = {"metadata": {"generation": 3},
+           "status": {"observedGeneration": 3, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "b"}}
+    rollout = statefulset_rollout(sts, 2)
+    assert rollout == "replacing pods with the current template: 1/2 updated"
+    current = run(spec(), [agent("p0", {"v1": ""}, "v1"), agent("p1", {"v1": ""}, "v1")]).status
+    both = [agent("p0", {"v1": ""}, "v1"), agent("p1", {"v1": ""}, "v1")]
+    rolling = decide(spec(), 1, BOTH, both, current, T1, None, rollout).status
+    assert rolling.phase == "Progressing" and rollout in (rolling.conditions[0].message or "")
+    done = {"metadata": {"generation": 3},
+            "status": {"observedGeneration": 3, "updatedReplicas": 2, "currentRevision": "b", "updateRevision": "b"}}
+    assert statefulset_rollout(done, 2) is None
+    assert decide(spec(), 1, BOTH, both, current, T1, None, None).status.phase == "Ready"
+    assert statefulset_rollout({"metadata": {"generation": 4}, "status": {"observedGeneration": 3}}, 2) is not None
+    assert statefulset_rollout(None, 2) == "creating the serving StatefulSet"

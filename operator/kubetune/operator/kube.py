@@ -291,6 +291,16 @@ class ServingApi(KubeApi):
         }[kind]
         _drain(call(name, ns, body, _preload_content=False, **_APPLY))
 
+    def get_statefulset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The StatefulSet, or None when it does not exist."""
+        self._count("get", "statefulsets")
+        try:
+            return _json(self.apps.read_namespaced_stateful_set(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def delete_owned_deployment(self, namespace: str, name: str, owner_uid: str) -> bool:
         """Delete the Deployment `name` if `owner_uid` owns it (never someone else's of the same
         name); whether one was deleted."""

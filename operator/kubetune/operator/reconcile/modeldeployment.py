@@ -39,6 +39,7 @@ from kubetune.operator.reconcile.serving import (
     decide,
     resolve_version,
     rfc3339,
+    statefulset_rollout,
 )
 from kubetune.operator.reconcile.traffic import TrafficWindows, rollback_reason, scrape_gateway
 from kubetune.operator.settings import Settings
@@ -109,7 +110,8 @@ class ModelDeploymentReconciler:
         views = [self.read_agent(p, self.settings.scrape_timeout) for p in pods]
         unhealthy = self._traffic_verdict(md, spec, current, pods)
         now = rfc3339()
-        decision = decide(spec, generation, resolved, views, current, now, unhealthy)
+        rollout = statefulset_rollout(self.api.get_statefulset(namespace, name), spec.replicas)
+        decision = decide(spec, generation, resolved, views, current, now, unhealthy, rollout)
 
         sources = [r.source for r in resolved if r.source is not None]
         config = b.serving_config(name, sources, decision.served, decision.keep_loaded)

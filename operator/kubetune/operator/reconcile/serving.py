@@ -223,6 +223,22 @@ def _version_status(
                          + (f" ({'; '.join(waiting)})" if waiting else ""))
 
 
+def statefulset_rollout(sts: dict[str, Any] | None, replicas: int) -> str | None:
+    """Why the serving StatefulSet's pods are not all on its current template (None: they are),
+    as kstatus reads a StatefulSet: its controller has seen the latest spec, every replica is
+    updated, and the current revision is the update revision."""
+    if sts is None:
+        return "creating the serving StatefulSet"
+    meta, status = sts.get("metadata") or {}, sts.get("status") or {}
+    if (status.get("observedGeneration") or 0) < (meta.get("generation") or 0):
+        return "the StatefulSet controller has not seen the latest pod template yet"
+    updated = status.get("updatedReplicas") or 0
+    update_revision = status.get("updateRevision")
+    if updated < replicas or (update_revision and status.get("currentRevision") != update_revision):
+        return f"replacing pods with the current template: {updated}/{replicas} updated"
+    return None
+
+
 def _condition(current: Sequence[Condition], ctype: str, ok: bool, reason: str, message: str,
                generation: int | None, now: str) -> Condition:
     status = "True" if ok else "False"
@@ -240,11 +256,14 @@ def decide(
     current: ModelDeploymentStatus,
     now: str,
     unhealthy: str | None = None,
+    rollout: str | None = None,
 ) -> Decision:
     """The served version, the versions to keep loaded, the new status and the Events.
 
     `unhealthy`: why the served version's live traffic calls for an automatic rollback
-    (:func:`kubetune.operator.reconcile.traffic.rollback_reason`), or None.
+    (:func:`kubetune.operator.reconcile.traffic.rollback_reason`), or None. `rollout`: why the
+    pods are not all on the StatefulSet's current template yet (:func:`statefulset_rollout`),
+    or None: the deployment is not Ready while its pods are being replaced.
     """
     by_name = {r.name: r for r in resolved}
     previous = {v.name: v for v in current.versions}
@@ -346,6 +365,9 @@ def decide(
     elif not all_ready:
         phase, p_reason = "Progressing", MdReason.WAITING_FOR_PODS
         msg = f"{len(agents_on_served)}/{max(len(pods), spec.replicas)} pods serve {served}"
+    elif rollout is not None:
+        phase, p_reason = "Progressing", MdReason.WAITING_FOR_PODS
+        msg = f"serving {served}; {rollout}"
     else:
         phase, p_reason, msg = "Ready", MdReason.READY, f"serving {served} on {len(pods)} pods"
     conds = current.conditions
