@@ -203,8 +203,9 @@ class RequestLoop:
             i += 1
             started = time.monotonic()
             try:
-                answer = chat(ip, self.model, port=self.port, content=self.prompts[i % len(self.prompts)],
-                              max_tokens=self.max_tokens)
+                # Every pod gets every prompt in turn (not prompt k on pod k mod pods).
+                prompt = self.prompts[((i - 1) // len(self.ips)) % len(self.prompts)]
+                answer = chat(ip, self.model, port=self.port, content=prompt, max_tokens=self.max_tokens)
                 if not answer.get("choices"):
                     raise ValueError(f"no choices: {answer}")
                 self.ok += 1

@@ -290,9 +290,13 @@ def test_a_version_whose_answers_drift_from_its_test_split_is_rolled_back_automa
         deadline = time.monotonic() + 60
         while load.ok < 40 and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert load.failures == [], f"v5 failed requests: {load.failures[:3]}"
         healthy = [_gateway_sample(ip, "kubetune_drift_score", version="v5") for ip in md.pod_ips()]
-        print(f"\nv5 (answers as long as evaluation's) drift score per pod: {healthy}")
-        assert all(x is not None and x < 0.5 for x in healthy), "the healthy version already drifts"
+        print(f"\nv5 (answers as long as evaluation's) drift score per pod: {healthy}; reference {ref}")
+        assert all(x is not None and x < 0.5 for x in healthy), "the healthy version already drifts:\n" + "\n".join(
+            line for ip in md.pod_ips() for line in urllib.request.urlopen(
+                f"http://{ip}:{s.GATEWAY_PORT}/metrics", timeout=10).read().decode().splitlines()
+            if 'version="v5"' in line and ("kubetune_" in line or "token_usage_sum" in line or "_count" in line))
         assert md.status()["servedVersion"] == "v5"
 
         md.patch_spec({"activeVersion": "v6"})
