@@ -104,7 +104,10 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             core.create_node(_node(f"bench-cpu-{i}", {}, {"cpu": "64", "memory": "256Gi", "pods": "110"}))
         baseline = plain_job_baseline(cluster, n)
         ns = cluster.create_namespace("bench")
-        ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC, "models", "datasets")
+        # ReadWriteMany, as a platform running 1000 trainers at once has: on a ReadWriteOnce
+        # artifacts claim the operator keeps every trainer on the claim's one node (pod
+        # affinity), where only 110 pods fit, and the rest wait Pending.
+        ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC, "models", "datasets", access_mode="ReadWriteMany")
         port = free_port()
         operator = OperatorProcess(cluster.kubeconfig, workdir / f"operator-{n}.log", {
             "KUBETUNE_OPERATOR_METRICS_PORT": str(port),

@@ -107,12 +107,12 @@ def apply_ftj(cluster: DevCluster, namespace: str, spec: dict[str, Any], name: s
     return Ftj(cluster, namespace, name)
 
 
-def ensure_pvcs(cluster: DevCluster, namespace: str, *names: str) -> None:
+def ensure_pvcs(cluster: DevCluster, namespace: str, *names: str, access_mode: str = "ReadWriteOnce") -> None:
     core = cluster.core()
     for name in names:
         core.create_namespaced_persistent_volume_claim(namespace, {
             "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            "spec": {"accessModes": [access_mode], "resources": {"requests": {"storage": "1Gi"}}},
         })
     for name in names:
         cluster.wait_for(lambda n=name: core.read_namespaced_persistent_volume_claim(n, namespace).status.phase == "Bound",
