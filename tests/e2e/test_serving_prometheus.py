@@ -61,9 +61,14 @@ PADDING = " Please also check my earlier orders, invoices, payment methods and s
 @pytest.fixture(scope="module")
 def md(cluster: DevCluster, ns: str, operator: OperatorProcess) -> Md:
     ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC)
-    train_versions(cluster, ns, ["job-a"], operator)
+    status = train_versions(cluster, ns, ["job-a"], operator)["job-a"]
+    f16 = {a["kind"]: a for a in status["artifacts"] if a.get("quantization") == "f16"}
+    # A uri version without a drift reference: its reference is its first requests (this test's
+    # baseline traffic), so the drift injected afterwards is measured against that. (A
+    # FineTuneJob version is measured against its test split: test_serving_on_cluster.py.)
     dep = Md.create(cluster, ns, MODEL, {
-        "versions": [{"name": "v1", "fineTuneJob": "job-a", "quantization": "f16"}],
+        "versions": [{"name": "v1", "uri": f16["gguf"]["uri"], "sha256": f16["gguf"]["sha256"],
+                      "modelfileUri": f16["modelfile"]["uri"], "modelfileSha256": f16["modelfile"]["sha256"]}],
         "activeVersion": "v1",
         "replicas": 2,
         "logging": {"content": "none"},  # counts and timings are all drift needs; no scanner cost
