@@ -6,22 +6,10 @@ the field, and an excerpt in which everything any secret or PII detector matched
 finding is about, and whether or not that detector is turned on) is replaced by
 ``[REDACTED:<rule>]``. The secret itself never reaches a finding, a report or a log line.
 
-Two sets of detectors run side by side:
-
-- the project's rules: regular expressions with an optional check of the match (digit counts
-  for phone numbers, placeholder values for passwords). Reserved example domains
-  (``example.com``, ``.test``, …; RFC 2606) are not personal data. An excerpt masks every match
-  of a rule's pattern, even one its check let pass;
-- every plugin of Yelp's ``detect-secrets`` (keywords, AWS, private keys, tokens of many
-  services, high-entropy strings, public IPs), run line by line, with its heuristic filters of
-  placeholders, UUIDs and ids. Its findings are named ``detect-secrets:<secret type>``; one that
-  overlaps a finding of the project's rules is left out as the same secret. Two choices differ
-  from a scan of source files: base64 high-entropy strings are looked for unquoted too (as its
-  ad-hoc string scan does: data is prose, not code), and the ``pragma: allowlist secret``
-  comment is not honoured (the data is not trusted to exempt itself). A public IP address is
-  reported as ``pii``. Poisoning is looked for in every text of a record, the
-user's included: a dataset that teaches a model to *refuse* injections will be caught too; use
-``action: flag`` for such data.
+The detectors (the project's rules and every detect-secrets plugin, and how their findings
+are merged) are described in :mod:`kubetune.scanning`. Poisoning is looked for in every text of
+a record, the user's included: a dataset that teaches a model to *refuse* injections will be
+caught too; use ``action: flag`` for such data.
 """
 
 from __future__ import annotations
