@@ -193,6 +193,18 @@ FAULTY_MODELFILE = (
 )
 
 
+def _rolled_back(md: Md, operator: OperatorProcess, bad: str, good: str) -> tuple[dict[str, Any], float, float]:
+    """Wait for `bad` to be served, then for the automatic rollback to `good` on every pod; the
+    status, the seconds between, and when the rollback was complete (monotonic)."""
+    md.wait_status(lambda st: st.get("servedVersion") == bad, f"{bad} served", operator=operator)
+    served_at = time.monotonic()
+    status = md.wait_status(
+        lambda st: (st.get("rolledBack") or {}).get("toVersion") == good and st.get("readyReplicas") == 2
+        and st.get("servedVersion") == good, f"rolled back to {good} on every pod", timeout=180, operator=operator)
+    switched_at = time.monotonic()
+    return status, switched_at - served_at, switched_at
+
+
 def test_a_version_that_fails_live_traffic_is_rolled_back_automatically(
     cluster: DevCluster, ns: str, md: Md, operator: OperatorProcess, trained: dict[str, dict[str, Any]]
 ) -> None:
@@ -212,14 +224,8 @@ def test_a_version_that_fails_live_traffic_is_rolled_back_automatically(
         "rollback": {"windowSeconds": 10, "minRequests": 5, "maxErrorRate": 0.2},
     })
     with RequestLoop(md.pod_ips(), MODEL, port=s.GATEWAY_PORT) as load:
-        md.wait_status(lambda st: st.get("servedVersion") == "v4", "v4 served", operator=operator)
-        served_at = time.monotonic()
-        status = md.wait_status(
-            lambda st: (st.get("rolledBack") or {}).get("toVersion") == "v2" and st.get("readyReplicas") == 2
-            and st.get("servedVersion") == "v2", "rolled back to v2 on every pod", timeout=180, operator=operator)
-        switched_at = time.monotonic()
+        status, detection, switched_at = _rolled_back(md, operator, "v4", "v2")
         time.sleep(5)
-    detection = switched_at - served_at
     print(f"\nautomatic rollback: {detection:.1f} s from v4 served to v2 back on every pod; "
           f"{len(load.failures)} failed while v4 served, {load.ok} ok")
     assert load.failures, "the faulty version failed no request: the test proves nothing"
@@ -300,14 +306,8 @@ def test_a_version_whose_answers_drift_from_its_test_split_is_rolled_back_automa
         assert md.status()["servedVersion"] == "v5"
 
         md.patch_spec({"activeVersion": "v6"})
-        md.wait_status(lambda st: st.get("servedVersion") == "v6", "v6 served", operator=operator)
-        served_at = time.monotonic()
-        status = md.wait_status(
-            lambda st: (st.get("rolledBack") or {}).get("toVersion") == "v5" and st.get("readyReplicas") == 2
-            and st.get("servedVersion") == "v5", "rolled back to v5 on every pod", timeout=180, operator=operator)
-        switched_at = time.monotonic()
+        status, detection, _ = _rolled_back(md, operator, "v6", "v5")
         time.sleep(5)
-    detection = switched_at - served_at
     print(f"drift rollback: {detection:.1f} s from v6 served to v5 back on every pod "
           f"(window 10 s); {len(load.failures)} failed, {load.ok} ok")
     assert load.failures == [], "a drifting version answers: no request may fail"
