@@ -14,10 +14,12 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test setup tools llama-cpp crds lint cluster-up cluster-down clean
 
-$(STAMP): pyproject.toml
+# ./dev is kubetune-dev (dev control plane, local pod runner, test helpers): a second
+# distribution, since an extra cannot name a local path; never in the kubetune wheel or image.
+$(STAMP): pyproject.toml dev/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[trainer,dev]'
+	$(PIP) install --quiet -e '.[trainer,dev]' -e ./dev
 	@touch $(STAMP)
 
 ## setup: the Python environment in .venv (torch, transformers, peft, trl, kopf, …) and llama.cpp
@@ -45,10 +47,10 @@ test: setup tools lint
 crds: $(STAMP)
 	$(VENV)/bin/kubetune crds
 
-## lint: ruff, and mypy --strict on the operator and trainer packages
+## lint: ruff, and mypy --strict on the operator, trainer and dev-tool packages
 lint: $(STAMP)
-	$(VENV)/bin/ruff check operator trainer_image tests bench examples
-	$(VENV)/bin/mypy operator/kubetune trainer_image/kubetune_trainer
+	$(VENV)/bin/ruff check operator trainer_image dev tests bench examples
+	$(VENV)/bin/mypy operator/kubetune trainer_image/kubetune_trainer dev/kubetune_dev
 
 ## cluster-up / cluster-down: the local control plane with kwok nodes and the local pod runner
 cluster-up: tools setup

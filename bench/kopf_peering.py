@@ -27,7 +27,7 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubetune.devcluster import DevCluster, start_dev_cluster
+from kubetune_dev import DevCluster, start_dev_cluster
 
 OPERATOR = textwrap.dedent('''
     import asyncio, sys, time

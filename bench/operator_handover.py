@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubetune.api import constants as c
 from kubetune.api.crdgen import render_all
-from kubetune.devcluster import DevCluster, start_dev_cluster
+from kubetune_dev import DevCluster, start_dev_cluster
 
 LEASE = "kubetune-operator"
 

@@ -36,8 +36,8 @@ from kubernetes import client
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubetune.api import constants as c
-from kubetune.devcluster import GPU_NODES, start_dev_cluster
-from kubetune.devcluster.simulation import GPUS_PER_NODE, _node
+from kubetune_dev import GPU_NODES, start_dev_cluster
+from kubetune_dev.simulation import GPUS_PER_NODE, _node
 from tests.integration.finetunejobs import ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 

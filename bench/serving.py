@@ -34,7 +34,7 @@ from statistics import quantiles
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubetune.api import constants as c
-from kubetune.devcluster import start_dev_cluster
+from kubetune_dev import start_dev_cluster
 from tests.e2e.serving_cluster import Md, RequestLoop, operator_env, train_versions
 from tests.integration.finetunejobs import ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess

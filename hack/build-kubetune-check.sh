@@ -8,7 +8,7 @@
 # validation (sigs.k8s.io/kind). Pure Go, CGO off, about 1-2 minutes cold.
 #
 # Unlike the other tools this one has its own source, so its cache key is a hash of that source
-# (go.mod, go.sum, *.go): an edit builds a new binary beside the old. kubetune.devcluster.tools
+# (go.mod, go.sum, *.go): an edit builds a new binary beside the old. kubetune_dev.tools
 # computes the same hash to find it. Library versions are pinned in hack/kubetune-check/go.mod
 # (and go.sum); the ones named in hack/versions.env must agree, which this script checks.
 set -euo pipefail
@@ -17,7 +17,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 src="$HACK_DIR/kubetune-check"
 
 # source_hash: sha256 over "name\0content\0" of go.mod, go.sum and *.go in name order; the
-# first 12 hex digits. Keep in step with kubetune.devcluster.tools.kubetune_check_version.
+# first 12 hex digits. Keep in step with kubetune_dev.tools.kubetune_check_version.
 source_hash() {
   (
     cd "$src"

@@ -16,9 +16,9 @@ esac
 
 python="${KUBETUNE_PYTHON:-$REPO_ROOT/.venv/bin/python}"
 [[ -x "$python" ]] || die "find python" \
-  "create the venv: python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' (or set KUBETUNE_PYTHON)"
-"$python" -c 'import kubetune.devcluster' 2>/dev/null || die "import kubetune.devcluster" \
-  "$python -m pip install -e $REPO_ROOT"
+  "create the venv: python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' -e ./dev (or set KUBETUNE_PYTHON)"
+"$python" -c 'import kubetune_dev' 2>/dev/null || die "import kubetune_dev" \
+  "$python -m pip install -e $REPO_ROOT/dev (make setup installs it)"
 
 state_dir="${KUBETUNE_CLUSTER_DIR:-$REPO_ROOT/.kubetune/cluster}"
-exec "$python" -m kubetune.devcluster "$command" --state-dir "$state_dir"
+exec "$python" -m kubetune_dev "$command" --state-dir "$state_dir"

@@ -1,6 +1,6 @@
 """Shared fixtures. ``cluster``: a real dev control plane for tests marked ``cluster``.
 
-The control plane comes from kubetune.devcluster (see docs/dev-cluster.md); its binaries are
+The control plane comes from kubetune_dev (see docs/dev-cluster.md); its binaries are
 built by hack/install-tools.sh. When they are missing the fixture fails (never skips) and says
 so.
 """
@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from kubetune.devcluster import DevCluster
+    from kubetune_dev import DevCluster
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     """A running dev cluster for the whole session; stopped, with its data deleted, at the end."""
     # Imported here so that unit tests never pay for (or depend on) the dev cluster.
-    from kubetune.devcluster import ComponentError, ToolchainError, start_dev_cluster
+    from kubetune_dev import ComponentError, ToolchainError, start_dev_cluster
 
     try:
         dev_cluster = start_dev_cluster(tmp_path_factory.mktemp("devcluster"), die_with_parent=True)

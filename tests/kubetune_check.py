@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kubetune.devcluster.tools import REPO_ROOT, find_kubetune_check
+from kubetune_dev.tools import REPO_ROOT, find_kubetune_check
 
 ARGOCD_DIR = REPO_ROOT / "deploy" / "argocd"
 FINETUNEJOB_HEALTH = ARGOCD_DIR / "health-finetunejob.lua"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kubetune.devcluster import DevCluster
+from kubetune_dev import DevCluster
 from tests.e2e.serving_cluster import operator_env
 from tests.integration.finetunejobs import install_crds
 from tests.integration.operator_process import OperatorProcess

@@ -20,9 +20,9 @@ from kubernetes import client
 
 from kubetune.api import constants as c
 from kubetune.api import serving as s
-from kubetune.devcluster import LOCAL_NODE, DevCluster, local_pod_toleration
-from kubetune.devcluster.tools import find_ollama
 from kubetune.operator.builders.serving import selector_labels
+from kubetune_dev import LOCAL_NODE, DevCluster, local_pod_toleration
+from kubetune_dev.tools import find_ollama
 from tests.integration.finetunejobs import apply_ftj
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data" / "support-chat.jsonl"

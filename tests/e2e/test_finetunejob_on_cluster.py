@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import constants as c
-from kubetune.devcluster import LOCAL_NODE, DevCluster, local_pod_toleration
+from kubetune_dev import LOCAL_NODE, DevCluster, local_pod_toleration
 from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
+from kubetune_dev import DevCluster
 from tests.e2e.serving_cluster import Md, f16_sha, train_versions
 from tests.integration.finetunejobs import ensure_pvcs
 from tests.integration.operator_process import OperatorProcess

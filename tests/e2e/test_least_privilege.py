@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
+from kubetune_dev import DevCluster
 from tests.e2e.serving_cluster import DATA, Md, operator_env, tiny_version_spec
 from tests.integration.chart import (
     CHART,

@@ -31,9 +31,9 @@ from kubernetes import client
 
 from kubetune.api import constants as c
 from kubetune.api import serving as s
-from kubetune.devcluster import DevCluster
 from kubetune.operator.builders.serving import configmap_name
 from kubetune.operator.reconcile.modeldeployment import FINALIZER
+from kubetune_dev import DevCluster
 from tests.e2e.serving_cluster import (
     Md,
     RequestLoop,

@@ -35,9 +35,9 @@ import pytest
 
 from kubetune.api import constants as c
 from kubetune.api import serving as s
-from kubetune.devcluster import DevCluster
 from kubetune.serving.alerts import AlertThresholds, render_rule_file
 from kubetune.serving.drift import DriftSettings
+from kubetune_dev import DevCluster
 from tests.e2e.serving_cluster import Md, train_versions
 from tests.integration.finetunejobs import ensure_pvcs
 from tests.integration.operator_process import OperatorProcess

@@ -15,8 +15,8 @@ import yaml
 from kubernetes import client
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
-from kubetune.devcluster.tools import find_helm
+from kubetune_dev import DevCluster
+from kubetune_dev.tools import find_helm
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kubetune"

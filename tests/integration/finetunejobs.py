@@ -14,8 +14,8 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import constants as c
 from kubetune.api.crdgen import render_all
-from kubetune.devcluster import MESSAGE_ANNOTATION, OUTCOME_ANNOTATION, DevCluster
 from kubetune.operator.builders.names import label_value
+from kubetune_dev import MESSAGE_ANNOTATION, OUTCOME_ANNOTATION, DevCluster
 from tests.integration.operator_process import OperatorProcess
 
 

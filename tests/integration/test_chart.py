@@ -16,8 +16,8 @@ import yaml
 from kubernetes import client
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
 from kubetune.serving import alerts
+from kubetune_dev import DevCluster
 from tests.integration.chart import (
     CHART,
     OPERATOR_SA,

@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
+from kubetune_dev import DevCluster
 from tests.integration.finetunejobs import install_crds
 
 pytestmark = pytest.mark.cluster

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import constants as c
 from kubetune.cli import main
-from kubetune.devcluster import DevCluster
+from kubetune_dev import DevCluster
 from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 from tests.spec_rules import MINIMAL, RULES

@@ -1,7 +1,7 @@
 """The FineTuneJob controller against a real kube-apiserver, controller-manager and scheduler.
 
 Trainer pods on kwok's simulated GPU nodes end as the test decides (annotations, see
-kubetune.devcluster.simulation); pods on `kubetune-local` really run (local pod runner).
+kubetune_dev.simulation); pods on `kubetune-local` really run (local pod runner).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from kubernetes.client.rest import ApiException
 from kubetune.api import TrainerResult
 from kubetune.api import constants as c
 from kubetune.api.trainer_result import GateResult
-from kubetune.devcluster import (
+from kubetune.operator.builders.names import spec_configmap_name, training_job_name
+from kubetune_dev import (
     GPU_NODES,
     LOCAL_NODE,
     DevCluster,
     local_pod_toleration,
 )
-from kubetune.operator.builders.names import spec_configmap_name, training_job_name
 from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 

@@ -5,7 +5,7 @@ stuck on a missing Secret, ConfigMap or claim is explained (or the Job is never 
 an operator upgrade neither restarts a finished job nor loses a deadline edit.
 
 Trainer pods run on kwok's simulated GPU nodes and end as the test decides
-(kubetune.devcluster.simulation)."""
+(kubetune_dev.simulation)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from kubetune.api import constants as c
-from kubetune.devcluster import LOCAL_RUNNER_LABEL, DevCluster, local_pod_toleration
-from kubetune.devcluster.waiting import wait_until
+from kubetune_dev import LOCAL_RUNNER_LABEL, DevCluster, local_pod_toleration
+from kubetune_dev.waiting import wait_until
 from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.test_finetunejob_controller import gpu_spec, result_message

@@ -20,8 +20,8 @@ import yaml
 from kubernetes import client
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
-from kubetune.devcluster.tools import REPO_ROOT
+from kubetune_dev import DevCluster
+from kubetune_dev.tools import REPO_ROOT
 from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.test_finetunejob_controller import gpu_spec, result_message

@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubetune.devcluster import (
+from kubetune_dev import (
     EXIT_CODE_ANNOTATION,
     GPU_NODES,
     GPU_RESOURCE,
@@ -28,8 +28,8 @@ from kubetune.devcluster import (
     local_pod_toleration,
     start_dev_cluster,
 )
-from kubetune.devcluster.control_plane import Ports, start_etcd
-from kubetune.devcluster.tools import find_toolchain
+from kubetune_dev.control_plane import Ports, start_etcd
+from kubetune_dev.tools import find_toolchain
 
 pytestmark = pytest.mark.cluster
 

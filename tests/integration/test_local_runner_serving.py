@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kubetune.devcluster import LOCAL_RUNNER_LABEL, DevCluster, local_pod_toleration
-from kubetune.devcluster.local_pod_network import POD_CIDR
 from kubetune.operator.progress import scrape_progress
+from kubetune_dev import LOCAL_RUNNER_LABEL, DevCluster, local_pod_toleration
+from kubetune_dev.local_pod_network import POD_CIDR
 
 pytestmark = pytest.mark.cluster
 

@@ -13,9 +13,9 @@ from kubernetes import client
 
 from kubetune.api import constants as c
 from kubetune.api import serving as s
-from kubetune.devcluster import DevCluster
 from kubetune.operator.builders.serving import configmap_name
 from kubetune.operator.kube import FIELD_MANAGER
+from kubetune_dev import DevCluster
 from tests.integration.finetunejobs import install_crds
 from tests.integration.operator_process import OperatorProcess
 

@@ -2,7 +2,7 @@
 processes of which exactly one reconciles, with the leader SIGKILLed mid-run.
 
 Trainer pods run on kwok's simulated GPU nodes and end when the test annotates them
-(kubetune.devcluster.simulation). The handover time is measured and printed, not asserted
+(kubetune_dev.simulation). The handover time is measured and printed, not asserted
 (bench/operator_handover.py prints it over several runs).
 """
 
@@ -26,9 +26,9 @@ from kubernetes import client, watch
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
 from kubetune.operator.kube import KubeApi, NotLeaderError
 from kubetune.operator.leaderelection import LeaderElector, LeaseConfig
+from kubetune_dev import DevCluster
 from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 

@@ -27,8 +27,8 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api import constants as c
-from kubetune.devcluster import DevCluster
 from kubetune.operator.kube import FIELD_MANAGER, KubeApi
+from kubetune_dev import DevCluster
 from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.test_operator_ha import free_port, probe

@@ -277,7 +277,7 @@ class Agent:
 
 @pytest.fixture
 def ollama(tmp_path: Path) -> Iterator[Ollama]:
-    from kubetune.devcluster.tools import ToolchainError, find_ollama
+    from kubetune_dev.tools import ToolchainError, find_ollama
 
     try:
         binary = find_ollama()

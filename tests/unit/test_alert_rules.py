@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.devcluster.tools import ToolchainError, find_promtool
 from kubetune.serving.alerts import (
     MONITORING_DIR,
     RULE_FILE,
@@ -23,6 +22,7 @@ from kubetune.serving.alerts import (
     render_prometheus_rule,
     rule_groups,
 )
+from kubetune_dev.tools import ToolchainError, find_promtool
 
 ALERTS = {
     "KubetuneErrorRateHigh",

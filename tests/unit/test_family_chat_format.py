@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from kubetune.api.families import FAMILIES
-from kubetune.devcluster.tools import find_ollama_template
+from kubetune_dev.tools import find_ollama_template
 from kubetune_trainer import tiny_families
 from kubetune_trainer.export.chat_format import (
     UnsupportedChatTemplate,

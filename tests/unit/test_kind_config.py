@@ -13,9 +13,9 @@ import yaml
 
 from kubetune.api import FineTuneJobSpec
 from kubetune.api import constants as c
-from kubetune.devcluster.tools import REPO_ROOT
 from kubetune.operator.builders.training_job import build_training_job
 from kubetune.operator.settings import Settings
+from kubetune_dev.tools import REPO_ROOT
 from tests.kubetune_check import CheckRefused, kind_config
 
 KIND_CONFIG = REPO_ROOT / "kind-config.yaml"

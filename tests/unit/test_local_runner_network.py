@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from kubetune.devcluster.local_pod_network import PodAddresses
+from kubetune_dev.local_pod_network import PodAddresses
 
 
 def test_pods_get_distinct_addresses_that_stay_theirs() -> None:

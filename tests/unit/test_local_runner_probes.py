@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from kubetune.devcluster.local_pod_probe import (
+from kubetune_dev.local_pod_probe import (
     Probe,
     ProbeTarget,
     ProbeWorker,
     container_probes,
     run_probe,
 )
-from kubetune.devcluster.local_pod_setup import UnsupportedPodSpec
-from kubetune.devcluster.local_pod_status import ConditionTimes, ContainerState, pod_status_patch
+from kubetune_dev.local_pod_setup import UnsupportedPodSpec
+from kubetune_dev.local_pod_status import ConditionTimes, ContainerState, pod_status_patch
 
 
 class _Server:

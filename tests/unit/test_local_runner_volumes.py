@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.devcluster.local_pod_setup import UnsupportedPodSpec
-from kubetune.devcluster.local_pod_volumes import DATA_LINK, write_atomically
+from kubetune_dev.local_pod_setup import UnsupportedPodSpec
+from kubetune_dev.local_pod_volumes import DATA_LINK, write_atomically
 
 
 def _versions(folder: Path) -> list[str]:

@@ -15,7 +15,7 @@ import yaml
 from kubetune.api import FineTuneJobSpec
 from kubetune.api import constants as c
 from kubetune.api.modeldeployment import ModelDeploymentSpec
-from kubetune.devcluster.tools import REPO_ROOT
+from kubetune_dev.tools import REPO_ROOT
 from tests.kubetune_check import kind_config
 
 DOC = REPO_ROOT / "docs" / "quickstart-kind.md"

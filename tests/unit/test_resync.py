@@ -8,8 +8,8 @@ from collections.abc import Hashable
 from typing import Any
 
 from kubetune.api.trainer_result import Progress
-from kubetune.devcluster.waiting import wait_until
 from kubetune.operator.resync import ProgressScraper, run_periodically
+from kubetune_dev.waiting import wait_until
 
 
 def test_the_resync_loop_survives_an_exception_in_one_pass() -> None:

@@ -3,17 +3,17 @@
 Pods that opt in (toleration for the ``kubetune.dev/local-runner=true:NoSchedule`` taint and
 ``nodeSelector: {kubetune.dev/local-runner: "true"}``) are scheduled by the real scheduler to
 ``kubetune-local``; this process watches them and runs each container's command as a local
-process (see :mod:`kubetune.devcluster.local_pod_run`). kwok keeps the node Ready but leaves
+process (see :mod:`kubetune_dev.local_pod_run`). kwok keeps the node Ready but leaves
 its pods alone. The runner also provisions PersistentVolumes for claims
-(:mod:`kubetune.devcluster.local_storage`).
+(:mod:`kubetune_dev.local_storage`).
 
 Every pod gets its own IP for as long as it runs (``status.podIP``, and the downward API's
 ``status.podIP``): an address of ``--pod-cidr`` made local on ``lo``, so that replicas can
-listen on the same port and Services list them (see :mod:`kubetune.devcluster.local_pod_network`).
+listen on the same port and Services list them (see :mod:`kubetune_dev.local_pod_network`).
 A test finds a pod's IP in its status and its files with ``DevCluster.local_pod_dir`` (logs:
 ``<container>.log``; volumes: ``volumes/<name>``).
 
-Run: ``python -m kubetune.devcluster.local_runner --kubeconfig K --state-dir D``.
+Run: ``python -m kubetune_dev.local_runner --kubeconfig K --state-dir D``.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from urllib.parse import urlparse
 import urllib3
 from kubernetes import client, watch
 
-from kubetune.devcluster.kube import api_client_from_kubeconfig, as_dict
-from kubetune.devcluster.local_pod_network import POD_CIDR, PodAddresses, ensure_local_network
-from kubetune.devcluster.local_pod_run import PodRun
-from kubetune.devcluster.local_storage import run_provisioner
-from kubetune.devcluster.simulation import LOCAL_NODE
+from kubetune_dev.kube import api_client_from_kubeconfig, as_dict
+from kubetune_dev.local_pod_network import POD_CIDR, PodAddresses, ensure_local_network
+from kubetune_dev.local_pod_run import PodRun
+from kubetune_dev.local_storage import run_provisioner
+from kubetune_dev.simulation import LOCAL_NODE
 
-log = logging.getLogger("kubetune.devcluster.local_runner")
+log = logging.getLogger("kubetune_dev.local_runner")
 
 
 class LocalRunner:

@@ -1,6 +1,6 @@
 """Container entry point of the local runner, run inside a private mount namespace.
 
-``unshare --mount --propagation private -- python -m kubetune.devcluster.local_exec PLAN``
+``unshare --mount --propagation private -- python -m kubetune_dev.local_exec PLAN``
 bind-mounts every volume at its mount path (visible to this process tree only), then
 ``exec``s the container's command. Mount points that do not exist are created first and
 listed in the plan's ``created_paths_file`` so that the runner can remove them later. A failure

@@ -2,8 +2,8 @@
 
 Environment variables are resolved the way the kubelet does (``value``, ``valueFrom``,
 ``envFrom``, ``$(VAR)`` expansion); the downward API's ``status.podIP`` is the pod's own address
-(see :mod:`kubetune.devcluster.local_pod_network`), ``status.hostIP`` is ``HOST_IP``. Volumes
-are made by :mod:`kubetune.devcluster.local_pod_volumes`. Pods are plain dicts in the API's
+(see :mod:`kubetune_dev.local_pod_network`), ``status.hostIP`` is ``HOST_IP``. Volumes
+are made by :mod:`kubetune_dev.local_pod_volumes`. Pods are plain dicts in the API's
 camelCase form.
 """
 
@@ -47,7 +47,7 @@ class Mount:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything :mod:`kubetune.devcluster.local_exec` needs; written as JSON."""
+    """Everything :mod:`kubetune_dev.local_exec` needs; written as JSON."""
 
     argv: list[str]
     env: dict[str, str]

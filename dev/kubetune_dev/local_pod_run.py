@@ -5,10 +5,10 @@ A PodRun owns a thread that materialises the pod's volumes, starts each containe
 output to ``<state-dir>/pods/<namespace>/<pod>/<container>.log``), restarts containers as the
 pod's ``restartPolicy`` says, and patches the pod status as the kubelet would, only when it
 changed. The pod has its own IP (given by the runner, see
-:mod:`kubetune.devcluster.local_pod_network`). Beside the run thread, each probe of a running
-container has a thread (:mod:`kubetune.devcluster.local_pod_probe`) and one thread refreshes the
+:mod:`kubetune_dev.local_pod_network`). Beside the run thread, each probe of a running
+container has a thread (:mod:`kubetune_dev.local_pod_probe`) and one thread refreshes the
 pod's ConfigMap/Secret/projected volumes every ``VOLUME_REFRESH_SECONDS``
-(:mod:`kubetune.devcluster.local_pod_volumes`).
+(:mod:`kubetune_dev.local_pod_volumes`).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from typing import Any
 
 from kubernetes import client
 
-from kubetune.devcluster import local_exec
-from kubetune.devcluster.local_pod_probe import (
+from kubetune_dev import local_exec
+from kubetune_dev.local_pod_probe import (
     Probe,
     ProbeTarget,
     ProbeWorker,
     container_probes,
 )
-from kubetune.devcluster.local_pod_setup import (
+from kubetune_dev.local_pod_setup import (
     ContainerConfigError,
     LaunchPlan,
     Pod,
@@ -45,7 +45,7 @@ from kubetune.devcluster.local_pod_setup import (
     base_environment,
     build_launch_plan,
 )
-from kubetune.devcluster.local_pod_status import (
+from kubetune_dev.local_pod_status import (
     ConditionTimes,
     ContainerState,
     Status,
@@ -54,13 +54,13 @@ from kubetune.devcluster.local_pod_status import (
     terminated_state,
     termination_message,
 )
-from kubetune.devcluster.local_pod_volumes import (
+from kubetune_dev.local_pod_volumes import (
     REFRESHED_KINDS,
     TokenCache,
     materialise_volumes,
     refresh_volumes,
 )
-from kubetune.devcluster.processes import kill_when_parent_dies
+from kubetune_dev.processes import kill_when_parent_dies
 
 log = logging.getLogger(__name__)
 MAX_KILL_GRACE_SECONDS = 10.0

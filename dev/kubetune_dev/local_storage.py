@@ -15,8 +15,8 @@ from pathlib import Path
 
 from kubernetes import client
 
-from kubetune.devcluster.kube import Manifest, as_dict, create_unless_exists
-from kubetune.devcluster.local_pod_setup import claim_path
+from kubetune_dev.kube import Manifest, as_dict, create_unless_exists
+from kubetune_dev.local_pod_setup import claim_path
 
 STORAGE_CLASS = "kubetune-local"
 PROVISIONER = "kubetune.dev/local-runner"

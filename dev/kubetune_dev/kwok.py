@@ -8,12 +8,12 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from kubetune.devcluster.control_plane import Ports, wait_healthy
-from kubetune.devcluster.kube import as_dict, create_unless_exists
-from kubetune.devcluster.processes import ComponentError, ManagedProcess
-from kubetune.devcluster.simulation import KWOK_MANAGED_LABEL, kwok_stages, node_manifests
-from kubetune.devcluster.tools import Toolchain
-from kubetune.devcluster.waiting import wait_until
+from kubetune_dev.control_plane import Ports, wait_healthy
+from kubetune_dev.kube import as_dict, create_unless_exists
+from kubetune_dev.processes import ComponentError, ManagedProcess
+from kubetune_dev.simulation import KWOK_MANAGED_LABEL, kwok_stages, node_manifests
+from kubetune_dev.tools import Toolchain
+from kubetune_dev.waiting import wait_until
 
 # Simulated pods get loopback addresses: anything that connects to one (the operator's
 # progress scrape) is refused at once on this machine instead of sending traffic elsewhere.

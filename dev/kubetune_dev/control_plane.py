@@ -12,10 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.devcluster.pki import ADMIN_USER, Credentials
-from kubetune.devcluster.processes import ComponentError, ManagedProcess, free_port
-from kubetune.devcluster.tools import Toolchain
-from kubetune.devcluster.waiting import WaitTimeout, wait_until
+from kubetune_dev.pki import ADMIN_USER, Credentials
+from kubetune_dev.processes import ComponentError, ManagedProcess, free_port
+from kubetune_dev.tools import Toolchain
+from kubetune_dev.waiting import WaitTimeout, wait_until
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -19,20 +19,20 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
-from kubetune.devcluster import control_plane, kwok
-from kubetune.devcluster.kube import api_client_from_kubeconfig, create_unless_exists
-from kubetune.devcluster.local_pod_run import local_pod_logs, pod_dir
-from kubetune.devcluster.local_storage import storage_class_manifest
-from kubetune.devcluster.pki import (
+from kubetune_dev import control_plane, kwok
+from kubetune_dev.kube import api_client_from_kubeconfig, create_unless_exists
+from kubetune_dev.local_pod_run import local_pod_logs, pod_dir
+from kubetune_dev.local_storage import storage_class_manifest
+from kubetune_dev.pki import (
     ADMIN_USER,
     CONTROLLER_MANAGER_USER,
     SCHEDULER_USER,
     generate_credentials,
     write_kubeconfig,
 )
-from kubetune.devcluster.processes import ComponentError, ManagedProcess
-from kubetune.devcluster.tools import Toolchain, find_toolchain
-from kubetune.devcluster.waiting import WaitTimeout, wait_until
+from kubetune_dev.processes import ComponentError, ManagedProcess
+from kubetune_dev.tools import Toolchain, find_toolchain
+from kubetune_dev.waiting import WaitTimeout, wait_until
 
 T = TypeVar("T")
 INFO_FILE = "cluster.json"
@@ -140,7 +140,7 @@ class DevCluster:
 def _start_local_runner(state_dir: Path, kubeconfig: Path,
                         die_with_parent: bool) -> ManagedProcess:
     process = ManagedProcess("local-runner", [
-        sys.executable, "-m", "kubetune.devcluster.local_runner",
+        sys.executable, "-m", "kubetune_dev.local_runner",
         f"--kubeconfig={kubeconfig}", f"--state-dir={state_dir}",
         f"--ready-file={state_dir / RUNNER_READY_FILE}",
     ], state_dir, die_with_parent=die_with_parent)

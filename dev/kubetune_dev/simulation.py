@@ -8,7 +8,7 @@ Tests decide how a pod on a simulated node ends by annotating it (also after it 
   ``status.containerStatuses[*].state.terminated.message``.
 
 The node ``kubetune-local`` is kept Ready by kwok, but its pods are run for real by
-:mod:`kubetune.devcluster.local_runner`, so every pod stage here excludes it.
+:mod:`kubetune_dev.local_runner`, so every pod stage here excludes it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
 INSTALL_HINT = "run hack/install-tools.sh"
 
@@ -30,7 +30,7 @@ def cache_dir() -> Path:
 def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
     """Parse the ``KEY=value`` lines of hack/versions.env (quotes stripped, comments skipped)."""
     if not path.is_file():
-        raise ToolchainError(f"{path} not found: kubetune.devcluster needs the repository checkout")
+        raise ToolchainError(f"{path} not found: kubetune_dev needs the repository checkout")
     versions: dict[str, str] = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()

@@ -1,4 +1,4 @@
-"""``python -m kubetune.devcluster up|down|status [--state-dir DIR]`` (used by hack/cluster.sh).
+"""``python -m kubetune_dev up|down|status [--state-dir DIR]`` (used by hack/cluster.sh).
 
 ``up`` starts a dev cluster that keeps running after this command exits; ``down`` stops the
 processes recorded in the state dir and deletes it.
@@ -12,9 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from kubetune.devcluster.cluster import INFO_FILE, STOP_ORDER, start_dev_cluster
-from kubetune.devcluster.processes import ComponentError, stop_recorded_processes
-from kubetune.devcluster.tools import REPO_ROOT, ToolchainError
+from kubetune_dev.cluster import INFO_FILE, STOP_ORDER, start_dev_cluster
+from kubetune_dev.processes import ComponentError, stop_recorded_processes
+from kubetune_dev.tools import REPO_ROOT, ToolchainError
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubetune" / "cluster"
 
@@ -49,7 +49,7 @@ def status(state_dir: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m kubetune.devcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kubetune_dev", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args()

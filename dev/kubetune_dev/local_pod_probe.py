@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.devcluster.local_pod_setup import UnsupportedPodSpec, expand
+from kubetune_dev.local_pod_setup import UnsupportedPodSpec, expand
 
 log = logging.getLogger(__name__)
 PROBE_FIELDS = {"startup": "startupProbe", "readiness": "readinessProbe",

@@ -2,7 +2,7 @@
 
 A container is ``started`` while it runs and its startupProbe (if any) has passed, and ``ready``
 while it is started and its readinessProbe (if any) passes (see
-:mod:`kubetune.devcluster.local_pod_probe`); the pod's ContainersReady and Ready conditions
+:mod:`kubetune_dev.local_pod_probe`); the pod's ContainersReady and Ready conditions
 follow its containers, with ``lastTransitionTime`` kept until their status changes, so the same
 states give the same patch and the runner can skip patches that change nothing.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.devcluster.local_pod_setup import HOST_IP
+from kubetune_dev.local_pod_setup import HOST_IP
 
 MAX_MESSAGE_BYTES = 4096  # the kubelet's per-container limit
 FALLBACK_LOG_LINES = 80

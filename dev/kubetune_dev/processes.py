@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubetune.devcluster.waiting import wait_until
+from kubetune_dev.waiting import wait_until
 
 
 class ComponentError(RuntimeError):

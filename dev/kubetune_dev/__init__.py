@@ -6,9 +6,9 @@ kube-scheduler (built by hack/install-tools.sh) on loopback, kwok for 4 simulate
 docs/dev-cluster.md.
 """
 
-from kubetune.devcluster.cluster import DevCluster, start_dev_cluster
-from kubetune.devcluster.processes import ComponentError
-from kubetune.devcluster.simulation import (
+from kubetune_dev.cluster import DevCluster, start_dev_cluster
+from kubetune_dev.processes import ComponentError
+from kubetune_dev.simulation import (
     CPU_NODES,
     EXIT_CODE_ANNOTATION,
     GPU_NODES,
@@ -21,8 +21,8 @@ from kubetune.devcluster.simulation import (
     OUTCOME_ANNOTATION,
     local_pod_toleration,
 )
-from kubetune.devcluster.tools import ToolchainError
-from kubetune.devcluster.waiting import WaitTimeout, wait_until
+from kubetune_dev.tools import ToolchainError
+from kubetune_dev.waiting import WaitTimeout, wait_until
 
 __all__ = [
     "CPU_NODES",

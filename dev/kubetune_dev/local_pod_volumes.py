@@ -34,8 +34,8 @@ from typing import Any
 
 from kubernetes import client
 
-from kubetune.devcluster.kube import as_dict
-from kubetune.devcluster.local_pod_setup import (
+from kubetune_dev.kube import as_dict
+from kubetune_dev.local_pod_setup import (
     Pod,
     UnsupportedPodSpec,
     VolumeNotReady,
