@@ -87,6 +87,30 @@ RULES: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = [
         {"evaluation": {"gate": {"requireImprovementOverBase": False}}, "export": {"onGateFailure": "export"}},
     ),
     (
+        {"evaluation": {"gate": {"requireImprovementOverFewShot": True}}},
+        "",
+        "evaluation.gate.requireImprovementOverFewShot needs evaluation.baselines to list fewShot "
+        "(the base model prompted with evaluation.fewShotExamples training examples is the "
+        "baseline to beat); add baselines: [fewShot], or remove requireImprovementOverFewShot",
+        {"evaluation": {"gate": {"requireImprovementOverFewShot": True}, "baselines": ["fewShot"]}},
+    ),
+    (
+        {"evaluation": {"compareWithBase": False, "baselines": ["zeroShot", "fewShot"], "gate": {"requireImprovementOverFewShot": True}}},
+        "",
+        "evaluation.baselines: zeroShot is the base model asked the test prompts as they are, "
+        "which compareWithBase: false turns off; remove zeroShot from baselines, or set "
+        "compareWithBase: true",
+        {"evaluation": {"compareWithBase": False, "baselines": ["fewShot"], "gate": {"requireImprovementOverFewShot": True}}},
+    ),
+    (
+        {"evaluation": {"metrics": [], "baselines": ["fewShot"], "gate": {"requireImprovementOverFewShot": True}}},
+        "",
+        "evaluation.metrics: the gate compares the fine-tuned model with the few-shot baseline "
+        "(gate.requireImprovementOverFewShot), but no metric is computed (the list is empty and "
+        "there is no judge); list one, e.g. metrics: [rouge_l]",
+        {"evaluation": {"metrics": ["rouge_l"], "baselines": ["fewShot"], "gate": {"requireImprovementOverFewShot": True}}},
+    ),
+    (
         {"dataset": {"source": {"uri": "pvc://data/train.jsonl"}, "split": {"test": 0}}},
         "",
         "dataset.split.test: 0 holds no examples out, so evaluation has nothing to score and the "

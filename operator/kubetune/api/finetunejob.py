@@ -53,6 +53,7 @@ DataUri = Annotated[
     ),
 ]
 MetricName = Literal["exact_match", "rouge_l", "bleu", "perplexity"]
+Baseline = Literal["zeroShot", "fewShot"]
 GgufType = Literal["f16", "q8_0", "q5_k_m", "q4_k_m"]
 
 
@@ -241,6 +242,13 @@ class DataPolicySpec(ApiModel):
     action: Literal["flag", "drop", "fail"] = "drop"
     """What to do with examples the scans catch: report them (`flag`), remove them (`drop`),
     or stop the job before training (`fail`)."""
+    max_class_imbalance: Annotated[float, Field(ge=1.0, le=1000000.0)] = 10.0
+    """When the answers are labels (at most 20 distinct answers of at most 64 characters, at
+    least two records per label on average, as in classification or routing data), the data
+    report and `status.data.classBalance` give the class distribution, and the report warns
+    when the most common label has more than this many records per record of the rarest (10:
+    a 10:1 majority:minority ratio). A warning, not a failure: a skewed routing
+    task is still a task; read it next to the few-shot baseline and per-label answers."""
 
 
 class LoraSpec(ApiModel):
@@ -429,6 +437,10 @@ class GateSpec(ApiModel):
       `evaluation.compareWithBase: true`;
     - a judge and no threshold: the mean judge score must be at least 4.0;
     - every threshold given must hold; a threshold on a metric that was not measured fails;
+    - `requireImprovementOverFewShot: true`: the fine-tuned model must also beat the base model
+      prompted with training examples (`evaluation.baselines: [fewShot]`) on the same metric;
+      it is a check of its own, so the default comparison with the base is then off unless
+      `requireImprovementOverBase: true`;
     - `requireImprovementOverBase: false` with no threshold and no judge: the gate fails with
       "no gate configured" (the model is exported, marked ungated, unless onGateFailure: skip).
 
@@ -453,6 +465,11 @@ class GateSpec(ApiModel):
     the judge score with a judge, else the first thresholded of ROUGE-L, exact match, BLEU and
     perplexity, else the first of them computed. Needs `evaluation.compareWithBase:
     true`. Unset: on when no threshold and no judge is set (the default gate), off otherwise."""
+    require_improvement_over_few_shot: bool | None = None
+    """Fail the gate unless the fine-tuned model beats the few-shot baseline (the base model
+    with `evaluation.fewShotExamples` training examples before each test prompt) on the same
+    primary metric as `requireImprovementOverBase`: when prompting does as well, fine-tuning
+    did not pay. Needs `evaluation.baselines` to list `fewShot`. Unset: off."""
     min_quantized_agreement: Ratio = 0.9
     """Minimum top-1 token agreement of each quantized GGUF file (q8_0, q5_k_m, q4_k_m) with
     the merged 16-bit model, on the verification prompts (the first test examples) under teacher
@@ -471,7 +488,11 @@ class GateSpec(ApiModel):
         when unset, whether the gate has nothing else to check (no threshold, no judge)."""
         if self.require_improvement_over_base is not None:
             return self.require_improvement_over_base
-        return not self.thresholds_set() and not judge_configured
+        return (
+            not self.thresholds_set()
+            and not judge_configured
+            and not self.require_improvement_over_few_shot
+        )
 
     def checks_nothing(self, judge_configured: bool) -> bool:
         """True when the gate has no check at all, so it fails with "no gate configured"."""
@@ -479,6 +500,7 @@ class GateSpec(ApiModel):
             not judge_configured
             and not self.thresholds_set()
             and not self.requires_improvement(judge_configured)
+            and not self.require_improvement_over_few_shot
             and self.max_forgetting_drop is None
         )
 
@@ -497,6 +519,17 @@ class EvaluationSpec(ApiModel):
     compare_with_base: bool = True
     """Also evaluate the base model, for deltas and win rate. Needed by the gate's comparison
     with the base (`gate.requireImprovementOverBase`, on by default)."""
+    baselines: Annotated[list[Baseline], Field(max_length=2)] = Field(default_factory=list)
+    """Baselines evaluated next to the fine-tuned model on the same test split, with the same
+    metrics and judge, to answer "should we fine-tune at all?". `zeroShot`: the base model asked
+    each test prompt as it is (the base comparison `compareWithBase` runs; listing it says so).
+    `fewShot`: the base model with `fewShotExamples` examples from the training split (never the
+    test split) placed before each test prompt as earlier user/assistant turns of the chat,
+    rendered with the model's own chat template (raw-text prompts get them as prompt+answer
+    blocks). Needed by `gate.requireImprovementOverFewShot`."""
+    few_shot_examples: Annotated[int, Field(ge=1, le=32)] = 3
+    """k of the few-shot baseline: training examples placed before each test prompt (the same
+    ones for every prompt, drawn with `dataset.split.seed`)."""
     forgetting_set: DatasetSource | None = None
     """Small general set scored before and after fine-tuning (forgetting check). Needed by
     `gate.maxForgettingDrop`."""
@@ -603,10 +636,14 @@ class ResourcesSpec(ApiModel):
 _GATE = "self.evaluation.gate"
 _NO_THRESHOLD = " && ".join(f"!has({_GATE}.{yaml})" for _, yaml in GATE_THRESHOLDS)
 # GateSpec.requires_improvement in CEL.
+_FEW_SHOT_GATE = (
+    f"(has({_GATE}.requireImprovementOverFewShot) && {_GATE}.requireImprovementOverFewShot)"
+)
 _IMPROVEMENT = (
     f"(has({_GATE}.requireImprovementOverBase) ? {_GATE}.requireImprovementOverBase"
-    f" : ({_NO_THRESHOLD} && !has(self.evaluation.judge)))"
+    f" : ({_NO_THRESHOLD} && !has(self.evaluation.judge) && !{_FEW_SHOT_GATE}))"
 )
+_BASELINES = "(has(self.evaluation.baselines) ? self.evaluation.baselines : [])"
 _REFERENCE_THRESHOLD = " || ".join(f"has({_GATE}.{yaml})" for _, yaml in GATE_THRESHOLDS[1:])
 
 
@@ -676,8 +713,39 @@ SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         ),
     ),
     Rule(
+        f"!{_FEW_SHOT_GATE} || 'fewShot' in {_BASELINES}",
+        "evaluation.gate.requireImprovementOverFewShot needs evaluation.baselines to list fewShot "
+        "(the base model prompted with evaluation.fewShotExamples training examples is the "
+        "baseline to beat); add baselines: [fewShot], or remove requireImprovementOverFewShot",
+        lambda s: (
+            not s.evaluation.gate.require_improvement_over_few_shot
+            or "fewShot" in s.evaluation.baselines
+        ),
+    ),
+    Rule(
+        f"self.evaluation.compareWithBase || !('zeroShot' in {_BASELINES})",
+        "evaluation.baselines: zeroShot is the base model asked the test prompts as they are, "
+        "which compareWithBase: false turns off; remove zeroShot from baselines, or set "
+        "compareWithBase: true",
+        lambda s: s.evaluation.compare_with_base or "zeroShot" not in s.evaluation.baselines,
+    ),
+    Rule(
+        f"has(self.evaluation.judge) || size(self.evaluation.metrics) > 0 || {_REFERENCE_THRESHOLD}"
+        f" || !{_FEW_SHOT_GATE} || {_IMPROVEMENT}",
+        "evaluation.metrics: the gate compares the fine-tuned model with the few-shot baseline "
+        "(gate.requireImprovementOverFewShot), but no metric is computed (the list is empty and "
+        "there is no judge); list one, e.g. metrics: [rouge_l]",
+        lambda s: (
+            s.evaluation.judge is not None
+            or bool(s.evaluation.metrics)
+            or any(t != "minJudgeScore" for t in s.evaluation.gate.thresholds_set())
+            or not s.evaluation.gate.require_improvement_over_few_shot
+            or _improvement(s)
+        ),
+    ),
+    Rule(
         f"self.export.onGateFailure != 'skip' || has(self.evaluation.judge) || !({_NO_THRESHOLD})"
-        f" || has({_GATE}.maxForgettingDrop) || {_IMPROVEMENT}",
+        f" || has({_GATE}.maxForgettingDrop) || {_IMPROVEMENT} || {_FEW_SHOT_GATE}",
         "export.onGateFailure: skip, but evaluation.gate checks nothing (requireImprovementOverBase: "
         "false, no threshold, no judge, no maxForgettingDrop), so the gate always fails and nothing "
         "would be exported; give a threshold such as gate.minRougeL, or set onGateFailure: export",

@@ -86,6 +86,31 @@ class DataReportSummary(ApiModel):
     """Examples longer than training.maxLength (they are truncated)."""
     leakage: int = 0
     """Examples appearing in more than one split (removed from validation/test)."""
+    class_balance: ClassBalance | None = None
+    """Label distribution, when the answers are labels (absent otherwise)."""
+
+
+class ClassBalance(ApiModel):
+    """How the labels are spread when the answers are labels (at most 20 distinct answers of
+    at most 64 characters, at least two records per label on average); the full distribution,
+    per split too, is in the data report."""
+
+    classes: int = 0
+    """Distinct labels."""
+    majority: ShortText = ""
+    """The most common label."""
+    majority_count: int = 0
+    """Records with the most common label."""
+    minority: ShortText = ""
+    """The rarest label."""
+    minority_count: int = 0
+    """Records with the rarest label."""
+    ratio: float = 1.0
+    """majorityCount / minorityCount."""
+    max_ratio: float = 10.0
+    """The bound it is held to (`dataPolicy.maxClassImbalance`)."""
+    imbalanced: bool = False
+    """ratio > maxRatio: the data report warns (training still runs)."""
 
 
 class ModelScores(ApiModel):
@@ -116,6 +141,14 @@ class EvaluationSummary(ApiModel):
     """Scores of the base model (when compareWithBase)."""
     win_rate: Ratio | None = None
     """Share of examples where the fine-tuned answer scored higher than the base's."""
+    few_shot: ModelScores | None = None
+    """Scores of the few-shot baseline: the base model with training examples before each test
+    prompt (`evaluation.baselines: [fewShot]`). `base` is the zero-shot baseline."""
+    few_shot_examples: int | None = None
+    """Training examples placed before each test prompt for `fewShot` (fewer than
+    `evaluation.fewShotExamples` only when the training split holds fewer)."""
+    few_shot_win_rate: Ratio | None = None
+    """Share of examples where the fine-tuned answer scored higher than the few-shot one's."""
     forgetting_drop: float | None = None
     """Relative drop of the general-set score (positive = worse after fine-tuning)."""
     judge_tokens: int | None = None
