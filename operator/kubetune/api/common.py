@@ -108,9 +108,11 @@ class Artifact(ApiModel):
         "manifest",
         "predictions",
         "drift-reference",
+        "provider-model",
         "other",
     ]
-    """What the artifact is."""
+    """What the artifact is (`provider-model`: a model fine-tuned by the provider, backend
+    openai; its name is the provider's model id, its file the job's record)."""
     uri: Annotated[str, Field(max_length=2048)]
     """Where it is stored (`pvc://<claim>/<path>` or `file://<path>`)."""
     size_bytes: int = Field(ge=0)

@@ -147,6 +147,18 @@ class Reason:
     # The base model's architecture is not a supported family (kubetune.api.families),
     # found from its config.json when the trainer starts, before any weight is loaded.
     UNSUPPORTED_MODEL: Final = "UnsupportedModel"
+    # backend openai (kubetune_trainer.provider): the provider refused the API key or its
+    # permissions, the account is out of quota, the base model cannot be fine-tuned, the request
+    # was rejected, or the provider's job failed (the message carries its error.code) or was
+    # cancelled: all permanent. ProviderUnavailable (5xx, timeouts, rate limits after the
+    # client's retries) may be retried.
+    PROVIDER_AUTH_FAILED: Final = "ProviderAuthFailed"
+    PROVIDER_QUOTA_EXCEEDED: Final = "ProviderQuotaExceeded"
+    PROVIDER_MODEL_UNSUPPORTED: Final = "ProviderModelUnsupported"
+    PROVIDER_REQUEST_REJECTED: Final = "ProviderRequestRejected"
+    PROVIDER_JOB_FAILED: Final = "ProviderJobFailed"
+    PROVIDER_JOB_CANCELLED: Final = "ProviderJobCancelled"
+    PROVIDER_UNAVAILABLE: Final = "ProviderUnavailable"
 
     # Failures a retry of the same spec cannot fix: the trainer exits with
     # PERMANENT_FAILURE_EXIT_CODE and the Job's podFailurePolicy fails the Job at once.
@@ -163,6 +175,12 @@ class Reason:
         EXPORT_VERIFICATION_FAILED,
         UNSUPPORTED_MODEL,
         QUANTIZATION_DISAGREES,
+        PROVIDER_AUTH_FAILED,
+        PROVIDER_QUOTA_EXCEEDED,
+        PROVIDER_MODEL_UNSUPPORTED,
+        PROVIDER_REQUEST_REJECTED,
+        PROVIDER_JOB_FAILED,
+        PROVIDER_JOB_CANCELLED,
     )
 
 
@@ -176,6 +194,7 @@ CONFIGMAP_MOUNT_ROOT: Final = "/mnt/configmap"  # configMap {name, key} -> /mnt/
 # Environment of the trainer container.
 ENV_JUDGE_API_KEY: Final = "KUBETUNE_JUDGE_API_KEY"
 ENV_HF_TOKEN: Final = "HF_TOKEN"
+ENV_PROVIDER_API_KEY: Final = "KUBETUNE_PROVIDER_API_KEY"  # backend openai: provider.apiKeySecretRef
 ENV_ARTIFACTS_URI: Final = "KUBETUNE_ARTIFACTS_URI"  # URI of the workdir, e.g. pvc://claim/ns/job
 ENV_METRICS_PORT: Final = "KUBETUNE_METRICS_PORT"
 ENV_TERMINATION_LOG: Final = "KUBETUNE_TERMINATION_LOG"

@@ -27,6 +27,7 @@ from kubetune.api.common import (
     Toleration,
 )
 from kubetune.api.families import FAMILIES, unsupported_family_problem
+from kubetune.api.provider import ProviderSpec
 from kubetune.api.trainer_result import (
     DataReportSummary,
     Diagnosis,
@@ -651,6 +652,58 @@ def _improvement(spec: FineTuneJobSpec) -> bool:
     return spec.evaluation.gate.requires_improvement(spec.evaluation.judge is not None)
 
 
+# backend: local | openai, and what each needs.
+PROVIDER_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
+    Rule(
+        "self.backend != 'local' || has(self.baseModel)",
+        "baseModel: backend local fine-tunes baseModel; set baseModel.uri (or backend: openai "
+        "with a provider block)",
+        lambda s: s.backend != "local" or s.base_model_spec is not None,
+    ),
+    Rule(
+        "self.backend != 'openai' || has(self.provider)",
+        "provider: backend openai needs a provider block with model and apiKeySecretRef "
+        "(the Secret holding the API key)",
+        lambda s: s.backend != "openai" or s.provider is not None,
+    ),
+    Rule(
+        "self.backend == 'openai' || !has(self.provider)",
+        "provider: only read with backend: openai; set backend: openai, or remove provider",
+        lambda s: s.backend == "openai" or s.provider is None,
+    ),
+    Rule(
+        "self.backend != 'openai' || !has(self.baseModel)",
+        "baseModel: backend openai fine-tunes provider.model on the provider's machines; "
+        "remove baseModel",
+        lambda s: s.backend != "openai" or s.base_model_spec is None,
+    ),
+    Rule(
+        "self.backend != 'openai' || !has(self.provider) || "
+        "((self.objective == 'dpo') == (self.provider.method == 'dpo'))",
+        "provider.method: objective dpo trains with provider.method dpo, objective sft with "
+        "supervised; make them agree",
+        lambda s: s.provider is None or (s.objective == "dpo") == (s.provider.method == "dpo"),
+    ),
+    Rule(
+        "!has(self.provider) || !has(self.provider.hyperparameters) || "
+        "!has(self.provider.hyperparameters.beta) || self.provider.method == 'dpo'",
+        "provider.hyperparameters.beta: only used by method dpo; remove it, or set method: dpo",
+        lambda s: (
+            s.provider is None
+            or s.provider.hyperparameters.beta is None
+            or s.provider.method == "dpo"
+        ),
+    ),
+    Rule(
+        "self.backend != 'openai' || (self.resources.gpus <= 1 && !has(self.resources.gpuProduct))",
+        "resources: backend openai trains on the provider's machines and its pod asks for no GPU; "
+        "remove resources.gpus and resources.gpuProduct (or set gpus: 0)",
+        lambda s: (
+            s.backend != "openai" or (s.resources.gpus <= 1 and s.resources.gpu_product is None)
+        ),
+    ),
+)
+
 # Cross-field rules of the spec that depend on nothing but the spec: each one is a failure the
 # trainer would otherwise meet after the GPU was spent (or a gate that could never pass).
 SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
@@ -672,10 +725,10 @@ SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         lambda s: s.dataset.split.test > 0,
     ),
     Rule(
-        "!self.baseModel.uri.startsWith('s3://')",
+        "!has(self.baseModel) || !self.baseModel.uri.startsWith('s3://')",
         "baseModel.uri: the trainer does not read s3:// models yet; copy the model folder to a "
         "PersistentVolumeClaim and use pvc://<claim>/<path>",
-        lambda s: not s.base_model.uri.startswith("s3://"),
+        lambda s: s.base_model_spec is None or not s.base_model_spec.uri.startswith("s3://"),
     ),
     Rule(
         f"!has({_GATE}.minJudgeScore) || has(self.evaluation.judge)",
@@ -770,6 +823,7 @@ SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         "adapterGguf: false, or use method lora or qlora",
         lambda s: s.method != "full" or not s.export.adapter_gguf,
     ),
+    *PROVIDER_RULES,
 )
 
 
@@ -779,8 +833,15 @@ class FineTuneJobSpec(ApiModel):
 
     model_config = _cel_rules(SPEC_RULES)
 
-    base_model: BaseModelSpec
-    """The model to fine-tune."""
+    base_model_spec: BaseModelSpec | None = Field(default=None, alias="baseModel")
+    """The model to fine-tune (backend local; required there). With backend openai the
+    provider fine-tunes `provider.model` instead."""
+    backend: Literal["local", "openai"] = "local"
+    """Where training runs: `local` (the trainer pod trains on the cluster's GPUs) or `openai`
+    (a small CPU pod prepares and scans the data, then fine-tunes `provider.model` through
+    OpenAI's fine-tuning API and records the resulting model id)."""
+    provider: ProviderSpec | None = None
+    """The provider's model, API key Secret and hyperparameters (backend openai only)."""
     method: Literal["qlora", "lora", "full"] = "qlora"
     """qlora: 4-bit base + LoRA (least memory); lora: 16-bit base + LoRA; full: all weights."""
     objective: Literal["sft", "dpo"] = "sft"
@@ -819,6 +880,17 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError("; ".join(problems))
         return self
 
+    @property
+    def base_model(self) -> BaseModelSpec:
+        """`baseModel`; with backend openai, a stand-in naming the provider's model
+        (`openai://<provider.model>`, no licence, no token) so data preparation, references
+        and the pod's environment read one shape for both backends."""
+        if self.base_model_spec is not None:
+            return self.base_model_spec
+        if self.provider is not None:
+            return BaseModelSpec.model_construct(uri=f"{self.backend}://{self.provider.model}")
+        raise ValueError("baseModel: backend local fine-tunes baseModel; set baseModel.uri")
+
 
 def spec_problems(spec: FineTuneJobSpec) -> list[str]:
     """Cross-field rules (SPEC_RULES and those whose message names the values); each message
@@ -828,17 +900,19 @@ def spec_problems(spec: FineTuneJobSpec) -> list[str]:
         problems.append("dataset.split: validation + test must leave at least 10% for training")
     if (
         spec.method == "qlora"
+        and spec.backend == "local"
         and spec.resources.gpus == 0
         and spec.quantization.compute_dtype == "float16"
     ):
         problems.append(
             "quantization.computeDtype: float16 is not supported on CPU; use bfloat16 or float32"
         )
-    if spec.resources.gpus == 0:
+    if spec.resources.gpus == 0 and spec.backend == "local":
         problems.extend(spec.training.device_problems("cpu"))
-    if spec.base_model.requires_license() and not spec.base_model.accept_license:
+    base = spec.base_model_spec
+    if base is not None and base.requires_license() and not base.accept_license:
         problems.append(
-            f"baseModel.acceptLicense: {spec.base_model.uri} is under a licence you must accept; "
+            f"baseModel.acceptLicense: {base.uri} is under a licence you must accept; "
             "set acceptLicense: true after reading it"
         )
     return problems
@@ -848,6 +922,8 @@ def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, SecretKeyRef]]:
     """(field path, reference) of every Secret key the trainer pod reads, for checks that
     need the cluster (the operator before it creates the Job, `kubetune validate`)."""
     refs = [("baseModel.tokenSecretRef", spec.base_model.token_secret_ref)]
+    if spec.provider is not None:
+        refs.append(("provider.apiKeySecretRef", spec.provider.api_key_secret_ref))
     if spec.evaluation.judge is not None:
         refs.append(("evaluation.judge.apiKeySecretRef", spec.evaluation.judge.api_key_secret_ref))
     return [(field, ref) for field, ref in refs if ref is not None]

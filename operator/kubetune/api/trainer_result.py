@@ -57,6 +57,8 @@ class TrainingSummary(ApiModel):
     """Training throughput of the last attempt."""
     seconds: float | None = None
     """Wall time of the last attempt's training."""
+    trained_tokens: int | None = None
+    """Tokens the provider trained on (backend openai; what it bills)."""
 
 
 class DataReportSummary(ApiModel):

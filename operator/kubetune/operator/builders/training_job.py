@@ -102,6 +102,8 @@ def _env(
     secrets = [(c.ENV_HF_TOKEN, spec.base_model.token_secret_ref)]
     if spec.evaluation.judge is not None:
         secrets.append((c.ENV_JUDGE_API_KEY, spec.evaluation.judge.api_key_secret_ref))
+    if spec.provider is not None:
+        secrets.append((c.ENV_PROVIDER_API_KEY, spec.provider.api_key_secret_ref))
     for var, ref in secrets:
         if ref is not None:
             env.append(
@@ -110,11 +112,17 @@ def _env(
     return env
 
 
+def _gpus(spec: FineTuneJobSpec) -> int:
+    """GPUs the pod asks for: none with backend openai (the provider trains; the pod only
+    prepares data and follows the provider's job)."""
+    return spec.resources.gpus if spec.backend == "local" else 0
+
+
 def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
     limits: dict[str, str] = {}
     requests: dict[str, str] = {}
-    if spec.resources.gpus:
-        limits[c.GPU_RESOURCE] = str(spec.resources.gpus)
+    if _gpus(spec):
+        limits[c.GPU_RESOURCE] = str(_gpus(spec))
     if spec.resources.memory:
         limits["memory"] = requests["memory"] = spec.resources.memory
     if spec.resources.cpu:
@@ -132,7 +140,7 @@ def _scheduling(spec: FineTuneJobSpec, settings: Settings) -> dict[str, Any]:
     if spec.resources.gpu_product:
         node_selector[c.GPU_PRODUCT_LABEL] = spec.resources.gpu_product
     tolerations = [t.to_wire() for t in spec.resources.tolerations]
-    if spec.resources.gpus and settings.gpu_toleration:
+    if _gpus(spec) and settings.gpu_toleration:
         # GPU pools are commonly tainted nvidia.com/gpu:NoSchedule (GPU operator, GKE, EKS).
         tolerations.append({"key": c.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     out: dict[str, Any] = {}

@@ -1,0 +1,71 @@
+"""spec.backend / spec.provider: defaults, rules (the CRD carries the same ones, see
+tests/integration/test_openai_backend_on_cluster.py) and the pod the operator builds for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from kubetune.api import constants as c
+from kubetune.api.finetunejob import FineTuneJobSpec, secret_refs
+from kubetune.operator.builders.training_job import build_training_job
+from kubetune.operator.settings import Settings
+from tests.provider_spec_rules import PROVIDER_RULE_CASES, openai_spec
+
+
+def test_local_is_the_default_backend_and_openai_needs_no_base_model() -> None:
+    local = FineTuneJobSpec.model_validate(
+        {"baseModel": {"uri": "pvc://models/qwen2.5-7b"}, "dataset": openai_spec()["dataset"]}
+    )
+    assert local.backend == "local" and local.provider is None
+    spec = FineTuneJobSpec.model_validate(openai_spec())
+    assert spec.provider is not None and spec.base_model_spec is None
+    assert spec.base_model.uri == "openai://gpt-4o-mini-2024-07-18"
+    assert spec.provider.method == "supervised" and spec.provider.hyperparameters.n_epochs is None
+    wire = spec.to_wire()
+    assert "baseModel" not in wire and wire["provider"]["apiKeySecretRef"]["name"] == "openai"
+    assert FineTuneJobSpec.model_validate(wire) == spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "message", "fix"), PROVIDER_RULE_CASES, ids=[m.split(":")[0] for _, m, _ in PROVIDER_RULE_CASES]
+)
+def test_provider_rules_reject_with_the_exact_message_and_the_fix_works(
+    spec: dict[str, Any], message: str, fix: dict[str, Any]
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        FineTuneJobSpec.model_validate(spec)
+    assert [e["msg"] for e in info.value.errors()] == [f"Value error, {message}"]
+    FineTuneJobSpec.model_validate(fix)
+
+
+def test_suffix_over_64_characters_is_refused() -> None:
+    spec = openai_spec()
+    spec["provider"] = {**spec["provider"], "suffix": "s" * 65}
+    with pytest.raises(ValidationError, match=r"provider\.suffix"):
+        FineTuneJobSpec.model_validate(spec)
+    spec["provider"]["suffix"] = "s" * 64
+    FineTuneJobSpec.model_validate(spec)
+
+
+def test_the_api_key_secret_is_a_checked_reference() -> None:
+    spec = FineTuneJobSpec.model_validate(openai_spec())
+    refs = dict(secret_refs(spec))
+    assert refs["provider.apiKeySecretRef"].name == "openai"
+    assert refs["provider.apiKeySecretRef"].key == "api-key"
+
+
+def test_an_openai_pod_asks_for_no_gpu_and_reads_the_key_from_the_secret() -> None:
+    spec = FineTuneJobSpec.model_validate(openai_spec(resources={"gpus": 1}))
+    job = build_training_job("ft", "team-a", spec, Settings(), uid="0123456789ab")
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert c.GPU_RESOURCE not in str(container.get("resources", {}))
+    assert c.GPU_RESOURCE not in str(pod.get("tolerations", []))
+    env = {e["name"]: e for e in container["env"]}
+    assert env[c.ENV_PROVIDER_API_KEY]["valueFrom"] == {
+        "secretKeyRef": {"name": "openai", "key": "api-key"}
+    }
+    assert "value" not in env[c.ENV_PROVIDER_API_KEY]
