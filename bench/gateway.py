@@ -3,7 +3,7 @@
     .venv/bin/python bench/gateway.py                  # 200 requests/s, 1,000 per phase
     .venv/bin/python bench/gateway.py --rate 100 --requests 2000 --content full
 
-The upstream is the fake Ollama of tests/unit/test_gateway_fake_ollama.py in its own process
+The upstream is the fake Ollama of kubetune_dev.fake_ollama (dev/) in its own process
 (real HTTP, answers at once: 7 output tokens, streamed one per chunk), so what is measured is the
 gateway, not a model. The gateway runs as its own process (``python -m
 kubetune.serving.gateway``, prediction log in a temporary directory, content mode as given,
@@ -40,7 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.unit.test_gateway_fake_ollama import free_port  # noqa: E402
+from kubetune_dev.fake_ollama import free_port  # noqa: E402
 
 BODY = {"model": "x", "messages": [{"role": "user", "content": "one two three four five six"}]}
 
@@ -133,7 +133,7 @@ def main() -> None:
     else:
         upstream = f"http://127.0.0.1:{upstream_port}"
         fake_code = (
-            "import time, tests.unit.test_gateway_fake_ollama as f;"
+            "import time, kubetune_dev.fake_ollama as f;"
             f"s = f.FakeOllama(); s.port = {upstream_port}; s.start(); time.sleep(1e9)"
         )
         processes = [start([sys.executable, "-c", fake_code], upstream)]

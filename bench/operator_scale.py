@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubetune.api import constants as c
 from kubetune_dev import GPU_NODES, start_dev_cluster
+from kubetune_dev.finetunejobs import ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 from kubetune_dev.simulation import GPUS_PER_NODE, _node
-from tests.integration.finetunejobs import ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
 
 
 def free_port() -> int:

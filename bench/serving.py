@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubetune.api import constants as c
 from kubetune_dev import start_dev_cluster
-from tests.e2e.serving_cluster import Md, RequestLoop, operator_env, train_versions
-from tests.integration.finetunejobs import ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
+from kubetune_dev.serving_cluster import Md, RequestLoop, operator_env, train_versions
 
 
 def _pct(values: list[float], q: int) -> float:

@@ -1,5 +1,5 @@
 """Fixtures of the serving e2e modules: one namespace and one real operator per module (the
-operator set up for the local pod runner's serving pods, tests/e2e/serving_cluster.py)."""
+operator set up for the local pod runner's serving pods, dev/kubetune_dev/serving_cluster.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from kubetune_dev import DevCluster
-from tests.e2e.serving_cluster import operator_env
-from tests.integration.finetunejobs import install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import install_crds
+from kubetune_dev.operator_process import OperatorProcess
+from kubetune_dev.serving_cluster import operator_env
 
 
 @pytest.fixture(scope="module")

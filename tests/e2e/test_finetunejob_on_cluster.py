@@ -16,8 +16,8 @@ import pytest
 
 from kubetune.api import constants as c
 from kubetune_dev import LOCAL_NODE, DevCluster, local_pod_toleration
-from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import apply_ftj, ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 

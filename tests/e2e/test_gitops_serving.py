@@ -1,6 +1,6 @@
 """kstatus and the Argo CD health check on a ModelDeployment that real serving pods drive:
 a tiny version trained through the operator, served by a real Ollama beside the real
-serve-agent on the local pod runner (tests/e2e/serving_cluster.py). Preparing reads InProgress /
+serve-agent on the local pod runner (dev/kubetune_dev/serving_cluster.py). Preparing reads InProgress /
 Progressing, serving reads Current / Healthy, a version that fails its checksum reads Failed /
 Degraded while the old one keeps serving, and fixing the spec brings Current back. Judged by
 kstatus.Compute (sigs.k8s.io/cli-utils) and deploy/argocd/health-modeldeployment.lua under
@@ -14,9 +14,9 @@ import pytest
 
 from kubetune.api import constants as c
 from kubetune_dev import DevCluster
-from tests.e2e.serving_cluster import Md, f16_sha, train_versions
-from tests.integration.finetunejobs import ensure_pvcs
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import ensure_pvcs
+from kubetune_dev.operator_process import OperatorProcess
+from kubetune_dev.serving_cluster import Md, f16_sha, train_versions
 from tests.kubetune_check import MODELDEPLOYMENT_HEALTH, argo_health, kstatus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]

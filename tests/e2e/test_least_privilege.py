@@ -21,7 +21,9 @@ from kubernetes import client
 
 from kubetune.api import constants as c
 from kubetune_dev import DevCluster
-from tests.e2e.serving_cluster import DATA, Md, operator_env, tiny_version_spec
+from kubetune_dev.finetunejobs import apply_ftj, ensure_pvcs
+from kubetune_dev.operator_process import OperatorProcess
+from kubetune_dev.serving_cluster import DATA, Md, operator_env, tiny_version_spec
 from tests.integration.chart import (
     CHART,
     RELEASE_NAMESPACE,
@@ -31,8 +33,6 @@ from tests.integration.chart import (
     service_account_kubeconfig,
     uninstall_chart,
 )
-from tests.integration.finetunejobs import apply_ftj, ensure_pvcs
-from tests.integration.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 

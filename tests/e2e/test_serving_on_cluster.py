@@ -34,7 +34,9 @@ from kubetune.api import serving as s
 from kubetune.operator.builders.serving import configmap_name
 from kubetune.operator.reconcile.modeldeployment import FINALIZER
 from kubetune_dev import DevCluster
-from tests.e2e.serving_cluster import (
+from kubetune_dev.finetunejobs import Ftj, ensure_pvcs
+from kubetune_dev.operator_process import OperatorProcess
+from kubetune_dev.serving_cluster import (
     Md,
     RequestLoop,
     alias_digest,
@@ -43,8 +45,6 @@ from tests.e2e.serving_cluster import (
     post_json,
     train_versions,
 )
-from tests.integration.finetunejobs import Ftj, ensure_pvcs
-from tests.integration.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 

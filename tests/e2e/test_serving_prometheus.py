@@ -1,7 +1,7 @@
 """Drift alerts from real gateway pods in Debian's real Prometheus.
 
 The operator trains one tiny version and serves it from two pods of real Ollama beside the
-real serve-agent and gateway (tests/e2e/serving_cluster.py). Prometheus scrapes both pods'
+real serve-agent and gateway (dev/kubetune_dev/serving_cluster.py). Prometheus scrapes both pods'
 gateways at ``<pod IP>:8080/metrics`` every second and evaluates the rules of
 :mod:`kubetune.serving.alerts` every second, with deploy/'s thresholds and only the windows
 shortened (rate window 5 s, ``for:`` 2 s).
@@ -38,9 +38,9 @@ from kubetune.api import serving as s
 from kubetune.serving.alerts import AlertThresholds, render_rule_file
 from kubetune.serving.drift import DriftSettings
 from kubetune_dev import DevCluster
-from tests.e2e.serving_cluster import Md, train_versions
-from tests.integration.finetunejobs import ensure_pvcs
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import ensure_pvcs
+from kubetune_dev.operator_process import OperatorProcess
+from kubetune_dev.serving_cluster import Md, train_versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.e2e]
 

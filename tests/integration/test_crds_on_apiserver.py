@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import constants as c
 from kubetune_dev import DevCluster
-from tests.integration.finetunejobs import install_crds
+from kubetune_dev.finetunejobs import install_crds
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))

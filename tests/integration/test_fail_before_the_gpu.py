@@ -19,8 +19,8 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.api import constants as c
 from kubetune.cli import main
 from kubetune_dev import DevCluster
-from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import apply_ftj, ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 from tests.spec_rules import MINIMAL, RULES
 
 pytestmark = pytest.mark.cluster

@@ -25,8 +25,8 @@ from kubetune_dev import (
     DevCluster,
     local_pod_toleration,
 )
-from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import apply_ftj, ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

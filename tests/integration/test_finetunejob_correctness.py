@@ -22,9 +22,9 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import constants as c
 from kubetune_dev import LOCAL_RUNNER_LABEL, DevCluster, local_pod_toleration
+from kubetune_dev.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 from kubetune_dev.waiting import wait_until
-from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
 from tests.integration.test_finetunejob_controller import gpu_spec, result_message
 
 pytestmark = pytest.mark.cluster

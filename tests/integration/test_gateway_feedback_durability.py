@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from tests.unit.test_gateway_fake_ollama import FakeOllama, free_port
+from kubetune_dev.fake_ollama import FakeOllama, free_port
 
 N = 10_000
 KILL_AFTER = 4_000

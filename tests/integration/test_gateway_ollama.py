@@ -23,6 +23,7 @@ from kubetune.serving.gateway import (
     StaticVersion,
     start_gateway_thread,
 )
+from kubetune_dev.fake_ollama import free_port
 from tests.integration.test_serve_agent_ollama import (  # noqa: F401 (fixtures)
     MODEL,
     Agent,
@@ -33,7 +34,7 @@ from tests.integration.test_serve_agent_ollama import (  # noqa: F401 (fixtures)
     pvc_root,
     ready_on,
 )
-from tests.unit.test_gateway_fake_ollama import free_port, sample
+from tests.unit.test_gateway_fake_ollama import sample
 
 pytestmark = pytest.mark.slow
 

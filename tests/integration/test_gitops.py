@@ -21,9 +21,9 @@ from kubernetes import client
 
 from kubetune.api import constants as c
 from kubetune_dev import DevCluster
+from kubetune_dev.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 from kubetune_dev.tools import REPO_ROOT
-from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
 from tests.integration.test_finetunejob_controller import gpu_spec, result_message
 from tests.kubetune_check import FINETUNEJOB_HEALTH, MODELDEPLOYMENT_HEALTH, argo_health, kstatus
 

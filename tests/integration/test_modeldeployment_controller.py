@@ -16,8 +16,8 @@ from kubetune.api import serving as s
 from kubetune.operator.builders.serving import configmap_name
 from kubetune.operator.kube import FIELD_MANAGER
 from kubetune_dev import DevCluster
-from tests.integration.finetunejobs import install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import install_crds
+from kubetune_dev.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster]
 

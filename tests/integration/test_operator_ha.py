@@ -29,8 +29,8 @@ from kubetune.api import constants as c
 from kubetune.operator.kube import KubeApi, NotLeaderError
 from kubetune.operator.leaderelection import LeaderElector, LeaseConfig
 from kubetune_dev import DevCluster
-from tests.integration.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import Ftj, apply_ftj, ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 

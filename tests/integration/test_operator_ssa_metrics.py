@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubetune.api import constants as c
 from kubetune.operator.kube import FIELD_MANAGER, KubeApi
 from kubetune_dev import DevCluster
-from tests.integration.finetunejobs import apply_ftj, ensure_pvcs, install_crds
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.finetunejobs import apply_ftj, ensure_pvcs, install_crds
+from kubetune_dev.operator_process import OperatorProcess
 from tests.integration.test_operator_ha import free_port, probe
 
 pytestmark = pytest.mark.cluster

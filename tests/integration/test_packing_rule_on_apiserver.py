@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import TRAINING_RULES
 from kubetune_dev import DevCluster
-from tests.integration.finetunejobs import install_crds
+from kubetune_dev.finetunejobs import install_crds
 from tests.spec_rules import MINIMAL
 
 pytestmark = pytest.mark.cluster

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.unit.test_gateway_fake_ollama import FakeOllama, GatewayUnderTest, free_port, sample
+from kubetune_dev.fake_ollama import FakeOllama, free_port
+from tests.unit.test_gateway_fake_ollama import GatewayUnderTest, sample
 
 DIGEST = "ab" * 32
 

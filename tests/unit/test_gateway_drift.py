@@ -13,7 +13,8 @@ from kubetune.api.serving import DriftReference
 from kubetune.serving.drift import DriftSettings, DriftTracker
 from kubetune.serving.gateway import ServedVersion
 from kubetune.serving.gateway.app import VersionRetirement
-from tests.unit.test_gateway_fake_ollama import FakeOllama, GatewayUnderTest, sample
+from kubetune_dev.fake_ollama import FakeOllama
+from tests.unit.test_gateway_fake_ollama import GatewayUnderTest, sample
 
 SMALL = DriftSettings(
     reference_size=20, recent_size=20, min_samples=20,

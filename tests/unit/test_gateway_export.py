@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kubetune.predictions_export import to_chat_records
-from tests.unit.test_gateway_fake_ollama import FakeOllama, GatewayUnderTest
+from kubetune_dev.fake_ollama import FakeOllama
+from tests.unit.test_gateway_fake_ollama import GatewayUnderTest
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.operator.builders.serving import FALLBACK_API_KEY_ENV, _fallback_args, _fallback_env
 from kubetune.serving.gateway.settings import FallbackSettings
-from tests.unit.test_gateway_fake_ollama import FakeOllama, GatewayUnderTest, free_port, sample
+from kubetune_dev.fake_ollama import FakeOllama, free_port
+from tests.unit.test_gateway_fake_ollama import GatewayUnderTest, sample
 
 LABELS = {"deployment": "support", "version": "v2"}
 KEY = "sk-test-secret-key"

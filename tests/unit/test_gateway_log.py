@@ -14,7 +14,8 @@ import pytest
 from kubetune.serving.gateway.metrics import GatewayMetrics
 from kubetune.serving.gateway.predictions import Prediction, PredictionLog, connect
 from kubetune.serving.gateway.settings import GatewaySettings
-from tests.unit.test_gateway_fake_ollama import FakeOllama, GatewayUnderTest, sample
+from kubetune_dev.fake_ollama import FakeOllama
+from tests.unit.test_gateway_fake_ollama import GatewayUnderTest, sample
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 

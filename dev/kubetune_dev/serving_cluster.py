@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 
@@ -22,8 +22,8 @@ from kubetune.api import constants as c
 from kubetune.api import serving as s
 from kubetune.operator.builders.serving import selector_labels
 from kubetune_dev import LOCAL_NODE, DevCluster, local_pod_toleration
+from kubetune_dev.finetunejobs import apply_ftj
 from kubetune_dev.tools import find_ollama
-from tests.integration.finetunejobs import apply_ftj
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "data" / "support-chat.jsonl"
 LOCAL = {"nodeSelector": {"kubernetes.io/hostname": LOCAL_NODE}, "tolerations": [local_pod_toleration()]}
@@ -63,8 +63,8 @@ def train_versions(cluster: DevCluster, namespace: str, names: list[str], operat
     """Train one FineTuneJob per name (in parallel) and return their Succeeded statuses."""
     core = cluster.core()
     try:
-        core.create_namespaced_config_map(
-            namespace, {"metadata": {"name": "support-data"}, "data": {"train.jsonl": DATA.read_text()}})
+        data: Any = {"metadata": {"name": "support-data"}, "data": {"train.jsonl": DATA.read_text()}}
+        core.create_namespaced_config_map(namespace, data)
     except client.ApiException as exc:
         if exc.status != 409:
             raise
@@ -99,8 +99,8 @@ class Md:
         return cls(cluster, namespace, name)
 
     def get(self) -> dict[str, Any]:
-        return self.api.get_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace,
-                                                     c.MODELDEPLOYMENT_PLURAL, self.name)
+        return cast(dict[str, Any], self.api.get_namespaced_custom_object(
+            c.GROUP, c.VERSION, self.namespace, c.MODELDEPLOYMENT_PLURAL, self.name))
 
     def status(self) -> dict[str, Any]:
         return self.get().get("status") or {}
@@ -137,7 +137,7 @@ class Md:
     def pods(self) -> list[Any]:
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(self.name).items())
         return [p for p in self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-                if p.metadata.deletion_timestamp is None]
+                if p.metadata is not None and p.metadata.deletion_timestamp is None]
 
     def pod_ips(self) -> list[str]:
         return [p.status.pod_ip for p in self.pods() if p.status.pod_ip]

@@ -1,22 +1,23 @@
-"""Helpers for tests (and bench/operator_scale.py) that drive FineTuneJobs on the dev cluster:
-install the generated CRDs, bind PVCs, apply a FineTuneJob and read it and its children."""
+"""Helpers for tests and benchmarks (bench/operator_scale.py, bench/serving.py) that drive
+FineTuneJobs on the dev cluster: install the generated CRDs, bind PVCs, apply a FineTuneJob and
+read it and its children."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client import ApiException
 
 from kubetune.api import constants as c
 from kubetune.api.crdgen import render_all
 from kubetune.operator.builders.names import label_value
 from kubetune_dev import MESSAGE_ANNOTATION, OUTCOME_ANNOTATION, DevCluster
-from tests.integration.operator_process import OperatorProcess
+from kubetune_dev.operator_process import OperatorProcess
 
 
 def install_crds(cluster: DevCluster) -> None:
@@ -28,14 +29,14 @@ def install_crds(cluster: DevCluster) -> None:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        name = crd["metadata"]["name"]
-        cluster.wait_for(
-            lambda n=name: any(
-                cond.type == "Established" and cond.status == "True"
-                for cond in (ext.read_custom_resource_definition(n).status.conditions or [])
-            ),
-            what=f"CRD {name} established",
-        )
+        name: str = crd["metadata"]["name"]
+
+        def established(n: str = name) -> bool:
+            status = ext.read_custom_resource_definition(n).status
+            return any(cond.type == "Established" and cond.status == "True"
+                       for cond in ((status.conditions if status else None) or []))
+
+        cluster.wait_for(established, what=f"CRD {name} established")
 
 
 class Ftj:
@@ -48,7 +49,8 @@ class Ftj:
         self.core = cluster.core()
 
     def get(self) -> dict[str, Any]:
-        return self.api.get_namespaced_custom_object(c.GROUP, c.VERSION, self.namespace, c.FINETUNEJOB_PLURAL, self.name)
+        return cast(dict[str, Any], self.api.get_namespaced_custom_object(
+            c.GROUP, c.VERSION, self.namespace, c.FINETUNEJOB_PLURAL, self.name))
 
     def status(self) -> dict[str, Any]:
         return self.get().get("status") or {}
@@ -110,10 +112,15 @@ def apply_ftj(cluster: DevCluster, namespace: str, spec: dict[str, Any], name: s
 def ensure_pvcs(cluster: DevCluster, namespace: str, *names: str, access_mode: str = "ReadWriteOnce") -> None:
     core = cluster.core()
     for name in names:
-        core.create_namespaced_persistent_volume_claim(namespace, {
+        claim: Any = {
             "metadata": {"name": name},
             "spec": {"accessModes": [access_mode], "resources": {"requests": {"storage": "1Gi"}}},
-        })
+        }
+        core.create_namespaced_persistent_volume_claim(namespace, claim)
     for name in names:
-        cluster.wait_for(lambda n=name: core.read_namespaced_persistent_volume_claim(n, namespace).status.phase == "Bound",
-                         what=f"PVC {name} bound")
+
+        def bound(n: str = name) -> bool:
+            status = core.read_namespaced_persistent_volume_claim(n, namespace).status
+            return status is not None and status.phase == "Bound"
+
+        cluster.wait_for(bound, what=f"PVC {name} bound")

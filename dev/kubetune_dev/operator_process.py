@@ -1,4 +1,5 @@
-"""Run the real operator (`kubetune operator`) as a subprocess against a dev cluster.
+"""Run the real operator (`kubetune operator`) as a subprocess against a dev cluster (tests and
+benchmarks).
 
 A subprocess rather than an in-process KopfRunner, so that tests can kill it with SIGKILL
 mid-run and start a new one, as a crashed or rescheduled operator pod would be.
