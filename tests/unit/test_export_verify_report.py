@@ -17,7 +17,7 @@ from kubetune_trainer.export.verify import (
     reference_weights_dtype,
     verification_peak_bytes,
 )
-from kubetune_trainer.memory import GIB, LLAMA_3_1_8B
+from kubetune.planning.memory import GIB, LLAMA_3_1_8B
 from tests.model_configs import LLAMA_3_1_8B_CONFIG
 
 

@@ -389,14 +389,14 @@ def test_gpu_out_of_memory_in_training_estimates_each_setting_that_lowers_it(
     )
     assert reason == "OutOfMemory"
     assert "GPU memory (23.6 GiB)" in message and "not retried" in message
-    # qlora, batch 4 x 2048 tokens on Llama 3.1 8B (kubetune_trainer.memory's estimate)
-    assert "estimated training peak with examples at full maxLength ≈22.3 GiB" in message
+    # qlora, batch 4 x 2048 tokens on Llama 3.1 8B (kubetune.planning.memory's estimate)
+    assert "estimated training peak with examples at full maxLength ≈19.7 GiB" in message
     assert "logits 11.7 GiB" in message
     assert (
-        "training.batchSize: 2 with gradientAccumulationSteps: 8 (same effective batch) -> 14.1 GiB"
+        "training.batchSize: 2 with gradientAccumulationSteps: 8 (same effective batch) -> 12.8 GiB"
         in message
     )
-    assert "training.maxLength: 1024 -> 14.1 GiB" in message
+    assert "training.maxLength: 1024 -> 12.8 GiB" in message
     assert "resources.gpuProduct" in message
 
 
@@ -421,7 +421,7 @@ def test_out_of_memory_without_the_models_config_still_names_the_settings() -> N
 def test_out_of_memory_message_fits_the_stage(tmp_path: Path) -> None:
     import torch
 
-    from kubetune_trainer.memory import ModelGeometry
+    from kubetune.planning.memory import ModelGeometry
 
     geometry = ModelGeometry.from_config(LLAMA_3_1_8B_CONFIG)
     spec = _spec()
@@ -507,7 +507,7 @@ def test_oom_in_the_pod_exits_permanently_with_advice(
     code, result = run_entry(tmp_path, spec, tmp_path / "work")
     assert code == PERMANENT_FAILURE_EXIT_CODE
     assert (result.reason, result.stage) == ("OutOfMemory", "train")
-    assert "≈22.3 GiB" in result.message and "batchSize: 2" in result.message
+    assert "≈19.7 GiB" in result.message and "batchSize: 2" in result.message
 
 
 def test_unsupported_chat_template_is_permanent_and_says_what_to_do() -> None:

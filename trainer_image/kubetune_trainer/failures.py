@@ -4,7 +4,7 @@
 into a ``(reason, message)`` pair. Reasons in ``Reason.PERMANENT`` make the pod exit with the
 permanent-failure code, so the Job's podFailurePolicy stops at once: an invalid spec or setting,
 the data policy, out-of-memory (with the estimated memory of the settings and of each one to
-lower, :mod:`kubetune_trainer.memory`), an unsupported model family or chat template (both found
+lower, :mod:`kubetune.planning.memory`), an unsupported model family or chat template (both found
 before training), a failed GGUF verification, a quantized GGUF below the agreement threshold.
 """
 
@@ -18,8 +18,8 @@ from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
 
 if TYPE_CHECKING:
+    from kubetune.planning.memory import ModelGeometry
     from kubetune_trainer.export.pipeline import ExportVerificationError, QuantizationDisagreesError
-    from kubetune_trainer.memory import ModelGeometry
 
 REASON_INVALID_DATA = c.Reason.INVALID_DATA
 REASON_DATA_UNAVAILABLE = c.Reason.DATA_UNAVAILABLE
@@ -78,7 +78,7 @@ def base_model_geometry(
 ) -> ModelGeometry | None:
     """The base model's geometry from a config.json already on this machine (a mounted or
     local folder, or the Hugging Face cache); None otherwise. Never downloads."""
-    from kubetune_trainer.memory import ModelGeometry
+    from kubetune.planning.memory import ModelGeometry
 
     scheme, _, rest = spec.base_model.uri.partition("://")
     try:
@@ -100,8 +100,8 @@ def base_model_geometry(
 
 def oom_advice(spec: FineTuneJobSpec, geometry: ModelGeometry | None = None) -> str:
     """What to change after running out of memory in training, most saving first; with the
-    model's geometry, the estimated peak now and after each change (`kubetune_trainer.memory`)."""
-    from kubetune_trainer.memory import estimate_training_memory, gib, lower_memory_options
+    model's geometry, the estimated peak now and after each change (`kubetune.planning.memory`)."""
+    from kubetune.planning.memory import estimate_training_memory, gib, lower_memory_options
 
     tail = "or ask for a GPU with more memory (resources.gpuProduct)"
     if geometry is not None:
@@ -133,8 +133,8 @@ def out_of_memory_message(
     exc: BaseException, stage: str, spec: FineTuneJobSpec, geometry: ModelGeometry | None = None
 ) -> str:
     """Why the job ran out of memory, and the settings to change: a retry cannot help."""
+    from kubetune.planning.memory import gib
     from kubetune_trainer.export.verify import verification_peak_bytes
-    from kubetune_trainer.memory import gib
 
     gpu = is_gpu_out_of_memory(exc)
     capacity = gpu_capacity_gib(exc)

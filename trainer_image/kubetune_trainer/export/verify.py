@@ -54,9 +54,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from kubetune.planning.memory import ModelGeometry
 from kubetune_trainer.export.chat_format import ChatFormat, render_like_ollama
 from kubetune_trainer.export.llamacpp import import_llama_cpp
-from kubetune_trainer.memory import ModelGeometry
 from kubetune_trainer.train.masking import runtime_bos
 
 if TYPE_CHECKING:
@@ -430,7 +430,7 @@ def verification_peak_bytes(
     chunk_bytes: int = REFERENCE_CHUNK_BYTES,
 ) -> VerificationMemory:
     """What :func:`reference_generations` holds on a GPU for a model with this geometry
-    (a ``config.json`` dict or a :class:`~kubetune_trainer.memory.ModelGeometry`), for a
+    (a ``config.json`` dict or a :class:`~kubetune.planning.memory.ModelGeometry`), for a
     prompt + continuation of ``tokens`` tokens. The CUDA context and allocator slack come on
     top. See the module doc for the Llama-3.1-8B figure."""
     g = config if isinstance(config, ModelGeometry) else ModelGeometry.from_config(dict(config))

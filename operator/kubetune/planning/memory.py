@@ -1,7 +1,9 @@
 """GPU memory a job needs, estimated from the model's geometry and the job's settings.
 
-For advice, not for scheduling: the out-of-memory message says what each setting costs and what
-lowering it would save, and the export's verification documents what it adds
+Used three times: by the operator before the trainer Job is created (a job that cannot fit its
+`resources.gpuProduct` fails `WontFit` with the settings that would fit, `kubetune.planning.preflight`),
+by `kubetune validate`, and by the trainer's out-of-memory message, which says what each setting
+costs and what lowering it would save; the export's verification documents what it adds
 (`export.verify.verification_peak_bytes`). Figures are bytes of tensors that live at the
 peak; the CUDA context (~0.5 GiB) and allocator fragmentation (often 5-15 %) come on top.
 
@@ -13,16 +15,32 @@ Training, per GPU, for a Llama-shaped decoder (q/k/v/o, gate/up/down, RMSNorm):
   loads them), twice for full DPO (trl's frozen reference copy);
 - trainable state: 4-byte weights (adapters only; full counts them above), 4-byte gradients,
   and the optimizer's states: 8 bytes for AdamW, 2 for 8-bit AdamW, ~0 for adafactor and
-  sgd. LoRA is counted on every linear layer (`all-linear`, an upper bound);
+  sgd. LoRA is counted on the linear layers `lora.targetModules` names (q/k/v/o_proj,
+  gate/up/down_proj; `all-linear`, or names that are none of these, count all seven: an upper
+  bound);
 - activations, saved for the backward pass in 16-bit: per token and layer about
   2·(10·hidden + 2·kv + 4·intermediate) + 8·hidden bytes (the RMSNorm inputs in float32), plus
   3 bytes per adapted linear input when LoRA dropout is on (its output and mask). With gradient
-  checkpointing only each layer's 16-bit input is kept and one layer is recomputed at a time;
+  checkpointing only each layer's 16-bit input is kept and one layer is recomputed at a time,
+  in the backward pass, after the logits and their gradient are freed: the peak holds the
+  larger of the two, not both;
 - logits: tokens × vocab × 12 bytes (16-bit logits, their float32 copy for the loss, the
   log-softmax kept for the backward pass and its gradient). With Llama 3's 128k vocabulary this
   is often the largest term.
 
-Tokens per step = batchSize × maxLength, twice that for DPO (chosen and rejected).
+Tokens per step = batchSize × maxLength, twice that for DPO (chosen and rejected): every example
+at full length, so an upper bound for a dataset of shorter examples.
+
+World size (`resources.gpus` > 1): data parallel (DDP), so each GPU holds a full replica and
+trains `batchSize` examples of its own; the figure is per GPU, and DDP adds its gradient buckets,
+a second copy of the trainable parameters' gradients. Models that need sharding (FSDP) are not
+estimated smaller for more GPUs.
+
+The terms that depend on how an engine runs training (bytes per adapter weight and gradient,
+per optimizer state, per logit) are fields of :class:`TrainingSetup`; :func:`training_setup`
+fills them as kubetune's trainer runs (transformers + peft + trl), and bench/memory_estimate.py
+fills them as torchtune's recipes run, to check the estimate against torchtune's published
+peaks.
 """
 
 from __future__ import annotations
@@ -30,12 +48,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 
 GIB = 1024**3
 LOGIT_BYTES = 12  # per logit in training: 16-bit + float32 copy + log-softmax + its gradient
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Hugging Face names of a decoder layer's linear layers, in `ModelGeometry.linear_shapes` order."""
 OPTIMIZER_STATE_BYTES = {  # per trainable parameter
     "adamw_torch_fused": 8,
     "adamw_torch": 8,
@@ -112,9 +132,10 @@ class ModelGeometry:
     def parameters(self) -> int:
         return self.linear_parameters + self.other_parameters
 
-    def lora_parameters(self, r: int) -> int:
-        """Adapter parameters with rank `r` on every linear layer."""
-        return self.num_layers * r * sum(o + i for o, i in self.linear_shapes())
+    def lora_parameters(self, r: int, targets: frozenset[str] = frozenset(LINEAR_NAMES)) -> int:
+        """Adapter parameters with rank `r` on the linear layers named in `targets`."""
+        shapes = zip(LINEAR_NAMES, self.linear_shapes(), strict=True)
+        return self.num_layers * r * sum(o + i for name, (o, i) in shapes if name in targets)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """KV cache of one token over all layers."""
@@ -134,22 +155,74 @@ LLAMA_3_1_8B = ModelGeometry(
 
 
 @dataclass(frozen=True)
+class TrainingSetup:
+    """Everything besides the model's geometry that decides the training peak on one GPU."""
+
+    method: Literal["qlora", "lora", "full"]
+    tokens: int
+    """Tokens of one micro-batch on one GPU (batch × length, twice that for DPO)."""
+    gradient_checkpointing: bool
+    lora_r: int = 16
+    lora_targets: frozenset[str] = frozenset(LINEAR_NAMES)
+    lora_dropout: bool = False
+    double_quant: bool = True
+    optimizer_state_bytes: int = 8
+    """Per trainable parameter: 8 for AdamW in float32, 4 for AdamW in bf16, 2 for 8-bit."""
+    adapter_bytes: int = 8
+    """Per adapter parameter, its weight and its gradient: 8 in float32 (peft), 4 in bf16."""
+    logit_bytes: float = LOGIT_BYTES
+    """Per logit held across the loss (a chunked loss in bf16 holds about 3)."""
+    reference_copy: bool = False
+    """Full DPO keeps a frozen copy of the model as its reference."""
+    world_size: int = 1
+
+
+def lora_targets(target_modules: list[str]) -> frozenset[str]:
+    """The linear layers `lora.targetModules` adapts: all seven for `all-linear` or for names
+    that are none of them (a regular expression, another architecture's names), an upper bound."""
+    named = frozenset(t for t in target_modules if t in LINEAR_NAMES)
+    return named if named and len(named) == len(set(target_modules)) else frozenset(LINEAR_NAMES)
+
+
+def training_setup(spec: FineTuneJobSpec) -> TrainingSetup:
+    """`spec`'s settings as kubetune's trainer runs them (transformers, peft, trl)."""
+    t = spec.training
+    return TrainingSetup(
+        method=spec.method,
+        tokens=t.batch_size * t.max_length * (2 if spec.objective == "dpo" else 1),
+        gradient_checkpointing=t.gradient_checkpointing,
+        lora_r=spec.lora.r,
+        lora_targets=lora_targets(spec.lora.target_modules),
+        lora_dropout=spec.lora.dropout > 0,
+        double_quant=spec.quantization.double_quant,
+        optimizer_state_bytes=OPTIMIZER_STATE_BYTES.get(t.optimizer, 8),
+        reference_copy=spec.method == "full" and spec.objective == "dpo",
+        world_size=max(1, spec.resources.gpus),
+    )
+
+
+@dataclass(frozen=True)
 class TrainingMemory:
-    """Estimated bytes at the training peak, by what holds them."""
+    """Estimated bytes at the training peak on one GPU, by what holds them."""
 
     weights: int
-    trainable_state: int  # trainable weights (adapters), gradients, optimizer states
-    activations: int
+    trainable_state: int  # trainable weights (adapters), gradients, optimizer states, DDP buckets
+    activations: int  # saved for the backward pass (with checkpointing: each layer's input)
     logits: int
+    recomputed: int = 0
+    """With gradient checkpointing, the one layer recomputed in the backward pass: held after the
+    logits are freed, so the peak counts the larger of the two."""
 
     @property
     def total(self) -> int:
-        return self.weights + self.trainable_state + self.activations + self.logits
+        return self.weights + self.trainable_state + self.activations + max(self.logits, self.recomputed)
 
     def describe(self) -> str:
+        recomputed = f" + {gib(self.recomputed)} recomputing a layer" if self.recomputed else ""
         return (
             f"≈{gib(self.total)} (weights {gib(self.weights)}, gradients and optimizer "
-            f"{gib(self.trainable_state)}, activations {gib(self.activations)}, logits {gib(self.logits)})"
+            f"{gib(self.trainable_state)}, activations {gib(self.activations)}{recomputed}, "
+            f"logits {gib(self.logits)})"
         )
 
 
@@ -157,39 +230,45 @@ def gib(n: float) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-def estimate_training_memory(spec: FineTuneJobSpec, geometry: ModelGeometry) -> TrainingMemory:
-    """Bytes one GPU holds at the peak of a training step with `spec`'s settings (module doc)."""
-    t, g = spec.training, geometry
-    if spec.method == "qlora":
-        constants = 1 / 64 + 4 / (64 * 256) if spec.quantization.double_quant else 4 / 64
+def estimate_memory(setup: TrainingSetup, geometry: ModelGeometry) -> TrainingMemory:
+    """Bytes one GPU holds at the peak of a training step of `setup` (module doc)."""
+    g = geometry
+    if setup.method == "qlora":
+        constants = 1 / 64 + 4 / (64 * 256) if setup.double_quant else 4 / 64
         weights = int(g.linear_parameters * (0.5 + constants)) + 2 * g.other_parameters
-    elif spec.method == "lora":
+    elif setup.method == "lora":
         weights = 2 * g.parameters
     else:
-        weights = 4 * g.parameters * (2 if spec.objective == "dpo" else 1)
+        weights = 4 * g.parameters * (2 if setup.reference_copy else 1)
 
-    optimizer = OPTIMIZER_STATE_BYTES.get(t.optimizer, 8)
-    if spec.method == "full":
-        trainable_state = g.parameters * (4 + optimizer)
+    ddp = setup.world_size > 1
+    if setup.method == "full":
+        gradient_bytes = 4 * (2 if ddp else 1)
+        trainable_state = g.parameters * (gradient_bytes + setup.optimizer_state_bytes)
     else:
-        trainable_state = g.lora_parameters(spec.lora.r) * (4 + 4 + optimizer)
+        adapters = g.lora_parameters(setup.lora_r, setup.lora_targets)
+        buckets = setup.adapter_bytes // 2 if ddp else 0  # a second copy of the gradients
+        trainable_state = adapters * (setup.adapter_bytes + buckets + setup.optimizer_state_bytes)
 
-    tokens = t.batch_size * t.max_length * (2 if spec.objective == "dpo" else 1)
     h, i = g.hidden_size, g.intermediate_size
     kv = g.num_kv_heads * g.head_dim
     per_layer = 2 * (10 * h + 2 * kv + 4 * i) + 8 * h
-    if spec.method != "full" and spec.lora.dropout > 0:
-        per_layer += 3 * sum(inp for _, inp in g.linear_shapes())
-    if t.gradient_checkpointing:
-        per_token = g.num_layers * 2 * h + per_layer
-    else:
-        per_token = g.num_layers * per_layer
+    if setup.method != "full" and setup.lora_dropout:
+        shapes = zip(LINEAR_NAMES, g.linear_shapes(), strict=True)
+        per_layer += 3 * sum(inp for name, (_, inp) in shapes if name in setup.lora_targets)
+    checkpointing = setup.gradient_checkpointing
     return TrainingMemory(
         weights=weights,
         trainable_state=trainable_state,
-        activations=tokens * per_token,
-        logits=tokens * g.vocab_size * LOGIT_BYTES,
+        activations=setup.tokens * g.num_layers * (2 * h if checkpointing else per_layer),
+        logits=int(setup.tokens * g.vocab_size * setup.logit_bytes),
+        recomputed=setup.tokens * per_layer if checkpointing else 0,
     )
+
+
+def estimate_training_memory(spec: FineTuneJobSpec, geometry: ModelGeometry) -> TrainingMemory:
+    """Bytes one GPU holds at the peak of a training step with `spec`'s settings (module doc)."""
+    return estimate_memory(training_setup(spec), geometry)
 
 
 def lower_memory_options(
