@@ -1,148 +1,243 @@
-"""Preflight before any GPU time: the GPU table, the fit check and its WontFit message, the
-time and cost estimate, and what is not estimated (kubetune.planning)."""
+"""check_judge_endpoint against a real HTTP server on loopback: each way a judge endpoint can be
+wrong gives one exact, actionable message, and the API key never appears in it."""
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.planning.gpus import GPUS, MIB, gpu_from_label, known_gpu
-from kubetune.planning.memory import GIB, LLAMA_3_1_8B, estimate_training_memory
-from kubetune.planning.models import KNOWN_MODELS, known_geometry
-from kubetune.planning.preflight import CUDA_CONTEXT_BYTES, Prices, fits, plan, training_tokens
+from kubetune_trainer.preflight import JudgeEndpoint, JudgeUnreachableError, check_judge_endpoint
+
+KEY = "sk-test-0123456789"
+# (method, path, Authorization header) -> (status, JSON body, seconds to wait first)
+Route = Callable[[str, str, str | None], tuple[int, Any, float]]
 
 
-def llama_spec(method: str = "qlora", gpus: int = 1, product: str | None = None,
-               **training: Any) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate({
-        "baseModel": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "acceptLicense": True},
-        "method": method,
-        "dataset": {"source": {"uri": "file://d.jsonl"}},
-        "training": training,
-        "resources": {"gpus": gpus, **({"gpuProduct": product} if product else {})},
-    })
+class JudgeStandIn:
+    """An HTTP server on 127.0.0.1 answering as `route` says; records the requests."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.requests: list[tuple[str, str, str | None, bytes]] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                auth = self.headers.get("Authorization")
+                stand_in.requests.append((self.command, self.path, auth, body))
+                status, payload, wait = stand_in.route(self.command, self.path, auth)
+                time.sleep(wait)
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting
+
+            do_GET = do_POST = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> JudgeStandIn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
-@pytest.mark.parametrize(
-    ("product", "gib"),
-    [("NVIDIA-A100-SXM4-40GB", 40), ("NVIDIA-A100-SXM4-80GB", 80), ("NVIDIA-H100-80GB-HBM3", 79.6),
-     ("NVIDIA-H200", 140.4), ("NVIDIA-L4", 22.5), ("NVIDIA-A10G", 22.5), ("Tesla-T4", 15),
-     ("NVIDIA-L40S", 45), ("NVIDIA-GeForce-RTX-4090", 24)],
-)
-def test_gpu_table_memory_as_the_driver_reports_it(product: str, gib: float) -> None:
-    gpu = known_gpu(product)
-    assert gpu is not None and abs(gpu.memory_bytes / GIB - gib) < 0.1
+def openai_like(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
+    """Like api.openai.com: a key is required, and a refused key is echoed (masked badly)."""
+    if auth != f"Bearer {KEY}":
+        shown = (auth or "").removeprefix("Bearer ")
+        return 401, {"error": {"message": f"Incorrect API key provided: {shown}."}}, 0
+    if (method, path) == ("GET", "/v1/models"):
+        return 200, {"object": "list", "data": [{"id": "judge-model"}, {"id": "other"}]}, 0
+    return 404, {"error": {"message": f"no route {path}"}}, 0
 
 
-def test_gpu_names_match_ignoring_case_and_dashes_and_unknown_ones_are_none() -> None:
-    assert known_gpu("nvidia a100 sxm4 80gb") == known_gpu("NVIDIA-A100-SXM4-80GB")
-    assert known_gpu("NVIDIA-B300") is None
-    assert len({g.product for g in GPUS}) == len(GPUS)
+def _spec(endpoint: str, *, secret: bool = True, model: str = "judge-model") -> FineTuneJobSpec:
+    judge: dict[str, Any] = {"endpoint": endpoint, "model": model}
+    if secret:
+        judge["apiKeySecretRef"] = {"name": "judge-key", "key": "api-key"}
+    return FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "pvc://models/m"},
+            "dataset": {"source": {"uri": "pvc://data/train.jsonl"}},
+            "evaluation": {"judge": judge},
+        }
+    )
 
 
-def test_node_label_memory_overrides_the_table_and_garbage_is_refused() -> None:
-    labelled = gpu_from_label("NVIDIA-A100-SXM4-80GB", "40960")
-    assert labelled is not None and labelled.memory_bytes == 40960 * MIB
-    assert labelled.tflops == 312  # throughput still from the table
-    assert gpu_from_label("NVIDIA-A100-SXM4-80GB", "80GB") is None
+@pytest.fixture
+def openai() -> Iterator[JudgeStandIn]:
+    with JudgeStandIn(openai_like) as server:
+        yield server
 
 
-def test_known_models_parameter_counts_match_their_published_ones() -> None:
-    # config.json-derived counts against the model cards (Qwen's q/k/v biases left out).
-    assert KNOWN_MODELS["meta-llama/llama-3.1-8b-instruct"].parameters == 8_030_261_248
-    assert KNOWN_MODELS["mistralai/mistral-7b-instruct-v0.3"].parameters == 7_248_023_552
-    assert KNOWN_MODELS["microsoft/phi-3.5-mini-instruct"].parameters == 3_821_079_552
-    assert KNOWN_MODELS["qwen/qwen2.5-0.5b-instruct"].parameters == 494_032_768 - 27_648
-    assert KNOWN_MODELS["meta-llama/llama-3.2-1b-instruct"].parameters == 1_235_814_400
+def test_no_judge_means_nothing_to_check() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        {"baseModel": {"uri": "pvc://models/m"}, "dataset": {"source": {"uri": "pvc://d/t.jsonl"}}}
+    )
+    assert check_judge_endpoint(spec) is None
 
 
-def test_unknown_models_are_not_estimated_and_the_status_says_why() -> None:
-    geometry, why = known_geometry("hf://someone/private-llama3-finetune")
-    assert geometry is None and "not in kubetune's table" in why
-    assert known_geometry("pvc://models/llama")[0] is None
-    spec = FineTuneJobSpec.model_validate({
-        "baseModel": {"uri": "pvc://models/m"}, "dataset": {"source": {"uri": "file://d.jsonl"}},
-        "resources": {"gpuProduct": "NVIDIA-L4"},
-    })
-    result = plan(spec, known_gpu("NVIDIA-L4"), "table", None)
-    assert result.memory is None and result.problem is None and result.fits is None
-    assert result.message.startswith("Memory not estimated: the operator cannot read")
+def test_a_working_endpoint_lists_its_models(openai: JudgeStandIn) -> None:
+    found = check_judge_endpoint(_spec(openai.base), api_key=KEY)
+    assert found == JudgeEndpoint(f"{openai.base}/models", "judge-model", ("judge-model", "other"))
+    assert found.lists_model is True
+    assert openai.requests == [("GET", "/v1/models", f"Bearer {KEY}", b"")]
+    unlisted = check_judge_endpoint(_spec(openai.base, model="gpt-5"), api_key=KEY)
+    assert unlisted is not None and unlisted.lists_model is False
 
 
-def test_a_job_that_does_not_fit_gets_wontfit_naming_estimate_gpu_memory_and_settings_that_fit() -> None:
-    spec = llama_spec("lora", product="Tesla-T4")
-    result = plan(spec, known_gpu("Tesla-T4"), "table", None)
-    assert result.fits is False and result.problem is not None
-    estimate = estimate_training_memory(spec, LLAMA_3_1_8B)
-    assert f"≈{estimate.total / GIB:.1f} GiB" in result.problem
-    assert "Tesla-T4 has 15.0 GiB (kubetune's GPU table)" in result.problem
-    # no single change is enough for LoRA on a 16 GB T4 (16-bit weights alone are 15 GiB): the
-    # combination that is
-    assert "settings that would fit: method: qlora and training.batchSize: 2" in result.problem
-    assert "kubetune.dev/preflight=skip" in result.problem
+def test_the_key_comes_from_the_environment(
+    openai: JudgeStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(c.ENV_JUDGE_API_KEY, KEY)
+    assert check_judge_endpoint(_spec(openai.base)) is not None
 
 
-def test_single_changes_that_fit_are_listed_with_their_estimates() -> None:
-    result = plan(llama_spec("qlora", product="Tesla-T4"), known_gpu("Tesla-T4"), "table", None)
-    assert result.problem is not None
-    assert "training.batchSize: 2 with gradientAccumulationSteps: 8 (same effective batch) (" in result.problem
-    assert "training.maxLength: 1024 (" in result.problem
+def test_a_refused_key_names_the_secret_and_never_shows_the_key(openai: JudgeStandIn) -> None:
+    wrong = "sk-wrong-key-42"
+    with pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(openai.base), api_key=wrong)
+    assert str(info.value) == (
+        f"evaluation.judge.apiKeySecretRef: {openai.base}/models refused the API key from Secret "
+        "'judge-key' key 'api-key' (HTTP 401: Incorrect API key provided: ***.); put a valid key "
+        "there, with access to model 'judge-model'"
+    )
+    assert info.value.reason == c.Reason.JUDGE_UNREACHABLE == "JudgeUnreachable"
 
 
-def test_a_job_that_fits_has_its_estimate_and_no_problem() -> None:
-    result = plan(llama_spec("qlora", product="NVIDIA-A100-SXM4-80GB"),
-                  known_gpu("NVIDIA-A100-SXM4-80GB"), "table", None)
-    assert result.fits is True and result.problem is None and result.memory is not None
-    assert result.memory.total + CUDA_CONTEXT_BYTES <= 80 * GIB
-    assert "time not estimated" in result.message
+def test_no_key_configured_says_to_set_the_secret(
+    openai: JudgeStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(c.ENV_JUDGE_API_KEY, raising=False)
+    with pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(openai.base, secret=False))
+    assert str(info.value) == (
+        f"evaluation.judge.apiKeySecretRef: {openai.base}/models answered HTTP 401: Incorrect API "
+        "key provided: .; no API key is configured: set evaluation.judge.apiKeySecretRef to a "
+        "Secret key holding it"
+    )
 
 
-def test_the_skip_annotation_keeps_the_estimate_without_failing() -> None:
-    result = plan(llama_spec("lora", product="NVIDIA-L4"), known_gpu("NVIDIA-L4"), "table", None,
-                  skip_fit=True)
-    assert result.fits is False and result.problem is None and "check skipped" in result.message
+def test_a_wrong_base_url_is_told_from_a_missing_route(openai: JudgeStandIn) -> None:
+    base = openai.base.removesuffix("/v1")  # the usual mistake: /v1 left out
+    with pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(base), api_key=KEY)
+    assert str(info.value) == (
+        f"evaluation.judge.endpoint: no OpenAI-compatible API at {base}: GET /models and "
+        "POST /chat/completions answered HTTP 404: no route /chat/completions; give the API's "
+        "base URL, usually ending in /v1 (e.g. https://api.openai.com/v1), and check "
+        "evaluation.judge.model"
+    )
+    assert [(m, p) for m, p, _, _ in openai.requests] == [
+        ("GET", "/models"),
+        ("POST", "/chat/completions"),
+    ]
+    # The probe carries no messages: rejected before any inference, it costs no tokens.
+    assert json.loads(openai.requests[1][3]) == {
+        "model": "judge-model",
+        "messages": [],
+        "max_tokens": 1,
+    }
 
 
-def test_fit_counts_the_cuda_context() -> None:
-    gpu = known_gpu("NVIDIA-L4")
-    assert gpu is not None
-    memory = estimate_training_memory(llama_spec("qlora", batchSize=2), LLAMA_3_1_8B)
-    assert fits(memory, gpu) == (memory.total + GIB // 2 <= gpu.memory_bytes)
+def test_a_proxy_without_models_route_still_passes() -> None:
+    def proxy(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
+        if path == "/v1/chat/completions":
+            return 400, {"error": {"message": "messages: must not be empty"}}, 0
+        return 404, {"detail": "Not Found"}, 0
+
+    with JudgeStandIn(proxy) as server:
+        found = check_judge_endpoint(_spec(server.base), api_key=KEY)
+    assert found == JudgeEndpoint(f"{server.base}/chat/completions", "judge-model", None)
+    assert found.lists_model is None
 
 
-def test_gpu_hours_and_cost_from_max_steps_price_list_and_throughput_table() -> None:
-    spec = llama_spec("qlora", gpus=2, product="NVIDIA-H100-80GB-HBM3", maxSteps=100)
-    # 100 steps x batch 4 x accumulation 4 x 2048 tokens x 2 GPUs
-    assert training_tokens(spec) == 100 * 4 * 4 * 2048 * 2
-    prices, problems = Prices.from_configmap_data(
-        {"NVIDIA-H100-80GB-HBM3": "4.50", "default": "2", "currency": "EUR"})
-    assert problems == []
-    gpu = known_gpu("NVIDIA-H100-80GB-HBM3")
-    assert gpu is not None
-    result = plan(spec, gpu, "table", prices)
-    per_gpu = gpu.tokens_per_second("qlora", LLAMA_3_1_8B.parameters)
-    assert result.gpu_hours == pytest.approx(100 * 4 * 4 * 2048 * 2 / per_gpu / 3600 * 2)
-    assert result.price_per_gpu_hour == 4.5 and result.currency == "EUR"
-    assert result.estimated_cost == pytest.approx(result.gpu_hours * 4.5)
-    assert prices.price("NVIDIA-L4") == 2.0  # default for an unlisted product
+def test_a_failing_judge_fails_the_check() -> None:
+    def broken(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
+        return 503, {"error": {"message": "upstream overloaded"}}, 0
+
+    with JudgeStandIn(broken) as server, pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(server.base), api_key=KEY)
+    assert str(info.value) == (
+        f"evaluation.judge.endpoint: GET {server.base}/models answered HTTP 503: upstream "
+        "overloaded; the judge is failing or this is not an OpenAI-compatible API"
+    )
 
 
-def test_price_list_values_that_are_not_prices_are_reported() -> None:
-    prices, problems = Prices.from_configmap_data({"NVIDIA-L4": "cheap", "NVIDIA-H200": "-1"})
-    assert prices.per_gpu_hour == {}
-    assert problems == ["NVIDIA-L4: 'cheap' is not a price per GPU-hour (a number >= 0)",
-                        "NVIDIA-H200: '-1' is not a price per GPU-hour (a number >= 0)"]
+def test_a_web_page_is_not_an_api() -> None:
+    def website(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
+        return 200, "<html>welcome</html>", 0  # JSON-encoded: a string, not an object
+
+    with JudgeStandIn(website) as server, pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(server.base), api_key=KEY)
+    assert str(info.value) == (
+        f"evaluation.judge.endpoint: GET {server.base}/models answered HTTP 200 but not with a "
+        "JSON object, so this is not an OpenAI-compatible API; give the API's base URL, usually "
+        "ending in /v1 (e.g. https://api.openai.com/v1)"
+    )
 
 
-def test_the_torchtune_calibrated_throughput_gives_back_its_own_figures() -> None:
-    rtx = known_gpu("NVIDIA-GeForce-RTX-4090")
-    assert rtx is not None
-    assert rtx.tokens_per_second("lora", LLAMA_3_1_8B.parameters) == pytest.approx(3083)
-    assert rtx.tokens_per_second("qlora", LLAMA_3_1_8B.parameters) == pytest.approx(2413)
+def test_rate_limited_is_reachable() -> None:
+    def busy(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
+        return 429, {"error": {"message": "slow down"}}, 0
+
+    with JudgeStandIn(busy) as server:
+        assert check_judge_endpoint(_spec(server.base), api_key=KEY) == JudgeEndpoint(
+            f"{server.base}/models", "judge-model", None
+        )
 
 
-def test_cpu_jobs_are_not_estimated() -> None:
-    result = plan(llama_spec(gpus=0), None, None, None)
-    assert result.memory is None and "trains on CPU" in result.message
+def test_a_slow_judge_times_out() -> None:
+    def slow(method: str, path: str, auth: str | None) -> tuple[int, Any, float]:
+        return 200, {"data": []}, 1.0
+
+    with JudgeStandIn(slow) as server, pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(server.base), timeout=0.3, api_key=KEY)
+    assert str(info.value) == (
+        f"evaluation.judge.endpoint: GET {server.base}/models did not answer within 0.3s; check "
+        "the URL and that the trainer pod can reach it (DNS, NetworkPolicy, egress proxy)"
+    )
+
+
+def test_nothing_listening_is_unreachable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nobody listens there
+    base = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(JudgeUnreachableError) as info:
+        check_judge_endpoint(_spec(base), timeout=2, api_key=KEY)
+    message = str(info.value)
+    assert message.startswith(f"evaluation.judge.endpoint: cannot reach {base}/models: ")
+    assert "Connection refused" in message
+    assert message.endswith(
+        "; check the URL and that the trainer pod can reach it (DNS, NetworkPolicy, egress proxy)"
+    )
