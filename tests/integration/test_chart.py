@@ -40,6 +40,12 @@ pytestmark = pytest.mark.cluster
 # `helm template` assumes Kubernetes 1.20 unless told; the chart needs >= 1.29 (its CRDs' CEL rules).
 KUBE_VERSION = ("--kube-version", "1.32.13")
 
+# The artifacts claims' export, bound to a claim in the release namespace: a volume the
+# "restricted" Pod Security Standard admits (nfs and hostPath it does not).
+CLAIMS_VOLUME = {"persistentVolumeClaim": {"claimName": "kubetune-claims", "readOnly": True}}
+CLAIMS_VALUES = ("--set", "operator.claimsRoot=/claims",
+                 "--set-json", "operator.claimsVolume=" + json.dumps(CLAIMS_VOLUME))
+
 # Every optional feature on (and every list filled), for lint and rendering.
 ALL_FEATURES: dict[str, Any] = {
     "crds": {"enabled": True, "keep": True},
@@ -47,7 +53,8 @@ ALL_FEATURES: dict[str, Any] = {
     "imagePullSecrets": ["registry"],
     "replicas": 3,
     "operator": {"watchNamespaces": ["team-a", "team-b"], "servingImage": "registry.example/serve:1",
-                 "extraEnv": [{"name": "KUBETUNE_SCRAPE_TIMEOUT", "value": "3"}]},
+                 "extraEnv": [{"name": "KUBETUNE_SCRAPE_TIMEOUT", "value": "3"}],
+                 "claimsRoot": "/claims", "claimsVolume": CLAIMS_VOLUME},
     "serviceAccount": {"annotations": {"iam.example/role": "kubetune"}},
     "rbac": {"secrets": {"scope": "namespaces", "namespaces": ["team-a"]}},
     "priorityClassName": "platform-critical",
@@ -131,6 +138,8 @@ def test_defaults_render_the_operator_with_least_privilege_and_no_monitoring(env
     assert env["KUBETUNE_LEADER_ELECTION"]["value"] == "true"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "KUBETUNE_CLAIMS_ROOT" not in env  # off: a Job removed before it was read is ResultLost
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 8080, "health": 8081}
@@ -173,6 +182,10 @@ def test_every_optional_feature_renders_from_the_generated_files(env: dict[str, 
     assert pod["containers"][0]["image"] == "ghcr.io/kubetune/operator@sha256:" + "ab" * 32
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["KUBETUNE_NAMESPACES"] == "team-a,team-b" and env["KUBETUNE_SERVING_IMAGE"] == "registry.example/serve:1"
+    _pod_is_restricted(pod)
+    assert env["KUBETUNE_CLAIMS_ROOT"] == "/claims"
+    assert {"name": "claims", "mountPath": "/claims", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert {"name": "claims", **CLAIMS_VOLUME} in pod["volumes"]
     # Secrets: a Role in each listed namespace, none cluster-wide.
     assert not any("secrets" in r["resources"] for r in kinds["ClusterRole"][0]["rules"])
     secret_roles = [r for r in kinds["Role"] if r["metadata"]["name"].endswith("-secrets")]
@@ -192,6 +205,7 @@ def test_crds_can_be_left_out_or_deleted_on_uninstall(env: dict[str, str]) -> No
     ("image.pullPolicy=Sometimes", "pullPolicy"),
     ("monitoring.serviceMonitor.interval=soon", "interval"),
     ("operator.leaderElektion=true", "leaderElektion"),  # a misspelt key is refused, not ignored
+    ("operator.claimsRoot=claims", "claimsRoot"),  # relative: where would it be?
 ])
 def test_the_schema_refuses_a_bad_value_and_names_it(env: dict[str, str], flag: str, complaint: str) -> None:
     done = helm(env, "template", RELEASE, str(CHART), *KUBE_VERSION, "--set", flag, check=False)
@@ -199,9 +213,20 @@ def test_the_schema_refuses_a_bad_value_and_names_it(env: dict[str, str], flag: 
     assert "values don't meet the specifications of the schema" in done.stderr and complaint in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(("flags", "complaint"), [
+    (("--set", "operator.claimsRoot=/claims"),
+     "operator.claimsRoot is set but operator.claimsVolume is empty"),
+    (("--set", "operator.claimsVolume.persistentVolumeClaim.claimName=kubetune-claims"),
+     "operator.claimsVolume is set but operator.claimsRoot is empty"),
+])
+def test_claims_root_and_volume_come_together(env: dict[str, str], flags: tuple[str, ...], complaint: str) -> None:
+    done = helm(env, "template", RELEASE, str(CHART), *KUBE_VERSION, *flags, check=False)
+    assert done.returncode != 0 and complaint in done.stderr, done.stderr
+
+
 @pytest.fixture(scope="module")
 def installed(cluster: DevCluster, env: dict[str, str]) -> Iterator[DevCluster]:
-    install_chart(cluster, env)
+    install_chart(cluster, env, *CLAIMS_VALUES)
     yield cluster
     uninstall_chart(cluster, env)
 
@@ -217,6 +242,16 @@ def test_helm_install_on_the_control_plane(installed: DevCluster, env: dict[str,
     crd = client.ApiextensionsV1Api(installed.api_client()).read_custom_resource_definition(
         f"{c.FINETUNEJOB_PLURAL}.{c.GROUP}")
     assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
+    # operator.claimsRoot reaches the Deployment the apiserver stored, and the pods that carry
+    # the claims volume were admitted under the "restricted" standard (install_chart waits for them).
+    deployment = client.AppsV1Api(installed.api_client()).read_namespaced_deployment(
+        f"{RELEASE}-operator", RELEASE_NAMESPACE)
+    container = deployment.spec.template.spec.containers[0]
+    assert {e.name: e.value for e in container.env}["KUBETUNE_CLAIMS_ROOT"] == "/claims"
+    assert [(m.name, m.mount_path, m.read_only) for m in container.volume_mounts if m.name == "claims"] == [
+        ("claims", "/claims", True)]
+    (claims,) = [v for v in deployment.spec.template.spec.volumes if v.name == "claims"]
+    assert claims.persistent_volume_claim.claim_name == "kubetune-claims"
 
 
 def test_the_operator_identity_may_do_exactly_what_docs_install_lists(
