@@ -125,6 +125,10 @@ class Reason:
     # spec references does not exist; the message names the field and the object.
     CONFIGMAP_NOT_FOUND: Final = "ConfigMapNotFound"
     PVC_NOT_FOUND: Final = "PersistentVolumeClaimNotFound"
+    # Before the trainer Job is created: the estimated training peak per GPU does not fit the
+    # memory of resources.gpuProduct (kubetune.planning.preflight); the message names the
+    # estimate, the GPU's memory and the settings that would fit.
+    WONT_FIT: Final = "WontFit"
     # Reported by the trainer in its result.
     INVALID_DATA: Final = "InvalidData"
     DATA_UNAVAILABLE: Final = "DataUnavailable"

@@ -933,6 +933,44 @@ def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, SecretKeyRef]]:
 # Status
 
 
+class PreflightStatus(ApiModel):
+    """Memory and time estimated before the trainer Job was created (docs/preflight.md):
+    estimates, not measurements."""
+
+    model: ShortText | None = None
+    """Where the base model's shapes came from (kubetune's table of supported models)."""
+    estimated_memory_gib: Annotated[float, Field(ge=0)] | None = None
+    """Estimated training peak per GPU (GiB), every example at full maxLength."""
+    gpu_product: ShortText | None = None
+    """The GPU the estimate was compared with (resources.gpuProduct)."""
+    gpu_memory_gib: Annotated[float, Field(ge=0)] | None = None
+    """That GPU's memory (GiB)."""
+    gpu_memory_source: Literal["table", "nodeLabel"] | None = None
+    """`nodeLabel`: the nodes' `nvidia.com/gpu.memory`; `table`: kubetune's GPU table."""
+    fits: bool | None = None
+    """Whether the estimate and the CUDA context fit that GPU; unset when not checked."""
+    estimated_gpu_hours: Annotated[float, Field(ge=0)] | None = None
+    """Estimated GPU-hours of training (needs training.maxSteps; evaluation and export not
+    counted)."""
+    message: LongText | None = None
+    """The estimate's breakdown, or why nothing was estimated."""
+
+
+class CostStatus(ApiModel):
+    """GPU-hours and their cost, at the prices of the operator's price ConfigMap."""
+
+    currency: Annotated[str, Field(max_length=16)] | None = None
+    """Currency of the prices (the ConfigMap's `currency`, default USD)."""
+    price_per_gpu_hour: Annotated[float, Field(ge=0)] | None = None
+    """Price of one GPU-hour of resources.gpuProduct (or the ConfigMap's `default`)."""
+    estimated: Annotated[float, Field(ge=0)] | None = None
+    """preflight.estimatedGpuHours × pricePerGpuHour, before the job started."""
+    gpu_hours: Annotated[float, Field(ge=0)] | None = None
+    """GPU-hours used: resources.gpus × the trainer's wall time (startTime to completionTime)."""
+    actual: Annotated[float, Field(ge=0)] | None = None
+    """gpuHours × pricePerGpuHour, when the job finished."""
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob, kept true by the operator."""
 
@@ -964,6 +1002,10 @@ class FineTuneJobStatus(ApiModel):
     """Exported artifacts, each with sha256."""
     manifest_uri: Annotated[str, Field(max_length=2048)] | None = None
     """The full artifact manifest."""
+    preflight: PreflightStatus | None = None
+    """Memory and time estimated before the trainer Job was created."""
+    cost: CostStatus | None = None
+    """Estimated and actual GPU-hours and cost."""
     reason: ShortText | None = None
     """CamelCase reason of the current phase (e.g. OOMKilled)."""
     message: LongText | None = None
