@@ -301,3 +301,53 @@ def test_quantization_threshold_comes_from_the_spec_and_unmeasured_fails() -> No
         "needed by minQuantizedAgreement 0.5)"
     )
     assert quantization_verdicts(_gate(), {}) == []
+
+
+FEW_SHOT = ModelScores(exact_match=0.4, rouge_l=0.5, bleu=30.0, perplexity=8.0, judge_score=3.5)
+
+
+def test_few_shot_gate_fails_with_both_figures_when_prompting_does_as_well() -> None:
+    gate = _gate(require_improvement_over_few_shot=True)
+    result = decide_gate(
+        gate, _summary(few_shot=FEW_SHOT, few_shot_examples=3), judge_configured=False
+    )
+    assert not result.passed
+    # A check of its own: the default comparison with the base is off, so no base is needed.
+    assert result.reason == (
+        "failed: rougeL 0.42 did not improve on few-shot baseline 0.5 (base model with 3 "
+        "training examples in the prompt); prompting does as well: fine-tuning did not pay on "
+        "this metric"
+    )
+
+
+def test_few_shot_gate_passes_and_adds_to_the_base_comparison() -> None:
+    gate = _gate(require_improvement_over_few_shot=True, require_improvement_over_base=True)
+    weaker = ModelScores(rouge_l=0.35)
+    result = decide_gate(
+        gate,
+        _summary(base=WORSE_BASE, few_shot=weaker, few_shot_examples=1),
+        judge_configured=False,
+    )
+    assert result.passed
+    assert result.reason == (
+        "passed: rougeL 0.42 improved on base 0.3; rougeL 0.42 improved on few-shot baseline "
+        "0.35 (base model with 1 training example in the prompt)"
+    )
+    judged = decide_gate(
+        gate,
+        _summary(base=WORSE_BASE, few_shot=FEW_SHOT, few_shot_examples=3),
+        judge_configured=True,
+    )
+    assert judged.passed and "judgeScore 4.2 improved on few-shot baseline 3.5" in judged.reason
+
+
+def test_few_shot_gate_without_the_baseline_fails() -> None:
+    result = decide_gate(
+        _gate(require_improvement_over_few_shot=True), _summary(), judge_configured=False
+    )
+    assert not result.passed
+    assert result.reason == (
+        "failed: requireImprovementOverFewShot: the few-shot baseline was not evaluated (list "
+        "fewShot in evaluation.baselines; the training split must hold an example)"
+    )
+    assert not _gate(require_improvement_over_few_shot=True).checks_nothing(False)

@@ -11,7 +11,8 @@
 3. data prepared under the data policy: a policy failure ends the job here, before the model's
    weights are loaded;
 4. training (resumes from the latest checkpoint of an earlier attempt), loss-curve diagnosis;
-5. evaluation of base vs fine-tuned on the test split, and the quality gate;
+5. evaluation of the fine-tuned model and the baselines (the base model zero-shot, and
+   few-shot with training examples in the prompt) on the test split, and the quality gate;
 6. export (merge, GGUF, manifest), skipped when the gate failed and `export.onGateFailure: skip`;
 7. `workdir/result.json` (the full TrainerResult) written, and the result returned.
 
@@ -130,12 +131,6 @@ def run_pipeline(
     used to name artifacts; `metrics` is a `progress.ProgressMetrics` to export training
     progress to (the pod's Prometheus endpoint).
     """
-    if spec.backend == "openai":  # the provider trains: kubetune_trainer.provider
-        from kubetune_trainer.provider import run_provider_pipeline
-
-        return run_provider_pipeline(
-            spec, workdir, base_dir=base_dir, artifacts_uri=artifacts_uri, metrics=metrics
-        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run = _Run(spec=spec, workdir=workdir, artifacts_uri=artifacts_uri, on_progress=on_progress)
@@ -234,6 +229,8 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
         workdir=workdir,
         general_records=_forgetting_records(spec, base_dir),
         device=device,
+        train_records=data.task_train,
+        shot_seed=spec.dataset.split.seed,
     )
     run.result["evaluation"] = evaluation.summary
     run.result["gate"] = evaluation.gate

@@ -1,4 +1,5 @@
-"""The data stage: read → validate → length check → dedup → scan → split → leakage → mix → report.
+"""The data stage: read → validate → length check → dedup → scan → split → leakage → mix →
+class balance → report.
 
 :func:`prepare_dataset` is the one entry point. It runs before any model is loaded (a tokenizer,
 cheap to load, may be given for the token counts), writes ``<workdir>/data/report.json`` and
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.finetunejob import DatasetSource, FineTuneJobSpec
+from kubetune_trainer.data.classes import class_distribution
 from kubetune_trainer.data.dedup import deduplicate
 from kubetune_trainer.data.errors import DataError, DataPolicyError, DataValidationError
 from kubetune_trainer.data.records import SHAPES, Format, Record
@@ -52,6 +54,9 @@ class PreparedData:
     test: list[dict[str, Any]]
     general_mixed: int
     report: DataReport
+    task_train: list[dict[str, Any]] = field(default_factory=list)
+    """The training records of the task data alone (no general data mixed in): where the
+    few-shot baseline draws its examples."""
 
 
 def prepare_dataset(
@@ -141,6 +146,16 @@ def _prepare(
             )
 
     report.train, report.validation, report.test = len(train), len(validation), len(test)
+    task_splits = {
+        "train": [r.data for r in train if not r.general],
+        "validation": [r.data for r in validation],
+        "test": [r.data for r in test],
+    }
+    report.classes = class_distribution(
+        [r.data for r in records], policy.max_class_imbalance, task_splits
+    )
+    if report.classes is not None and (warning := report.classes.warning()) is not None:
+        report.warnings.append(warning)
     if tokenizer is not None:
         report.tokens = token_stats(
             [r.tokens for r in train + validation + test if r.tokens is not None],
@@ -168,6 +183,7 @@ def _prepare(
         test=[r.data for r in test],
         general_mixed=report.general_mixed,
         report=report,
+        task_train=task_splits["train"],
     )
 
 

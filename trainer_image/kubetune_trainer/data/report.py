@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.trainer_result import DataReportSummary
+from kubetune_trainer.data.classes import ClassDistribution
 from kubetune_trainer.data.dedup import Duplicate
 from kubetune_trainer.data.records import Problem
 from kubetune_trainer.data.scan import Finding
@@ -92,6 +93,7 @@ class DataReport:
     leaks: list[Leak] = field(default_factory=list)
     tokens: TokenStats | None = None
     tokenizer: str | None = None
+    classes: ClassDistribution | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -115,6 +117,7 @@ class DataReport:
             general_mixed=self.general_mixed,
             truncated=self.truncated,
             leakage=len(self.leaks),
+            class_balance=None if self.classes is None else self.classes.summary(),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -139,6 +142,7 @@ class DataReport:
                 "test": self.test,
             },
             "leakage": [leak.to_json() for leak in self.leaks],
+            "classes": None if self.classes is None else self.classes.to_json(),
             "tokens": None
             if self.tokens is None
             else {**self.tokens.to_json(), "tokenizer": self.tokenizer},
@@ -179,6 +183,8 @@ class DataReport:
             f"  splits      train {self.train} (incl. {self.general_mixed} general), validation {self.validation}, "
             f"test {self.test} (seed {self.seed}); leakage: {len(self.leaks)} removed"
         )
+        if self.classes is not None:
+            lines.append(self.classes.to_text())
         if self.tokens:
             t = self.tokens
             lines.append(

@@ -1,8 +1,14 @@
-"""Evaluate the fine-tuned model (and the base) on the held-out test split, then decide the gate.
+"""Evaluate the fine-tuned model and the baselines on the held-out test split, then decide the gate.
 
-Reads top to bottom: examples -> answers (and answer losses) from each model -> judge ->
-per-example scores -> summary and win rate -> forgetting -> gate -> files. Models are freed
-before the judge runs, since judging is network-bound and may take long.
+Reads top to bottom: examples (and few-shot shots from the training split) -> answers (and
+answer losses) from each model -> judge -> per-example scores -> summary and win rates ->
+forgetting -> gate -> files. Models are freed before the judge runs, since judging is
+network-bound and may take long.
+
+Answer roles: `fine_tuned`; `base`, the zero-shot baseline (`compareWithBase`, or `zeroShot` in
+`evaluation.baselines`); `few_shot`, the base model with training examples before each prompt
+(`fewShot` in `evaluation.baselines`, see `few_shot`). Both baselines are the same base model,
+loaded once.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from kubetune.api.constants import ENV_JUDGE_API_KEY
 from kubetune.api.finetunejob import EvaluationSpec
 from kubetune.api.trainer_result import EvaluationSummary, GateResult, ModelScores
 from kubetune_trainer.evaluation.examples import EvalExample, to_eval_examples
+from kubetune_trainer.evaluation.few_shot import FEW_SHOT, select_shots, with_shots
 from kubetune_trainer.evaluation.gate import decide_gate
 from kubetune_trainer.evaluation.generation import (
     BASE,
@@ -63,7 +70,7 @@ class ExampleResult:
     index: int
     example: EvalExample
     answers: dict[str, str] = field(default_factory=dict)
-    """Answer per model role (`fine_tuned`, `base`)."""
+    """Answer per role (`fine_tuned`, `base`, `few_shot`)."""
     answer_tokens: dict[str, int] = field(default_factory=dict)
     """Tokens each role's answer generated (for the drift reference)."""
     scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
@@ -79,6 +86,7 @@ class ExampleResult:
             "reference": self.example.reference,
             "fine_tuned_answer": self.answers.get(FINE_TUNED),
             "base_answer": self.answers.get(BASE),
+            "few_shot_answer": self.answers.get(FEW_SHOT),
             "scores": self.scores,
             "judge": {role: outcome.to_row() for role, outcome in self.judge.items()},
         }
@@ -98,6 +106,8 @@ class EvaluationOutcome:
     """Answers the judge could not score, per model role (test split only)."""
     skipped_records: int = 0
     """Test records with no usable prompt and reference."""
+    shots: list[EvalExample] = field(default_factory=list)
+    """The training examples the few-shot baseline saw before each test prompt."""
 
 
 def metrics_to_compute(spec: EvaluationSpec) -> list[str]:
@@ -149,6 +159,10 @@ def _per_example(rows: list[ExampleResult], role: str, metric: str) -> list[floa
     return [r.scores[role]["rouge_l"] for r in rows]
 
 
+# The model that gives each answer role its answers.
+_MODEL_OF_ROLE = {FINE_TUNED: FINE_TUNED, BASE: BASE, FEW_SHOT: BASE}
+
+
 def _answer_with_each_model(
     spec: EvaluationSpec,
     *,
@@ -157,34 +171,46 @@ def _answer_with_each_model(
     device: str,
     sets: list[tuple[list[ExampleResult], list[str]]],
     perplexity_on: tuple[list[ExampleResult], list[str]],
+    shots: list[EvalExample],
 ) -> dict[str, list[AnswerLoss]]:
     """Fill `row.answers[role]` for each (rows, roles) set, loading each model once, and return
-    the reference-answer losses of the `perplexity_on` rows for each of its roles."""
+    the reference-answer losses of the `perplexity_on` rows for each of its roles. The
+    `few_shot` role is the base model asked each prompt with `shots` before it."""
     losses: dict[str, list[AnswerLoss]] = {}
     roles = {role for rows, set_roles in sets if rows for role in set_roles}
     if not roles:
         return losses
     tokenizer = load_tokenizer(model_dir, adapter_dir)
-    for role, model in iter_models(model_dir, adapter_dir, device, want_base=BASE in roles):
-        for rows, set_roles in sets:
-            if role not in set_roles or not rows:
-                continue
-            examples = [r.example for r in rows]
-            counts: list[int] = []
-            answers = generate_answers(
-                model, tokenizer, examples, max_new_tokens=spec.max_new_tokens, device=device,
-                token_counts=counts,
-            )
-            for row, answer, count in zip(rows, answers, counts, strict=True):
-                row.answers[role] = answer
-                row.answer_tokens[role] = count
-        if perplexity_on[0] and role in perplexity_on[1]:
-            examples = [r.example for r in perplexity_on[0]]
-            losses[role] = answer_losses(model, tokenizer, examples, device=device)
-        log.info("%s model answered", role)
+    want_base = any(_MODEL_OF_ROLE[role] == BASE for role in roles)
+    for model_role, model in iter_models(model_dir, adapter_dir, device, want_base=want_base):
+        for role in (r for r in (FINE_TUNED, BASE, FEW_SHOT) if _MODEL_OF_ROLE[r] == model_role):
+            for rows, set_roles in sets:
+                if role not in set_roles or not rows:
+                    continue
+                examples = _prompts(rows, role, shots)
+                counts: list[int] = []
+                answers = generate_answers(
+                    model, tokenizer, examples, max_new_tokens=spec.max_new_tokens,
+                    device=device, token_counts=counts,
+                )
+                for row, answer, count in zip(rows, answers, counts, strict=True):
+                    row.answers[role] = answer
+                    row.answer_tokens[role] = count
+            if perplexity_on[0] and role in perplexity_on[1]:
+                examples = _prompts(perplexity_on[0], role, shots)
+                losses[role] = answer_losses(model, tokenizer, examples, device=device)
+            if role in roles:
+                log.info("%s answered", role)
         del model
         gc.collect()
     return losses
+
+
+def _prompts(rows: list[ExampleResult], role: str, shots: list[EvalExample]) -> list[EvalExample]:
+    """What `role` is asked for each row: the example, with the shots before it for few_shot."""
+    if role == FEW_SHOT:
+        return [with_shots(r.example, shots) for r in rows]
+    return [r.example for r in rows]
 
 
 def evaluate(
@@ -197,23 +223,41 @@ def evaluate(
     general_records: list[dict[str, Any]] | None = None,
     judge_api_key: str | None = None,
     device: str = "cpu",
+    train_records: list[dict[str, Any]] | None = None,
+    shot_seed: int = 0,
 ) -> EvaluationOutcome:
-    """Evaluate base and fine-tuned model on `test_records`, write `workdir/eval/`, decide the gate.
+    """Evaluate the fine-tuned model and the baselines on `test_records`, write `workdir/eval/`,
+    decide the gate.
 
     The fine-tuned model is `model_dir` plus the PEFT adapter in `adapter_dir`, or the full
-    model in `adapter_dir`; with `adapter_dir=None`, `model_dir` alone is evaluated (no base
-    comparison, no forgetting check). `judge_api_key` defaults to $KUBETUNE_JUDGE_API_KEY."""
+    model in `adapter_dir`; with `adapter_dir=None`, `model_dir` alone is evaluated (no
+    baseline, no forgetting check). The few-shot baseline draws its shots from
+    `train_records` (the training split, never the test split) with `shot_seed`.
+    `judge_api_key` defaults to $KUBETUNE_JUDGE_API_KEY."""
     examples, skipped = to_eval_examples(test_records, spec.max_examples)
     general, _ = to_eval_examples(general_records or [])
     metrics = metrics_to_compute(spec)
     has_base = adapter_dir is not None
-    test_roles = [FINE_TUNED] + ([BASE] if has_base and spec.compare_with_base else [])
+    zero_shot = spec.compare_with_base or "zeroShot" in spec.baselines
+    shots: list[EvalExample] = []
+    if has_base and "fewShot" in spec.baselines:
+        shots = select_shots(
+            train_records or [], spec.few_shot_examples, shot_seed, held_out=examples
+        )
+        if not shots:
+            log.warning("few-shot baseline skipped: the training split holds no usable example")
+    test_roles = (
+        [FINE_TUNED]
+        + ([BASE] if has_base and zero_shot else [])
+        + ([FEW_SHOT] if shots else [])
+    )
     general_roles = [FINE_TUNED, BASE] if has_base and general else []
     log.info(
-        "evaluating %d test examples (%d skipped), %d general examples",
+        "evaluating %d test examples (%d skipped), %d general examples; baselines: %s",
         len(examples),
         skipped,
         len(general),
+        ", ".join(r for r in test_roles if r != FINE_TUNED) or "none",
     )
 
     rows = [ExampleResult(i, ex) for i, ex in enumerate(examples)]
@@ -225,6 +269,7 @@ def evaluate(
         device=device,
         sets=[(rows, test_roles), (general_rows, general_roles)],
         perplexity_on=(rows if "perplexity" in metrics else [], test_roles),
+        shots=shots,
     )
 
     judge_tokens: int | None = None
@@ -270,17 +315,23 @@ def evaluate(
         drop = forgetting_drop(base.general_score, fine_tuned.general_score)
 
     win_metric = "judge" if spec.judge is not None else "rouge_l"
-    rate: float | None = None
-    if BASE in test_roles:
-        rate = win_rate(
-            _per_example(rows, FINE_TUNED, win_metric), _per_example(rows, BASE, win_metric)
+    rates = {
+        role: win_rate(
+            _per_example(rows, FINE_TUNED, win_metric), _per_example(rows, role, win_metric)
         )
+        for role in test_roles
+        if role != FINE_TUNED
+    }
+    rate = rates.get(BASE)
 
     summary = EvaluationSummary(
         examples=len(rows),
         fine_tuned=fine_tuned,
         base=base,
         win_rate=rate,
+        few_shot=scores.get(FEW_SHOT),
+        few_shot_examples=len(shots) if shots else None,
+        few_shot_win_rate=rates.get(FEW_SHOT),
         forgetting_drop=drop,
         judge_tokens=judge_tokens,
     )
@@ -305,7 +356,8 @@ def evaluate(
         {
             "summary": summary.to_wire(),
             "deltas": score_deltas(fine_tuned, scores.get(BASE)),
-            "winRateMetric": win_metric if rate is not None else None,
+            "winRateMetric": win_metric if rates else None,
+            "baselines": _baselines_report(fine_tuned, scores, rates, shots),
             "forgetting": {
                 "examples": len(general_rows),
                 "metric": ("judge" if use_judge_general else "rouge_l") if general_rows else None,
@@ -333,4 +385,30 @@ def evaluate(
         general_rows=general_rows,
         judge_unscored=unscored,
         skipped_records=skipped,
+        shots=shots,
     )
+
+
+def _baselines_report(
+    fine_tuned: ModelScores,
+    scores: dict[str, ModelScores],
+    rates: dict[str, float | None],
+    shots: list[EvalExample],
+) -> dict[str, Any]:
+    """summary.json's `baselines`: each baseline's scores, the fine-tuned model's deltas
+    against it and its win rate over it; for fewShot also the shots (from the training split)."""
+    report: dict[str, Any] = {}
+    for role, name in ((BASE, "zeroShot"), (FEW_SHOT, "fewShot")):
+        if role not in scores:
+            continue
+        report[name] = {
+            "scores": scores[role].to_wire(),
+            "deltas": score_deltas(fine_tuned, scores[role]),
+            "winRate": rates.get(role),
+        }
+    if "fewShot" in report:
+        report["fewShot"]["shotSource"] = "train"
+        report["fewShot"]["shots"] = [
+            {"prompt": s.prompt_for_display(), "answer": s.reference} for s in shots
+        ]
+    return report

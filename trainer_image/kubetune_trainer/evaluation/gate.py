@@ -16,6 +16,8 @@ Rules of `decide_gate` (GateSpec documents them for users):
 - requireImprovementOverBase (on by default when no threshold and no judge is set: the default
   gate) compares the primary metric (judge score with a judge, else the first thresholded of
   rougeL, exactMatch, bleu, perplexity, else the first measured of them) with the base's;
+- requireImprovementOverFewShot compares the same metric with the few-shot baseline's (the
+  base model with training examples in the prompt), and fails when it was not evaluated;
 - a gate with no check at all (requireImprovementOverBase: false, no threshold, no judge, no
   maxForgettingDrop) fails with "no gate configured": it never passes without a check.
 
@@ -159,10 +161,46 @@ def decide_gate(
                 f"{label} {_fmt(tuned)} {verb} base {_fmt(base)}{note}"
             )
 
+    if gate.require_improvement_over_few_shot:
+        _few_shot_check(summary, gate, judge_configured, held, failed)
+
     reason = ("failed: " + "; ".join(failed)) if failed else ("passed: " + "; ".join(held))
     if len(reason) > REASON_MAX_CHARS:
         reason = reason[: REASON_MAX_CHARS - 1] + "…"
     return GateResult(passed=not failed, reason=reason, judge_score=scores.judge_score)
+
+
+def _few_shot_check(
+    summary: EvaluationSummary,
+    gate: GateSpec,
+    judge_configured: bool,
+    held: list[str],
+    failed: list[str],
+) -> None:
+    """requireImprovementOverFewShot: the fine-tuned model must beat the few-shot baseline on
+    the primary metric; the message carries both figures and the number of shots."""
+    metric, label, higher = primary_metric(gate, judge_configured, summary.fine_tuned)
+    if summary.few_shot is None:
+        failed.append(
+            "requireImprovementOverFewShot: the few-shot baseline was not evaluated (list fewShot "
+            "in evaluation.baselines; the training split must hold an example)"
+        )
+        return
+    tuned, shot = getattr(summary.fine_tuned, metric), getattr(summary.few_shot, metric)
+    if tuned is None or shot is None:
+        failed.append(
+            f"requireImprovementOverFewShot: {label} not measured for both the fine-tuned model "
+            "and the few-shot baseline"
+        )
+        return
+    better = tuned > shot if higher else tuned < shot
+    verb = "improved on" if better else "did not improve on"
+    k = summary.few_shot_examples
+    (held if better else failed).append(
+        f"{label} {_fmt(tuned)} {verb} few-shot baseline {_fmt(shot)} (base model with {k} "
+        f"training example{'s' if k != 1 else ''} in the prompt)"
+        + ("" if better else "; prompting does as well: fine-tuning did not pay on this metric")
+    )
 
 
 @dataclass(frozen=True)
