@@ -131,6 +131,12 @@ def run_pipeline(
     used to name artifacts; `metrics` is a `progress.ProgressMetrics` to export training
     progress to (the pod's Prometheus endpoint).
     """
+    if spec.backend == "openai":  # the provider trains: kubetune_trainer.provider
+        from kubetune_trainer.provider import run_provider_pipeline
+
+        return run_provider_pipeline(
+            spec, workdir, base_dir=base_dir, artifacts_uri=artifacts_uri, metrics=metrics
+        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run = _Run(spec=spec, workdir=workdir, artifacts_uri=artifacts_uri, on_progress=on_progress)
