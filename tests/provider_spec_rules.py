@@ -68,6 +68,14 @@ PROVIDER_RULE_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
         openai_spec(provider=_provider(hyperparameters={"nEpochs": 2})),
     ),
     (
+        openai_spec(evaluation={"judge": {"endpoint": "https://judge.example/v1", "model": "judge"},
+                                "gate": {"minRougeL": 0.5}}),
+        "evaluation: backend openai does not evaluate the provider's model yet (the job records "
+        "the model id and the provider's validation loss); remove evaluation.judge, the gate's "
+        "thresholds, forgettingSet and baselines",
+        openai_spec(),
+    ),
+    (
         openai_spec(resources={"gpus": 2, "gpuProduct": "NVIDIA-A100-SXM4-80GB"}),
         "resources: backend openai trains on the provider's machines and its pod asks for no GPU; "
         "remove resources.gpus and resources.gpuProduct (or set gpus: 0)",

@@ -695,6 +695,25 @@ PROVIDER_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         ),
     ),
     Rule(
+        f"self.backend != 'openai' || (!has(self.evaluation.judge) && {_NO_THRESHOLD}"
+        f" && !has({_GATE}.maxForgettingDrop) && !has(self.evaluation.forgettingSet)"
+        f" && size({_BASELINES}) == 0 && !{_FEW_SHOT_GATE})",
+        "evaluation: backend openai does not evaluate the provider's model yet (the job records "
+        "the model id and the provider's validation loss); remove evaluation.judge, the gate's "
+        "thresholds, forgettingSet and baselines",
+        lambda s: (
+            s.backend != "openai"
+            or (
+                s.evaluation.judge is None
+                and not s.evaluation.gate.thresholds_set()
+                and s.evaluation.gate.max_forgetting_drop is None
+                and s.evaluation.forgetting_set is None
+                and not s.evaluation.baselines
+                and not s.evaluation.gate.require_improvement_over_few_shot
+            )
+        ),
+    ),
+    Rule(
         "self.backend != 'openai' || (self.resources.gpus <= 1 && !has(self.resources.gpuProduct))",
         "resources: backend openai trains on the provider's machines and its pod asks for no GPU; "
         "remove resources.gpus and resources.gpuProduct (or set gpus: 0)",
