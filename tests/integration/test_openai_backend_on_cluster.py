@@ -151,3 +151,35 @@ def test_the_apiserver_refuses_provider_rule_violations_with_the_same_words(
     assert info.value.status == 422, info.value.body
     assert message in json.loads(str(info.value.body))["message"]
     create(fix, "fixed")
+
+
+def test_suspend_pauses_the_provider_job_and_resume_continues_the_same_job(
+    cluster: DevCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    _setup(cluster, namespace)
+    # 100 reads of a running job, 0.2 s apart: time to suspend while it runs.
+    long_run = Lifecycle(statuses=("queued", *["running"] * 100, "succeeded"), total_steps=100)
+    with FakeOpenAIProvider(api_key=KEY, default=long_run) as server:
+        ftj = apply_ftj(cluster, namespace, _spec(server), name="support-openai-suspend")
+        cluster.wait_for(lambda: any(j.status == "running" for j in server.jobs.values()),
+                         timeout=120, what="the provider job running")
+        ftj.patch_spec({"suspend": True})
+        ftj.wait_phase("Suspended", operator, timeout=60)
+        cluster.wait_for(lambda: server.only_job().status == "paused", timeout=60,
+                         what="the provider job paused by the stopped pod")
+        cluster.wait_for(lambda: not ftj.pods(), timeout=60, what="the pod gone")
+        job = server.only_job()
+        position = job.position
+
+        ftj.patch_spec({"suspend": False})
+        status = ftj.wait_status(lambda s: s.get("phase") in ("Succeeded", "Failed"), "finished",
+                                 timeout=300, operator=operator)
+        assert status["phase"] == "Succeeded", f"{status.get('reason')}: {status.get('message')}"
+        assert server.only_job() is job and job.position > position
+        assert len(server.files) == 2  # uploaded once, before the suspension
+        messages = [e["message"] for e in job.events]
+        assert messages.index("Fine-tuning job paused") < messages.index("Fine-tuning job resumed")
+    assert [a["name"] for a in status["artifacts"] if a["kind"] == "provider-model"] == [
+        f"ft:gpt-4o-mini-2024-07-18:org-kubetune:support-router:{job.id[-8:]}"
+    ]
+    assert KEY not in _everything(cluster, ftj, operator)
