@@ -74,10 +74,26 @@ def validate_documents(
                 message = err["msg"].removeprefix("Value error, ")  # our validators name the field
                 problems.append(f"{where}: {path}: {message}")
             continue
+        if isinstance(obj, FineTuneJob):
+            problems.extend(f"{where}: {p}" for p in preflight_problems(obj))
         if cluster_check is not None and isinstance(obj, FineTuneJob):
             ns = str((obj.metadata or {}).get("namespace") or namespace)
             problems.extend(f"{where}: spec.{p}" for p in cluster_check(obj.spec, ns))
     return problems
+
+
+def preflight_problems(job: FineTuneJob) -> list[str]:
+    """The operator's WontFit, from kubetune's GPU table (`kubetune.planning.preflight`): a
+    job whose estimated training peak does not fit its resources.gpuProduct."""
+    from kubetune.planning.gpus import known_gpu
+    from kubetune.planning.preflight import SKIP_ANNOTATION, plan
+
+    spec = job.spec
+    if spec.backend != "local" or not spec.resources.gpus or not spec.resources.gpu_product:
+        return []
+    skip = ((job.metadata or {}).get("annotations") or {}).get(SKIP_ANNOTATION) == "skip"
+    result = plan(spec, known_gpu(spec.resources.gpu_product), "table", None, skip_fit=skip)
+    return [result.problem] if result.problem else []
 
 
 def _secrets_in_cluster(kubeconfig: str, context: str | None) -> tuple[ClusterCheck, str]:

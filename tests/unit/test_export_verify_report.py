@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kubetune.planning.memory import GIB, LLAMA_3_1_8B
 from kubetune_trainer.export.verify import (
     GgufCheck,
     PromptComparison,
@@ -17,7 +18,6 @@ from kubetune_trainer.export.verify import (
     reference_weights_dtype,
     verification_peak_bytes,
 )
-from kubetune.planning.memory import GIB, LLAMA_3_1_8B
 from tests.model_configs import LLAMA_3_1_8B_CONFIG
 
 

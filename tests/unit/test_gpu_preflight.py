@@ -3,6 +3,7 @@ time and cost estimate, and what is not estimated (kubetune.planning)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,7 +81,7 @@ def test_a_job_that_does_not_fit_gets_wontfit_naming_estimate_gpu_memory_and_set
     assert "Tesla-T4 has 15.0 GiB (kubetune's GPU table)" in result.problem
     # no single change is enough for LoRA on a 16 GB T4 (16-bit weights alone are 15 GiB): the
     # combination that is
-    assert "settings that would fit: method: qlora and training.batchSize: 2" in result.problem
+    assert "Settings that would fit: method: qlora and training.batchSize: 2" in result.problem
     assert "kubetune.dev/preflight=skip" in result.problem
 
 
@@ -146,3 +147,50 @@ def test_the_torchtune_calibrated_throughput_gives_back_its_own_figures() -> Non
 def test_cpu_jobs_are_not_estimated() -> None:
     result = plan(llama_spec(gpus=0), None, None, None)
     assert result.memory is None and "trains on CPU" in result.message
+
+
+def _job_yaml(method: str, product: str, annotations: str = "") -> str:
+    return f"""apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata:
+  name: j{annotations}
+spec:
+  baseModel: {{uri: hf://meta-llama/Llama-3.1-8B-Instruct, acceptLicense: true}}
+  method: {method}
+  dataset: {{source: {{uri: pvc://d/train.jsonl}}}}
+  resources: {{gpus: 1, gpuProduct: {product}}}
+"""
+
+
+def test_kubetune_validate_reports_wontfit_for_a_gpu_it_knows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubetune.cli import main
+
+    wont = tmp_path / "wont.yaml"
+    wont.write_text(_job_yaml("lora", "Tesla-T4"))
+    assert main(["validate", str(wont)]) == 1
+    err = capsys.readouterr().err
+    assert f"{wont} (document 1): Won't fit: estimated training peak per GPU ≈29.3 GiB" in err
+    assert "Tesla-T4 has 15.0 GiB (kubetune's GPU table)" in err
+    fits = tmp_path / "fits.yaml"
+    fits.write_text(_job_yaml("qlora", "NVIDIA-H100-80GB-HBM3"))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(_job_yaml("full", "Some-Future-GPU"))
+    skipped = tmp_path / "skipped.yaml"
+    skipped.write_text(_job_yaml("lora", "Tesla-T4", "\n  annotations: {kubetune.dev/preflight: skip}"))
+    assert main(["validate", str(fits), str(unknown), str(skipped)]) == 0
+
+
+def test_the_price_configmap_setting_takes_a_namespace_or_the_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.operator.settings import Settings
+
+    monkeypatch.setenv("KUBETUNE_GPU_PRICES_CONFIGMAP", "billing/gpu-prices")
+    assert Settings.from_env().gpu_prices_configmap == "billing/gpu-prices"
+    monkeypatch.setenv("KUBETUNE_GPU_PRICES_CONFIGMAP", "gpu-prices")
+    monkeypatch.setenv("POD_NAMESPACE", "kubetune-system")
+    monkeypatch.setenv("KUBETUNE_LEADER_ELECTION", "false")
+    assert Settings.from_env().gpu_prices_configmap == "kubetune-system/gpu-prices"
+    monkeypatch.delenv("POD_NAMESPACE")
+    with pytest.raises(ValueError, match="names no namespace: write <namespace>/gpu-prices"):
+        Settings.from_env()

@@ -85,3 +85,13 @@ release: {{ . | quote }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* The GPU price ConfigMap's name: gpuPrices.configMap, else the chart's own when
+gpuPrices.perGpuHour has prices, else empty (no cost in status). */}}
+{{- define "kubetune.gpuPricesConfigMap" -}}
+{{- if .Values.gpuPrices.configMap -}}
+{{- .Values.gpuPrices.configMap -}}
+{{- else if .Values.gpuPrices.perGpuHour -}}
+{{- printf "%s-gpu-prices" (include "kubetune.operatorName" .) -}}
+{{- end -}}
+{{- end }}

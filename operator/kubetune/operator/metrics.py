@@ -79,3 +79,15 @@ API_REQUESTS = Counter(
 RECONCILES = Counter("kubetune_operator_reconciles", "FineTuneJob reconciles run.")
 RECONCILE_ERRORS = Counter("kubetune_operator_reconcile_errors", "FineTuneJob reconciles that raised.")
 RECONCILE_SECONDS = Histogram("kubetune_operator_reconcile_seconds", "Time one FineTuneJob reconcile takes.")
+
+# What finished FineTuneJobs used, per namespace (reconcile/preflight.py): GPU-hours are
+# resources.gpus x the trainer's wall time; cost is at the price ConfigMap's prices.
+FINETUNEJOB_GPU_HOURS = Counter(
+    "kubetune_finetunejob_gpu_hours", "GPU-hours used by finished FineTuneJobs, per namespace.",
+    ["namespace"],
+)
+FINETUNEJOB_COST = Counter(
+    "kubetune_finetunejob_cost",
+    "Cost of the GPU-hours of finished FineTuneJobs at the operator's GPU prices, per namespace.",
+    ["namespace", "currency"],
+)

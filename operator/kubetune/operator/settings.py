@@ -44,6 +44,8 @@ class Settings:
                                    <root>/<namespace>/<claim> (e.g. an NFS export behind the artifacts
                                    claims); when set, the result of a trainer Job deleted before it was
                                    read is recovered from result.json there (default: unset)
+      KUBETUNE_GPU_PRICES_CONFIGMAP <namespace>/<name> of the ConfigMap of prices per GPU-hour by
+                                   gpuProduct, for status.cost (default: none; docs/preflight.md)
       KUBETUNE_LEADER_ELECTION     only the replica holding the Lease reconciles (default: on when
                                    POD_NAMESPACE is set, i.e. in a pod; off for a single local process)
       KUBETUNE_LEASE_NAME          the Lease's name (default kubetune-operator)
@@ -70,6 +72,7 @@ class Settings:
     ollama_command: tuple[str, ...] = ("ollama", "serve")
     serving_resync: float = 5.0
     claims_root: str = ""
+    gpu_prices_configmap: str = ""
     leader_election: bool = False
     lease_name: str = "kubetune-operator"
     lease_namespace: str = ""
@@ -97,10 +100,22 @@ class Settings:
             ollama_command=_command("KUBETUNE_OLLAMA_COMMAND", cls.ollama_command),
             serving_resync=float(os.environ.get("KUBETUNE_SERVING_RESYNC", "5")),
             claims_root=os.environ.get("KUBETUNE_CLAIMS_ROOT", ""),
+            gpu_prices_configmap=_namespaced("KUBETUNE_GPU_PRICES_CONFIGMAP"),
             metrics_port=int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080")),
             workers=int(os.environ.get("KUBETUNE_WORKERS", "8")),
             **_leader_election(),
         )
+
+
+def _namespaced(variable: str) -> str:
+    """`<namespace>/<name>` from `variable`; a bare name is in POD_NAMESPACE."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw or "/" in raw:
+        return raw
+    namespace = os.environ.get("POD_NAMESPACE", "").strip()
+    if not namespace:
+        raise ValueError(f"{variable}={raw!r} names no namespace: write <namespace>/{raw}, or set POD_NAMESPACE")
+    return f"{namespace}/{raw}"
 
 
 def _command(variable: str, default: tuple[str, ...]) -> tuple[str, ...]:

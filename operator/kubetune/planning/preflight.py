@@ -207,8 +207,8 @@ def plan(
         "no setting kubetune can lower makes it fit")
     problem = (
         f"Won't fit: estimated training peak per GPU {memory.describe()} plus "
-        f"{gib(CUDA_CONTEXT_BYTES)} CUDA context, and {capacity}. The trainer Job was not "
-        f"created; {advice}; or a GPU with more memory (resources.gpuProduct). The estimate "
+        f"{gib(CUDA_CONTEXT_BYTES)} CUDA context, and {capacity}. {advice[0].upper()}{advice[1:]}; "
+        f"or a GPU with more memory (resources.gpuProduct). The estimate "
         f"counts every example at maxLength {spec.training.max_length}; to run anyway, "
         f"annotate the FineTuneJob {SKIP_ANNOTATION}=skip."
     )

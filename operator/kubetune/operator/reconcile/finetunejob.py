@@ -31,6 +31,7 @@ from kubetune.operator.builders.training_job import (
 )
 from kubetune.operator.kube import KubeApi
 from kubetune.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from kubetune.operator.reconcile.preflight import Preflight
 from kubetune.operator.reconcile.references import (
     Problem,
     read_claim_access_modes,
@@ -179,6 +180,7 @@ class FineTuneJobReconciler:
         self.api = api
         self.settings = settings
         self.clock = clock
+        self.preflight = Preflight(api.core, settings.gpu_prices_configmap)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # (kind, namespace, name) -> (when read, keys or access modes) of references found
@@ -238,10 +240,14 @@ class FineTuneJobReconciler:
         # Checked once, before the Job exists: a missing Secret would otherwise leave the pod
         # holding its GPU in CreateContainerConfigError, or fail the job after training.
         missing: tuple[str, str] | None = None  # (reason, message)
+        planned: dict[str, Any] = {}  # status.preflight and status.cost, before the Job exists
         refused: str | None = None
         if spec is not None and current.phase not in Phase.FINAL:
             if job is None and not current.job_name:
                 missing = self._missing_references(ns, spec)
+                if missing is None:  # memory and cost before any GPU time; WontFit stops here
+                    missing, preflight, cost = self.preflight.check(body, spec)
+                    planned = {"preflight": preflight, "cost": cost}
             if missing is None:
                 try:
                     job = self._apply_children(body, spec, job, current)
@@ -274,6 +280,7 @@ class FineTuneJobReconciler:
             volume_event=self._volume_event(pods) if job is not None and current.phase not in Phase.FINAL else None,
         )
         new = compute_status(observed, current, self.clock())
+        new = self.preflight.account(ns, spec, current, new.model_copy(update=planned))
         if missing is not None:
             new = _relabel(new, Reason.INVALID_SPEC, missing[0])
         if new != current:
