@@ -143,7 +143,7 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             if sum(1 for i in items if (i.get("status") or {}).get("phase") == "Running") >= n:
                 running_at = time.monotonic() - start
             time.sleep(0.5)
-        return {
+        row = {
             "jobs": n,
             "apply_s": round(applied, 1),
             "all_jobs_created_s": round(jobs_at, 1) if jobs_at else "timeout",
@@ -154,6 +154,10 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             "operator_cpu_s": round(cpu_seconds(operator.process.pid), 1) if operator.process else None,
             "api_requests_per_job": round(reconciler_requests(port) / n, 2),
         }
+        # Kept with --workdir: what the reconcilers waited for (durations, requests by verb).
+        (workdir / f"operator-{n}.metrics").write_text(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+        return row
     finally:
         if operator is not None:
             operator.stop()
@@ -163,9 +167,15 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--workdir", type=Path, help="keep the clusters' and the operator's logs and "
+                        "/metrics here (default: a temporary directory, removed)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
-        rows = [run(n, Path(tmp)) for n in args.jobs]
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        rows = [run(n, args.workdir) for n in args.jobs]
+    else:
+        with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
+            rows = [run(n, Path(tmp)) for n in args.jobs]
     keys = list(rows[0])
     print("  ".join(f"{k:>22}" for k in keys))
     for row in rows:
