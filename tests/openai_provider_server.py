@@ -14,7 +14,8 @@ exactly as in production. Routes:
     GET  /v1/fine_tuning/jobs/{id}/events            newest first, `after` / `limit`
     GET  /v1/fine_tuning/jobs/{id}/checkpoints
     POST /v1/fine_tuning/jobs/{id}/cancel|pause|resume
-    POST /v1/chat/completions                        answers as `chat_answer` says
+    POST /v1/chat/completions                        a fine-tuned model answers `chat_answer`,
+                                                     a base model `base_chat_answer`
 
 A job's lifecycle is a :class:`Lifecycle` chosen by the job's base model (`lifecycles`, else
 `default`): the statuses it passes through, one per retrieve (validating_files → queued →
@@ -97,6 +98,7 @@ class FakeOpenAIProvider:
         quota_exceeded: bool = False,
         organization: str = "org-kubetune",
         chat_answer: str = "billing",
+        base_chat_answer: str = "I cannot tell which team this is for.",
     ) -> None:
         self.api_key = api_key
         self.lifecycles = lifecycles or {}
@@ -106,6 +108,7 @@ class FakeOpenAIProvider:
         self.quota_exceeded = quota_exceeded
         self.organization = organization
         self.chat_answer = chat_answer
+        self.base_chat_answer = base_chat_answer
         self.files: dict[str, dict[str, Any]] = {}
         self.file_content: dict[str, bytes] = {}
         self.jobs: dict[str, FakeJob] = {}
@@ -432,11 +435,18 @@ class FakeOpenAIProvider:
             def _chat(self, body: dict[str, Any]) -> None:
                 with server._lock:
                     server.chat_requests.append(body)
+                    tuned = {server._job_object(j)["fine_tuned_model"] for j in server.jobs.values()}
+                model = body.get("model")
+                if model not in tuned and model not in server.fine_tunable:
+                    self._send(404, _error(f"The model `{model}` does not exist or you do not "
+                                           "have access to it.", "model_not_found"))
+                    return
+                content = server.chat_answer if model in tuned else server.base_chat_answer
                 self._send(200, {
                     "id": f"chatcmpl-{len(server.chat_requests)}", "object": "chat.completion",
                     "created": int(time.time()), "model": body.get("model"),
                     "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                 "message": {"role": "assistant", "content": server.chat_answer}}],
+                                 "message": {"role": "assistant", "content": content}}],
                     "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
                 })
 

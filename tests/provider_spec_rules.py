@@ -68,12 +68,11 @@ PROVIDER_RULE_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
         openai_spec(provider=_provider(hyperparameters={"nEpochs": 2})),
     ),
     (
-        openai_spec(evaluation={"judge": {"endpoint": "https://judge.example/v1", "model": "judge"},
-                                "gate": {"minRougeL": 0.5}}),
-        "evaluation: backend openai does not evaluate the provider's model yet (the job records "
-        "the model id and the provider's validation loss); remove evaluation.judge, the gate's "
-        "thresholds, forgettingSet and baselines",
-        openai_spec(),
+        openai_spec(evaluation={"gate": {"maxPerplexity": 20}}),
+        "evaluation: backend openai scores the provider's model through its chat API, which "
+        "gives no perplexity and runs no forgetting set or few-shot baseline; remove "
+        "gate.maxPerplexity, gate.maxForgettingDrop, forgettingSet and baselines",
+        openai_spec(evaluation={"gate": {"minRougeL": 0.5}}),
     ),
     (
         openai_spec(resources={"gpus": 2, "gpuProduct": "NVIDIA-A100-SXM4-80GB"}),

@@ -20,6 +20,7 @@ from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.trainer_contract import PERMANENT_FAILURE_EXIT_CODE, TrainerResult, exit_code_for
 from kubetune_trainer.pipeline import run_pipeline
 from kubetune_trainer.progress import ProgressMetrics
+from tests.judge_server import FakeJudgeServer, verdict
 from tests.openai_provider_server import FakeOpenAIProvider, Lifecycle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,9 +104,49 @@ def test_a_job_succeeds_with_the_model_id_as_artifact_and_the_key_nowhere(
     # The live progress the operator scrapes followed the provider's metrics events.
     exposition = metrics.exposition()
     assert "kubetune_train_step 30.0" in exposition and "kubetune_train_total_steps 30.0" in exposition
+    # Evaluated through the chat API on the test split: the fine-tuned model and the base.
+    asked = [r["model"] for r in server.chat_requests]
+    assert result.evaluation is not None and result.evaluation.base is not None
+    n = result.evaluation.examples
+    assert n == result.data.test and sorted(set(asked)) == sorted({models[0].name, "gpt-4o-mini-2024-07-18"})
+    assert asked.count(models[0].name) == n and asked.count("gpt-4o-mini-2024-07-18") == n
+    fine_tuned, base = result.evaluation.fine_tuned, result.evaluation.base
+    assert fine_tuned.exact_match is not None and base.exact_match == 0.0
+    assert fine_tuned.rouge_l is not None and base.rouge_l is not None
+    assert fine_tuned.rouge_l > base.rouge_l and fine_tuned.perplexity is None
+    assert result.gate is not None and result.gate.passed, result.gate
+    assert {a.kind for a in result.artifacts} >= {"provider-model", "predictions", "report"}
     out, err = capfd.readouterr()
     assert "progress step=10/30" in out and "provider event [info]: Fine-tuning job queued" in out
     assert KEY not in _everything(tmp_path, out, err, result.to_termination_message())
+
+
+def test_the_judge_and_gate_score_the_provider_model_as_for_a_local_job(tmp_path: Path) -> None:
+    judge_key = "sk-judge-0123456789abcdefghijklmnopqrstuv"
+    with FakeOpenAIProvider(api_key=KEY, chat_answer="billing") as server, FakeJudgeServer(
+        api_key=judge_key,
+        # 5 for the fine-tuned model's label answers, 2 for the base model's non-answer.
+        responder=lambda body: verdict(
+            5 if body["messages"][-1]["content"].endswith("answer]\nbilling") else 2
+        ),
+    ) as judge:
+        spec = _spec(server)
+        spec["evaluation"] = {"judge": {"endpoint": judge.url, "model": "judge-model"},
+                              "gate": {"minJudgeScore": 3.5}, "maxExamples": 6}
+        os.environ[c.ENV_JUDGE_API_KEY] = judge_key
+        try:
+            result = _run(spec, tmp_path)
+        finally:
+            os.environ.pop(c.ENV_JUDGE_API_KEY, None)
+        judged = len(judge.requests)
+    assert result.phase == "Succeeded", result.message
+    assert result.evaluation is not None and result.evaluation.examples == 6
+    assert judged == 12  # six answers of the fine-tuned model, six of the base
+    assert result.gate is not None and result.gate.judge_score is not None
+    assert result.evaluation.base is not None and result.evaluation.base.judge_score is not None
+    assert (result.evaluation.fine_tuned.judge_score, result.evaluation.base.judge_score) == (5.0, 2.0)
+    assert result.gate.judge_score == 5.0 and result.gate.passed, result.gate
+    assert result.evaluation.win_rate == 1.0
 
 
 @pytest.mark.parametrize(

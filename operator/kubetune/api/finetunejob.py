@@ -695,17 +695,16 @@ PROVIDER_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         ),
     ),
     Rule(
-        f"self.backend != 'openai' || (!has(self.evaluation.judge) && {_NO_THRESHOLD}"
+        f"self.backend != 'openai' || (!has({_GATE}.maxPerplexity)"
         f" && !has({_GATE}.maxForgettingDrop) && !has(self.evaluation.forgettingSet)"
         f" && size({_BASELINES}) == 0 && !{_FEW_SHOT_GATE})",
-        "evaluation: backend openai does not evaluate the provider's model yet (the job records "
-        "the model id and the provider's validation loss); remove evaluation.judge, the gate's "
-        "thresholds, forgettingSet and baselines",
+        "evaluation: backend openai scores the provider's model through its chat API, which "
+        "gives no perplexity and runs no forgetting set or few-shot baseline; remove "
+        "gate.maxPerplexity, gate.maxForgettingDrop, forgettingSet and baselines",
         lambda s: (
             s.backend != "openai"
             or (
-                s.evaluation.judge is None
-                and not s.evaluation.gate.thresholds_set()
+                s.evaluation.gate.max_perplexity is None
                 and s.evaluation.gate.max_forgetting_drop is None
                 and s.evaluation.forgetting_set is None
                 and not s.evaluation.baselines

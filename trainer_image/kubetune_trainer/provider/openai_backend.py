@@ -12,7 +12,9 @@
    progress gauges and `progress …` lines as local training (step, total steps, losses, the
    estimated finish as eta), its checkpoints are recorded;
 5. the resulting model id recorded as a `provider-model` artifact (`provider/model.json`,
-   sha256 as for every artifact) and the trained tokens in `training.trainedTokens`.
+   sha256 as for every artifact) and the trained tokens in `training.trainedTokens`;
+6. the model evaluated on the test split through the provider's chat API, next to the base
+   model, with the same metrics, judge and gate as a local job (openai_evaluation.py).
 
 Restarts are safe: the uploaded file ids and the job id are kept in `provider/state.json` on the
 artifact volume, so a retried or resumed pod follows the same provider job and never pays twice.
@@ -154,6 +156,19 @@ def _stages(
     if job.status != "succeeded":
         raise job_failure(job, secret)
     _record_model(run, client, job, call)
+
+    run.enter("evaluate")
+    from kubetune_trainer.provider.openai_evaluation import evaluate_provider_model
+
+    evaluation = evaluate_provider_model(
+        spec, client, call, job.fine_tuned_model, data.test, workdir
+    )
+    run.result["evaluation"] = evaluation.summary
+    run.result["gate"] = evaluation.gate
+    run.add_artifact(evaluation.predictions_path, "predictions")
+    run.add_artifact(evaluation.summary_path, "report", name="eval-summary.json")
+    _say(f"evaluation of {job.fine_tuned_model}: gate "
+         f"{'passed' if evaluation.gate.passed else 'FAILED'}: {evaluation.gate.reason}")
 
 
 def _create_job(
