@@ -110,6 +110,11 @@ def test_an_openai_finetunejob_succeeds_with_the_provider_model_recorded(
     assert [a["name"] for a in models] == [f"ft:gpt-4o-mini-2024-07-18:org-kubetune:support-router:{job.id[-8:]}"]
     assert status["training"]["trainedTokens"] == 12345 and status["training"]["steps"] == 30
     assert status["data"]["train"] > 0 and status["data"]["test"] > 0
+    # Evaluated through the chat API: the fine-tuned model beats the base on the test split.
+    evaluation = status["evaluation"]
+    assert evaluation["examples"] == status["data"]["test"]
+    assert evaluation["fineTuned"]["rougeL"] > evaluation["base"]["rougeL"]
+    assert status["gate"]["passed"] is True, status["gate"]
     volume = cluster.state_dir / "pvc" / namespace / c.DEFAULT_ARTIFACTS_PVC
     record = json.loads((volume / namespace / "support-openai" / "provider" / "model.json").read_text())
     assert record["model"] == models[0]["name"] and record["job"] == job.id

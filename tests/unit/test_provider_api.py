@@ -3,6 +3,7 @@ tests/integration/test_openai_backend_on_cluster.py) and the pod the operator bu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ from pydantic import ValidationError
 
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec, secret_refs
+from kubetune.cli import main, validate_documents
 from kubetune.operator.builders.training_job import build_training_job
+from kubetune.operator.reconcile.finetunejob import secret_problems
 from kubetune.operator.settings import Settings
 from tests.provider_spec_rules import PROVIDER_RULE_CASES, openai_spec
 
@@ -69,3 +72,34 @@ def test_an_openai_pod_asks_for_no_gpu_and_reads_the_key_from_the_secret() -> No
         "secretKeyRef": {"name": "openai", "key": "api-key"}
     }
     assert "value" not in env[c.ENV_PROVIDER_API_KEY]
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetune-openai.yaml"
+
+
+def test_kubetune_validate_accepts_the_example_and_names_the_broken_provider_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", str(EXAMPLE)]) == 0
+    broken = tmp_path / "ftj.yaml"
+    broken.write_text(EXAMPLE.read_text().replace("  backend: openai\n", ""))
+    assert main(["validate", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "provider: only read with backend: openai; set backend: openai, or remove provider" in err
+    assert "baseModel: backend local fine-tunes baseModel" in err
+
+
+def test_kubetune_validate_checks_the_api_key_secret_in_the_cluster() -> None:
+    asked: list[tuple[str, str]] = []
+
+    def keys(namespace: str, name: str) -> list[str] | None:
+        asked.append((namespace, name))
+        return ["token"]  # the Secret exists, without the key the spec names
+
+    def check(spec: FineTuneJobSpec, namespace: str) -> list[str]:
+        return secret_problems(spec, namespace, keys)
+
+    problems = validate_documents(EXAMPLE.read_text(), "ftj.yaml", check, namespace="default")
+    assert asked == [("ml", "openai")]
+    assert len(problems) == 1 and "spec.provider.apiKeySecretRef" in problems[0]
+    assert "'api-key'" in problems[0]
