@@ -43,7 +43,11 @@ def test_example_succeeds_and_the_model_learns(
     assert ev is not None and ev.base is not None
     assert ev.base.exact_match is not None and ev.base.exact_match <= 0.1
     assert ev.fine_tuned.exact_match is not None and ev.fine_tuned.exact_match >= 0.6
+    # Prompting first, measured: the base with 3 training tickets in the chat does not route.
+    assert ev.few_shot is not None and ev.few_shot_examples == 3
+    assert ev.few_shot.exact_match is not None and ev.few_shot.exact_match <= 0.1
     assert result.gate is not None and result.gate.passed, result.gate
+    assert "improved on few-shot baseline" in result.gate.reason
     assert result.diagnosis is not None and result.diagnosis.verdict in (
         "healthy",
         "unstable",
@@ -87,6 +91,8 @@ def test_summary_tells_where_everything_is(example_run: tuple[TrainerResult, Pat
     for text in (
         "Succeeded",
         "exact match",
+        "base, 3-shot",
+        "win rate vs few-shot",
         "model-q4_k_m.gguf",
         "diagnosis",
         "gate",

@@ -156,6 +156,14 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
             f"invalid {d.invalid}, duplicates {d.duplicates_removed}, flagged {d.flagged}, dropped {d.dropped}"
             + (f", general mixed {d.general_mixed}" if d.general_mixed else ""),
         )
+        if d.class_balance is not None:
+            cb = d.class_balance
+            warn = f" [yellow]> maxClassImbalance {cb.max_ratio:g}[/]" if cb.imbalanced else ""
+            overview.add_row(
+                "classes",
+                f"{cb.classes} labels; {cb.majority} {cb.majority_count} : {cb.minority} "
+                f"{cb.minority_count} = {cb.ratio:g}:1{warn}",
+            )
     figures = _training_figures(workdir)
     if figures:
         overview.add_row(
@@ -192,6 +200,9 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
         scores = Table(title=f"Scores on {ev.examples} held-out examples", title_justify="left")
         scores.add_column("metric")
         scores.add_column("base", justify="right")
+        few_shot = ev.few_shot
+        if few_shot is not None:
+            scores.add_column(f"base, {ev.few_shot_examples}-shot", justify="right")
         scores.add_column("fine-tuned", justify="right")
         scores.add_column("Δ", justify="right")
         base = ev.base or ModelScores()
@@ -207,9 +218,13 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
             if tuned is None and before is None:
                 continue
             delta = f"{tuned - before:+{fmt}}" if tuned is not None and before is not None else ""
-            scores.add_row(label, _num(before, fmt), _num(tuned, fmt), delta)
+            shots = [] if few_shot is None else [_num(getattr(few_shot, field), fmt)]
+            scores.add_row(label, _num(before, fmt), *shots, _num(tuned, fmt), delta)
+        blank = [] if few_shot is None else [""]
         if ev.win_rate is not None:
-            scores.add_row("win rate", "", _num(ev.win_rate, ".2f"), "")
+            scores.add_row("win rate", "", *blank, _num(ev.win_rate, ".2f"), "")
+        if ev.few_shot_win_rate is not None:
+            scores.add_row("win rate vs few-shot", "", *blank, _num(ev.few_shot_win_rate, ".2f"), "")
         parts.append(scores)
 
     if result.artifacts:
