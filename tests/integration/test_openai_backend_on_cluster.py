@@ -188,3 +188,34 @@ def test_suspend_pauses_the_provider_job_and_resume_continues_the_same_job(
         f"ft:gpt-4o-mini-2024-07-18:org-kubetune:support-router:{job.id[-8:]}"
     ]
     assert KEY not in _everything(cluster, ftj, operator)
+
+
+def test_deleting_a_running_openai_finetunejob_cancels_the_provider_job(
+    cluster: DevCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    _setup(cluster, namespace)
+    long_run = Lifecycle(statuses=("queued", *["running"] * 300, "succeeded"), total_steps=300)
+    with FakeOpenAIProvider(api_key=KEY, default=long_run) as server:
+        ftj = apply_ftj(cluster, namespace, _spec(server), name="support-openai-deleted")
+        cluster.wait_for(lambda: any(j.status == "running" for j in server.jobs.values()),
+                         timeout=120, what="the provider job running")
+        ftj.wait_status(lambda s: bool(s.get("jobName")), "jobName recorded", operator=operator)
+        ftj.api.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL,
+                                                ftj.name)
+        cluster.wait_for(lambda: server.only_job().status == "cancelled", timeout=120,
+                         what="the provider job cancelled after the FineTuneJob's deletion")
+        job = server.only_job()
+        batch = client.BatchV1Api(cluster.api_client())
+        cancel_jobs = [j for j in batch.list_namespaced_job(namespace).items
+                       if j.metadata.name.endswith("-cancel")]
+    assert len(cancel_jobs) == 1 and not cancel_jobs[0].metadata.owner_references
+    assert "Fine-tuning job cancelled" in [e["message"] for e in job.events]
+    name = cancel_jobs[0].metadata.name
+    pods = [p for p in cluster.core().list_namespaced_pod(namespace).items
+            if p.metadata.name.startswith(name)]
+    assert pods and pods[0].spec.node_name == LOCAL_NODE
+    logs = cluster.wait_for(
+        lambda: (text := cluster.local_pod_logs(namespace, pods[0].metadata.name))
+        and f"cancelled provider job {job.id}" in text and text,
+        timeout=60, what="the cancel pod's log line")
+    assert KEY not in logs

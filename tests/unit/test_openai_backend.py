@@ -301,3 +301,32 @@ def test_sigterm_pauses_the_provider_job_and_the_next_pod_resumes_the_same_job(t
     result = json.loads((workdir / "result.json").read_text())
     assert result["phase"] == "Succeeded"
     assert KEY not in _everything(workdir, text, (tmp_path / "termination-log").read_text())
+
+
+def test_the_cancel_command_cancels_the_recorded_job_once(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from kubetune_trainer.provider.openai_backend import cancel_provider_job
+
+    env = {c.ENV_PROVIDER_API_KEY: KEY}
+    long_run = Lifecycle(statuses=("queued", *["running"] * 50, "succeeded"))
+    with FakeOpenAIProvider(api_key=KEY, default=long_run) as server:
+        assert cancel_provider_job(tmp_path, server.url, environ=env) == 0  # nothing recorded
+        assert server.requests == []
+        job_id = _start_job(server)
+        (tmp_path / "provider").mkdir()
+        (tmp_path / "provider" / "state.json").write_text(json.dumps({"job": job_id}))
+        assert cancel_provider_job(tmp_path, server.url, environ={c.ENV_PROVIDER_API_KEY: "sk-proj-wrongwrongwrongwrong"}) == 1
+        assert server.jobs[job_id].status != "cancelled"
+        assert cancel_provider_job(tmp_path, server.url, environ=env) == 0
+        assert server.jobs[job_id].status == "cancelled"
+        assert cancel_provider_job(tmp_path, server.url, environ=env) == 0  # already ended
+    out, err = capfd.readouterr()
+    assert f"cancelled provider job {job_id}" in out and "already ended (cancelled)" in out
+    assert "ProviderAuthFailed" in err and "wrongwrong" not in out + err
+
+
+def _start_job(server: FakeOpenAIProvider) -> str:
+    from openai import OpenAI
+
+    api = OpenAI(api_key=KEY, base_url=server.url)
+    upload = api.files.create(file=("t.jsonl", b'{"messages": []}\n'), purpose="fine-tune")
+    return api.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=upload.id).id

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec, secret_refs
 from kubetune.cli import main, validate_documents
+from kubetune.operator.builders.provider_cancel import build_provider_cancel_job
 from kubetune.operator.builders.training_job import build_training_job
 from kubetune.operator.reconcile.finetunejob import secret_problems
 from kubetune.operator.settings import Settings
@@ -103,3 +104,19 @@ def test_kubetune_validate_checks_the_api_key_secret_in_the_cluster() -> None:
     assert asked == [("ml", "openai")]
     assert len(problems) == 1 and "spec.provider.apiKeySecretRef" in problems[0]
     assert "'api-key'" in problems[0]
+
+
+def test_the_cancel_job_of_a_deleted_openai_job_reuses_the_trainer_pod_with_cancel() -> None:
+    spec = FineTuneJobSpec.model_validate(openai_spec())
+    job = build_provider_cancel_job("ft", "team-a", spec, Settings(), uid="0123456789ab")
+    assert job["metadata"]["name"] == "ft-012345-cancel" and "ownerReferences" not in job["metadata"]
+    assert c.LABEL_FINETUNEJOB not in job["metadata"]["labels"]  # not taken for a trainer
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    pod = job["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["artifacts"]  # the spec ConfigMap is gone
+    container = pod["containers"][0]
+    assert container["args"] == ["cancel", "--workdir", "/artifacts/team-a/ft",
+                                 "--endpoint", "https://api.openai.com/v1"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[c.ENV_PROVIDER_API_KEY]["valueFrom"]["secretKeyRef"]["name"] == "openai"
+    assert pod["automountServiceAccountToken"] is False

@@ -1,6 +1,7 @@
 """Entry point of the trainer image.
 
     python -m kubetune_trainer run --spec /etc/kubetune/spec.json --workdir /artifacts/ns/job
+    python -m kubetune_trainer cancel --workdir /artifacts/ns/job --endpoint URL   (backend openai)
 
 Validates the spec with the same pydantic models the operator uses (a bad spec ends as a Failed
 result with reason InvalidSpec and camelCase field paths), runs the pipeline, writes the
@@ -141,7 +142,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"where the ≤4 KiB result goes (default ${c.ENV_TERMINATION_LOG} or {c.TERMINATION_MESSAGE_PATH})",
     )
+    cancel_cmd = sub.add_parser(
+        "cancel",
+        help="backend openai: cancel the provider job recorded in WORKDIR (its FineTuneJob was deleted)",
+    )
+    cancel_cmd.add_argument("--workdir", type=Path, required=True, help="the job's workdir")
+    cancel_cmd.add_argument("--endpoint", required=True, help="the provider's base URL")
+    cancel_cmd.add_argument("--organization", default=None)
+    cancel_cmd.add_argument("--project", default=None)
     args = parser.parse_args(argv)
+    if args.command == "cancel":
+        from kubetune_trainer.provider.openai_backend import cancel_provider_job
+
+        return cancel_provider_job(
+            args.workdir, args.endpoint, organization=args.organization, project=args.project
+        )
     termination_log = args.termination_log or default_termination_log()
     result = run(args.spec, args.workdir, termination_log)
     print(f"result: {result.phase} {result.reason} {result.message}".rstrip(), flush=True)

@@ -16,6 +16,7 @@ on the others. docs/operator.md says why and what is measured.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Hashable
@@ -32,6 +33,7 @@ from kubetune.operator.probes import serve_probes
 from kubetune.operator.progress import scrape_progress
 from kubetune.operator.reconcile.finetunejob import FineTuneJobReconciler, owned_children
 from kubetune.operator.reconcile.modeldeployment import ModelDeploymentReconciler
+from kubetune.operator.reconcile.provider_cancel import cancel_provider_job
 from kubetune.operator.resync import ProgressScraper, run_periodically
 from kubetune.operator.settings import Settings
 from kubetune.operator.workqueue import WorkQueue, start_workers
@@ -191,6 +193,8 @@ async def finetunejob_changed(*, event: kopf.RawEvent, namespace: str | None, na
         runtime.serving_queue.add(key)
     if event["type"] == "DELETED":
         runtime.reconciler.forget(body.metadata.uid or "")
+        if (body.get("spec") or {}).get("backend") == "openai":
+            await asyncio.to_thread(cancel_provider_job, runtime.reconciler.api, runtime.settings, body)
         return
     # A job without a trainer Job yet goes first: creating children before refreshing statuses.
     status = body.get("status") or {}

@@ -197,6 +197,46 @@ def _create_job(
     return str(job.id)
 
 
+def cancel_provider_job(
+    workdir: Path,
+    endpoint: str,
+    *,
+    organization: str | None = None,
+    project: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Cancel the provider job recorded in `workdir`/provider/state.json (the FineTuneJob was
+    deleted). 0 when it is cancelled, already ended, or was never created; 1 when the provider
+    could not be asked (the Job retries)."""
+    env = os.environ if environ is None else environ
+    secret = env.get(c.ENV_PROVIDER_API_KEY) or None
+    state_path = Path(workdir) / PROVIDER_DIR / STATE_FILE
+    job_id = json.loads(state_path.read_text()).get("job") if state_path.exists() else None
+    if job_id is None:
+        _say(f"no provider job recorded in {state_path}: nothing to cancel")
+        return 0
+    if not secret:
+        _say(f"cannot cancel provider job {job_id}: {c.ENV_PROVIDER_API_KEY} is empty", err=True)
+        return 1
+    import openai
+
+    client = openai.OpenAI(api_key=secret, base_url=endpoint.rstrip("/"),
+                           organization=organization, project=project)
+    try:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in TERMINAL:
+            _say(f"provider job {job_id} already ended ({job.status}): nothing to cancel")
+            return 0
+        client.fine_tuning.jobs.cancel(job_id)
+    except Exception as exc:
+        failure = classify(exc, what=f"cancelling provider job {job_id}", secret=secret,
+                           key_ref="the provider Secret")
+        _say(f"{failure.reason}: {failure.message}", err=True)
+        return 1
+    _say(f"cancelled provider job {job_id}: its FineTuneJob was deleted")
+    return 0
+
+
 def job_request(
     provider: ProviderSpec, training_file: str, validation_file: str | None
 ) -> dict[str, Any]:
