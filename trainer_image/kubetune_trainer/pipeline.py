@@ -20,7 +20,7 @@ Every exception becomes a Failed result with an actionable message; the tracebac
 stderr, never into the result. Failures no retry can fix carry a reason in Reason.PERMANENT
 (the pod then exits with the permanent-failure code): an invalid spec or setting, the data
 policy, an out-of-memory (with the estimated memory of the settings and of each one to lower,
-`kubetune_trainer.memory`), an unsupported model family or a chat template Ollama cannot
+`kubetune.planning.memory`), an unsupported model family or a chat template Ollama cannot
 reproduce (both found before training), a failed GGUF verification, a quantized GGUF below
 `evaluation.gate.minQuantizedAgreement`. A judge endpoint that does not answer fails the job at
 the start, before the data is read, but may be retried: the endpoint may come back.
