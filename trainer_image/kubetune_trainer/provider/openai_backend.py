@@ -20,7 +20,8 @@ Restarts are safe: the uploaded file ids and the job id are kept in `provider/st
 artifact volume, so a retried or resumed pod follows the same provider job and never pays twice.
 SIGTERM (the pod deleted: `spec.suspend: true`, or the FineTuneJob deleted) pauses a running
 provider job (`jobs.pause`), so nothing is trained unobserved; the next pod resumes it
-(`jobs.resume`). Failures: see openai_errors.py; the API key (from `KUBETUNE_PROVIDER_API_KEY`)
+(`jobs.resume`); on a deletion the operator's cancel Job runs `cancel_provider_job`, which
+cancels it. Failures: see openai_errors.py; the API key (from `KUBETUNE_PROVIDER_API_KEY`)
 is redacted from every message, log line and file this module writes.
 """
 
