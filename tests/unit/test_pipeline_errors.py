@@ -196,7 +196,7 @@ def test_pipeline_fails_on_licence_before_reading_anything(
     )
     spec = spec.model_copy(
         update={
-            "base_model": BaseModelSpec.model_construct(
+            "base_model_spec": BaseModelSpec.model_construct(
                 uri="hf://meta-llama/Llama-3.1-8B",
                 accept_license=False,
                 revision=None,
