@@ -330,3 +330,13 @@ def _start_job(server: FakeOpenAIProvider) -> str:
     api = OpenAI(api_key=KEY, base_url=server.url)
     upload = api.files.create(file=("t.jsonl", b'{"messages": []}\n'), purpose="fine-tune")
     return api.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=upload.id).id
+
+
+def test_an_unreachable_judge_fails_before_anything_is_uploaded(tmp_path: Path) -> None:
+    with FakeOpenAIProvider(api_key=KEY) as server:
+        spec = _spec(server)
+        spec["evaluation"] = {"judge": {"endpoint": "http://127.0.0.1:9/v1", "model": "judge-model"}}
+        result = _run(spec, tmp_path)
+        assert server.requests == []  # nothing uploaded, no provider job paid for
+    assert (result.phase, result.reason) == ("Failed", c.Reason.JUDGE_UNREACHABLE)
+    assert "evaluation.judge.endpoint" in result.message

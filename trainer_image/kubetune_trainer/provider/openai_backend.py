@@ -66,7 +66,6 @@ class _Follow:
     total_steps: int | None = None
     train_loss: float | None = None
     valid_loss: float | None = None
-    best_valid_loss: float | None = None
 
 
 def run_provider_pipeline(
@@ -110,9 +109,11 @@ def _stages(
     run: Any, provider: ProviderSpec, secret: str | None, base_dir: Path | None, metrics: Any
 ) -> None:
     from kubetune_trainer.data import prepare_dataset
+    from kubetune_trainer.preflight import check_judge_endpoint
 
     spec, workdir = run.spec, run.workdir
     run.enter("data")
+    check_judge_endpoint(spec)  # a judge that cannot answer fails now, not after the provider bills
     data = prepare_dataset(spec, workdir, base_dir=base_dir)
     run.result["data"] = data.report.summary()
     run.add_artifact(workdir / "data" / "report.json", "report", name="data-report.json")
@@ -153,10 +154,10 @@ def _stages(
             job_id = _create_job(client, provider, call, state, state_path, train, validation)
     else:
         _say(f"following provider job {job_id} created by an earlier attempt")
-    job = _follow(client, job_id, provider, call, metrics, secret)
+    job, seen = _follow(client, job_id, provider, call, metrics, secret)
     if job.status != "succeeded":
         raise job_failure(job, secret)
-    _record_model(run, client, job, call)
+    _record_model(run, client, job, seen, call)
 
     run.enter("evaluate")
     from kubetune_trainer.provider.openai_evaluation import evaluate_provider_model
@@ -273,8 +274,9 @@ def _follow(
     call: Callable[[str, Callable[[], Any]], Any],
     metrics: Any,
     secret: str | None,
-) -> Any:
-    """Poll the job until it ends, logging events and exporting progress; pause it on SIGTERM."""
+) -> tuple[Any, _Follow]:
+    """Poll the job until it ends, logging events and exporting progress; pause it on SIGTERM.
+    Returns the ended job and what its metrics events said."""
     seen = _Follow()
     job = None
     try:
@@ -291,7 +293,7 @@ def _follow(
             _take_events(list(events.data), seen, secret)
             _report(job, seen, metrics)
             if job.status in TERMINAL:
-                return job
+                return job, seen
             time.sleep(provider.poll_interval_seconds)
     except Stopped:
         if job is None or job.status not in TERMINAL:  # None: stopped during the first read
@@ -316,8 +318,6 @@ def _take_events(events: list[Any], seen: _Follow, secret: str | None) -> None:
                 seen.total_steps = int(data["total_steps"])
             seen.train_loss = _float(data.get("train_loss"), seen.train_loss)
             seen.valid_loss = _float(data.get("valid_loss"), seen.valid_loss)
-            if seen.valid_loss is not None:
-                seen.best_valid_loss = min(seen.best_valid_loss or seen.valid_loss, seen.valid_loss)
         else:
             _say(f"provider event [{event.level}]: {redact(str(event.message), secret)}")
 
@@ -354,7 +354,9 @@ def _report(job: Any, seen: _Follow, metrics: Any) -> None:
     _say(f"provider job {job.id}: {job.status}; {format_progress_line(progress)}")
 
 
-def _record_model(run: Any, client: Any, job: Any, call: Callable[[str, Callable[[], Any]], Any]) -> None:
+def _record_model(
+    run: Any, client: Any, job: Any, seen: _Follow, call: Callable[[str, Callable[[], Any]], Any]
+) -> None:
     """The model id as the job's artifact, the checkpoints beside it, the summary in result."""
     checkpoints = call(
         "listing the job's checkpoints",
@@ -377,16 +379,18 @@ def _record_model(run: Any, client: Any, job: Any, call: Callable[[str, Callable
     path.write_text(json.dumps(record, indent=2) + "\n")
     run.add_artifact(path, "provider-model", name=job.fine_tuned_model)
     seconds = (job.finished_at - job.created_at) if job.finished_at else None
-    steps = max([ck.step_number for ck in checkpoints.data] or [0])
+    # Checkpoints first (the provider's full validation loss); the metrics events otherwise.
+    steps = max([ck.step_number for ck in checkpoints.data] or [seen.total_steps or seen.step])
     losses = [ck.metrics.full_valid_loss or ck.metrics.valid_loss
               for ck in checkpoints.data if ck.metrics is not None]
     valid = [loss for loss in losses if loss is not None]
+    last_train = next(
+        (ck.metrics.train_loss for ck in sorted(checkpoints.data, key=lambda k: -k.step_number)
+         if ck.metrics is not None and ck.metrics.train_loss is not None), None)
     run.result["training"] = TrainingSummary(
         steps=steps,
-        best_eval_loss=min(valid) if valid else None,
-        final_train_loss=next(
-            (ck.metrics.train_loss for ck in sorted(checkpoints.data, key=lambda k: -k.step_number)
-             if ck.metrics is not None and ck.metrics.train_loss is not None), None),
+        best_eval_loss=min(valid) if valid else seen.valid_loss,
+        final_train_loss=last_train if last_train is not None else seen.train_loss,
         seconds=float(seconds) if seconds is not None else None,
         trained_tokens=job.trained_tokens,
     )
