@@ -241,6 +241,59 @@ def test_files_written_and_key_never_in_them(
         assert SECRET not in path.read_text(), path
 
 
+def test_few_shot_baseline_is_judged_gated_and_never_shown_a_test_answer(
+    models: Models, tmp_path: Path
+) -> None:
+    # The training split handed over holds the test records themselves (as a bug upstream
+    # might): none of them may be a shot; the one other record is.
+    shot = _chat("How many legs does a spider have?", "Eight.")
+    with FakeJudgeServer(responder=_grade, api_key=SECRET) as server:
+        spec = EvaluationSpec.model_validate(
+            {
+                "max_new_tokens": 12,
+                "metrics": ["exact_match"],
+                "judge": {"endpoint": server.url, "model": "judge-model", "max_retries": 1},
+                "baselines": ["zeroShot", "fewShot"],
+                "gate": {"require_improvement_over_few_shot": True},
+            }
+        )
+        outcome = evaluate(
+            spec,
+            model_dir=models.base,
+            adapter_dir=models.adapter,
+            test_records=TASK,
+            workdir=tmp_path,
+            judge_api_key=SECRET,
+            train_records=[*TASK, shot],
+        )
+    assert outcome.shots == [to_eval_example(shot)]
+    summary = outcome.summary
+    assert summary.few_shot is not None and summary.few_shot_examples == 1
+    assert summary.few_shot.exact_match is not None and summary.few_shot.exact_match <= 0.25
+    # Every role's answers are judged (the unscorable one twice each).
+    assert len(server.requests) == 4 * 3 + 3
+    assert outcome.judge_unscored == {"fine_tuned": 1, "base": 1, "few_shot": 1}
+    tuned, few = summary.fine_tuned.judge_score, summary.few_shot.judge_score
+    assert tuned is not None and few is not None and tuned > few
+    assert summary.few_shot_win_rate is not None and summary.few_shot_win_rate > 0.5
+    assert outcome.gate.passed, outcome.gate.reason
+    # With a judge and no threshold the default judge bound holds too.
+    assert outcome.gate.reason == (
+        f"passed: judgeScore {tuned:.4g} >= minJudgeScore 4 (default); judgeScore {tuned:.4g} "
+        f"improved on few-shot baseline {few:.4g} (base model with 1 training example in the "
+        "prompt)"
+    )
+    rows = [json.loads(line) for line in outcome.predictions_path.read_text().splitlines()]
+    assert all(isinstance(r["few_shot_answer"], str) for r in rows)
+    assert all(r["judge"]["few_shot"]["score"] in (1, 5, None) for r in rows)
+    data = json.loads(outcome.summary_path.read_text())
+    assert data["baselines"]["fewShot"]["shots"] == [
+        {"prompt": "How many legs does a spider have?", "answer": "Eight."}
+    ]
+    assert data["baselines"]["fewShot"]["winRate"] == summary.few_shot_win_rate
+    assert data["baselines"]["zeroShot"]["deltas"]["exactMatch"] > 0
+
+
 def test_full_model_dir_gives_the_same_answers_as_the_adapter(
     models: Models, judged: tuple[EvaluationOutcome, FakeJudgeServer, Path], tmp_path: Path
 ) -> None:
