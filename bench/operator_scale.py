@@ -102,6 +102,11 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         core = cluster.core()
         for i in range(2 * (n // 100 + 1)):
             core.create_node(_node(f"bench-cpu-{i}", {}, {"cpu": "64", "memory": "256Gi", "pods": "110"}))
+        # Taint the GPU nodes as real GPU pools are (the operator's trainer pods that ask for a
+        # GPU tolerate it): else CPU-only pods take their 110 pod slots and GPU pods stay Pending.
+        for name in GPU_NODES:
+            core.patch_node(name, {"spec": {"taints": [
+                {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]}})
         baseline = plain_job_baseline(cluster, n)
         ns = cluster.create_namespace("bench")
         # ReadWriteMany, as a platform running 1000 trainers at once has: on a ReadWriteOnce
