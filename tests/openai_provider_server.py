@@ -21,7 +21,8 @@ A job's lifecycle is a :class:`Lifecycle` chosen by the job's base model (`lifec
 `default`): the statuses it passes through, one per retrieve (validating_files → queued →
 running… → succeeded / failed with `error.code` / cancelled), metrics events while running, a
 checkpoint per `checkpoint_every` steps. Pause holds the lifecycle where it is (status
-`paused`) until resume. `api_key` is checked on every request; a wrong key gets 401 with the
+`paused`) until resume; `hold_running` keeps running jobs running until it is cleared.
+`api_key` is checked on every request; a wrong key gets 401 with the
 key echoed in the message, as OpenAI does (partly masked there), so a runner that forwards
 the message would leak it. `rate_limited_creates` answers that many job creations with 429 and
 Retry-After first.
@@ -115,6 +116,8 @@ class FakeOpenAIProvider:
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.headers_seen: list[dict[str, str]] = []  # lower-case names
         self.create_attempts = 0
+        self.hold_running = False
+        """While true, a running job stays where it is (a long training, without a long test)."""
         self.chat_requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -215,6 +218,8 @@ class FakeOpenAIProvider:
         """One step of the lifecycle, taken on each retrieve."""
         job.retrieves += 1
         if job.paused or job.status in ("succeeded", "failed", "cancelled"):
+            return
+        if self.hold_running and job.status == "running":
             return
         life = job.lifecycle
         job.position = min(job.position + 1, len(life.statuses) - 1)

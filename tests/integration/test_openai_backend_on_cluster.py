@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ def operator(crds: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "KUBETUNE_TRAINER_COMMAND": json.dumps([sys.executable, "-m", "kubetune_trainer"]),
         "KUBETUNE_OPERATOR_METRICS_PORT": "0",
         "KUBETUNE_SCRAPE_PROGRESS": "true",  # the local runner's pods answer on 127.0.0.1
+        "KUBETUNE_PROGRESS_INTERVAL": "2",  # live progress reaches status while the job runs
     }
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("op") / "operator.log", env)
     proc.start()
@@ -162,12 +164,18 @@ def test_suspend_pauses_the_provider_job_and_resume_continues_the_same_job(
     cluster: DevCluster, operator: OperatorProcess, namespace: str
 ) -> None:
     _setup(cluster, namespace)
-    # 100 reads of a running job, 0.2 s apart: time to suspend while it runs.
-    long_run = Lifecycle(statuses=("queued", *["running"] * 100, "succeeded"), total_steps=100)
+    long_run = Lifecycle(statuses=("queued", *["running"] * 10, "succeeded"), total_steps=100)
     with FakeOpenAIProvider(api_key=KEY, default=long_run) as server:
+        server.hold_running = True  # until it has been suspended and resumed
         ftj = apply_ftj(cluster, namespace, _spec(server), name="support-openai-suspend")
         cluster.wait_for(lambda: any(j.status == "running" for j in server.jobs.values()),
                          timeout=120, what="the provider job running")
+        # The provider's metrics events, scraped from the pod, are the FineTuneJob's progress.
+        live = ftj.wait_status(
+            lambda s: s.get("phase") == "Running" and (s.get("progress") or {}).get("step", 0) > 0,
+            "live progress", timeout=60, operator=operator)["progress"]
+        assert live["totalSteps"] == 100 and live["step"] == 10 and live["percent"] == 10
+        assert live["loss"] > 0 and live["evalLoss"] > 0 and live["etaSeconds"] > 0
         ftj.patch_spec({"suspend": True})
         ftj.wait_phase("Suspended", operator, timeout=60)
         cluster.wait_for(lambda: server.only_job().status == "paused", timeout=60,
@@ -175,6 +183,9 @@ def test_suspend_pauses_the_provider_job_and_resume_continues_the_same_job(
         cluster.wait_for(lambda: not ftj.pods(), timeout=60, what="the pod gone")
         job = server.only_job()
         position = job.position
+        server.hold_running = False
+        time.sleep(1)  # a paused job does not move however often it is read
+        assert job.position == position and job.status == "paused"
 
         ftj.patch_spec({"suspend": False})
         status = ftj.wait_status(lambda s: s.get("phase") in ("Succeeded", "Failed"), "finished",
@@ -194,8 +205,8 @@ def test_deleting_a_running_openai_finetunejob_cancels_the_provider_job(
     cluster: DevCluster, operator: OperatorProcess, namespace: str
 ) -> None:
     _setup(cluster, namespace)
-    long_run = Lifecycle(statuses=("queued", *["running"] * 300, "succeeded"), total_steps=300)
-    with FakeOpenAIProvider(api_key=KEY, default=long_run) as server:
+    with FakeOpenAIProvider(api_key=KEY) as server:
+        server.hold_running = True  # it would still be training when deleted
         ftj = apply_ftj(cluster, namespace, _spec(server), name="support-openai-deleted")
         cluster.wait_for(lambda: any(j.status == "running" for j in server.jobs.values()),
                          timeout=120, what="the provider job running")

@@ -275,10 +275,9 @@ def _wait(condition: Any, what: str, timeout: float = 60) -> None:
 
 
 def test_sigterm_pauses_the_provider_job_and_the_next_pod_resumes_the_same_job(tmp_path: Path) -> None:
-    # 60 reads of a running job at 0.1 s apart: seconds for the signal to land while it runs.
-    long_run = Lifecycle(statuses=("queued", *["running"] * 60, "succeeded"), total_steps=60)
     workdir, log = tmp_path / "work", tmp_path / "trainer.log"
-    with FakeOpenAIProvider(api_key=KEY, default=long_run) as server:
+    with FakeOpenAIProvider(api_key=KEY) as server:
+        server.hold_running = True  # still training when the signal lands
         spec = _spec(server, pollIntervalSeconds=0.1)
         first = _trainer(spec, workdir, log)
         _wait(lambda: any(j.status == "running" for j in server.jobs.values()), "a running job")
@@ -287,6 +286,7 @@ def test_sigterm_pauses_the_provider_job_and_the_next_pod_resumes_the_same_job(t
         job = server.only_job()
         assert job.status == "paused", log.read_text()[-2000:]
         position = job.position
+        server.hold_running = False
         time.sleep(0.3)  # a paused job does not move however often it is read
         assert job.position == position
 
