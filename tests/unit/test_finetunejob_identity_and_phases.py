@@ -4,6 +4,7 @@ silently. The same behaviours on a real control plane: tests/integration/test_fi
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -279,3 +280,39 @@ def test_events_the_operator_may_not_list_leave_the_usual_message() -> None:
             "metadata": {"name": "bot", "namespace": "ml", "uid": "u-1", "generation": 1, "resourceVersion": "1"}}
     status = FineTuneJobReconciler(_NoEvents(), Settings(), clock=lambda: NOW).reconcile(body, job, [pod])  # type: ignore[arg-type]
     assert (status.phase, status.message) == (Phase.PENDING, "The trainer pod is starting.")
+
+
+def test_pending_detail_is_written_at_most_once_per_hold_and_a_phase_change_at_once() -> None:
+    api = _CreatingApi()
+    reconciler = FineTuneJobReconciler(api, Settings(status_coalesce=30), clock=lambda: NOW)  # type: ignore[arg-type]
+    requeued: list[tuple[tuple[str, str], float]] = []
+    reconciler.requeue_after = lambda key, delay: requeued.append((key, delay))
+    body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "spec": SPEC, "status": {},
+            "metadata": {"name": "bot", "namespace": "ml", "uid": "u-1", "generation": 1, "resourceVersion": "1"}}
+    created = reconciler.reconcile(body, None, [])
+    assert created.phase == Phase.PENDING and created.job_name and len(api.patches) == 1
+    job = {"metadata": {"name": created.job_name, "uid": "j-1"}, "spec": {"suspend": False}, "status": {"active": 1}}
+    starting = _pod("Pending")  # the pod created, not scheduled yet: detail within Pending
+    del starting["spec"]["nodeName"]
+    held = reconciler.reconcile(body, job, [starting])
+    assert held == created and len(api.patches) == 1  # not written yet ...
+    assert requeued and requeued[-1][0] == ("ml", "bot") and 29 < requeued[-1][1] <= 30  # ... but queued for later
+    running = reconciler.reconcile(body, job, [_pod("Running")])
+    assert running.phase == Phase.RUNNING and len(api.patches) == 2  # a phase change is written at once
+    assert api.patches[-1]["phase"] == Phase.RUNNING
+
+
+def test_pending_detail_held_back_is_written_when_the_hold_ends() -> None:
+    api = _CreatingApi()
+    reconciler = FineTuneJobReconciler(api, Settings(status_coalesce=0.05), clock=lambda: NOW)  # type: ignore[arg-type]
+    reconciler.requeue_after = lambda key, delay: None
+    body = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "spec": SPEC, "status": {},
+            "metadata": {"name": "bot", "namespace": "ml", "uid": "u-1", "generation": 1, "resourceVersion": "1"}}
+    created = reconciler.reconcile(body, None, [])
+    job = {"metadata": {"name": created.job_name, "uid": "j-1"}, "spec": {"suspend": False}, "status": {"active": 1}}
+    time.sleep(0.1)
+    pod = _pod("Pending")
+    del pod["spec"]["nodeName"]
+    starting = reconciler.reconcile(body, job, [pod])
+    assert starting.phase == Phase.PENDING and starting.message != created.message
+    assert len(api.patches) == 2 and api.patches[-1]["message"] == starting.message

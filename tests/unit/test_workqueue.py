@@ -163,3 +163,22 @@ def test_a_busy_worker_shows_in_unfinished_work_and_longest_running() -> None:
     queue.shutdown()
     for t in threads:
         t.join(timeout=5)
+
+
+def test_a_key_added_after_a_delay_is_queued_then_once_and_the_earliest_delay_wins() -> None:
+    queue = WorkQueue()
+    queue.add_after("a", 0.6)
+    queue.add_after("a", 0.2)  # sooner: replaces the later one
+    queue.add_after("a", 0.4)  # later than the one pending: ignored
+    queue.add_after("b", 0)  # no delay: queued at once
+    assert len(queue) == 1 and queue.get() == "b"
+    time.sleep(0.1)
+    assert len(queue) == 0
+    deadline = time.monotonic() + 5
+    while len(queue) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert queue.get() == "a"
+    queue.done("a")
+    time.sleep(0.7)  # past the superseded 0.4 s and 0.6 s: "a" is not queued again
+    assert len(queue) == 0
+    queue.shutdown()

@@ -107,6 +107,7 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     may_write = runtime.elector.may_write if runtime.elector is not None else None
     instance = runtime.settings.identity
     runtime.reconciler = FineTuneJobReconciler(KubeApi(may_write=may_write, instance=instance), runtime.settings)
+    runtime.reconciler.requeue_after = runtime.queue.add_after
     runtime.serving = ModelDeploymentReconciler(ServingApi(may_write=may_write, instance=instance),
                                                 runtime.settings)
     runtime.stop.clear()
@@ -322,6 +323,7 @@ def _started_leading() -> None:
     """Take over with fresh reconcilers (what an earlier term remembered may be stale: the other
     replica wrote meanwhile) and a full pass over everything the indexes hold."""
     runtime.reconciler = FineTuneJobReconciler(runtime.reconciler.api, runtime.settings)
+    runtime.reconciler.requeue_after = runtime.queue.add_after
     runtime.serving = ModelDeploymentReconciler(runtime.serving.api, runtime.settings)
     for key in list(runtime.indexes.get("finetunejobs", {}).keys()) if runtime.indexes else []:
         runtime.queue.add(key)

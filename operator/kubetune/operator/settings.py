@@ -32,6 +32,8 @@ class Settings:
       KUBETUNE_SCRAPE_TIMEOUT      seconds one scrape may take (default 2)
       KUBETUNE_GPU_TOLERATION      add a toleration for the `nvidia.com/gpu` taint to GPU pods (default true)
       KUBETUNE_WORKERS             reconcile worker threads (default 8)
+      KUBETUNE_STATUS_COALESCE_SECONDS  a Pending job's status detail (pod created, scheduled,
+                                   starting) is written at most this often (default 3; 0: always)
       KUBETUNE_OPERATOR_METRICS_PORT  port of the operator's own /metrics (default 8080; 0 disables)
       KUBETUNE_TRAINER_COMMAND     JSON list replacing the trainer container's command, for images whose
                                    Python is not `python` (default ["python", "-m", "kubetune_trainer"])
@@ -67,6 +69,7 @@ class Settings:
     trainer_command: tuple[str, ...] = ("python", "-m", "kubetune_trainer")
     metrics_port: int = 8080
     workers: int = 8
+    status_coalesce: float = 3.0
     serving_image: str = c.DEFAULT_SERVING_IMAGE
     serve_agent_command: tuple[str, ...] = ("kubetune", "serve-agent")
     ollama_command: tuple[str, ...] = ("ollama", "serve")
@@ -103,6 +106,7 @@ class Settings:
             gpu_prices_configmap=_namespaced("KUBETUNE_GPU_PRICES_CONFIGMAP"),
             metrics_port=int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080")),
             workers=int(os.environ.get("KUBETUNE_WORKERS", "8")),
+            status_coalesce=float(os.environ.get("KUBETUNE_STATUS_COALESCE_SECONDS", "3")),
             **_leader_election(),
         )
 

@@ -12,6 +12,8 @@ reconcile's result.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -54,6 +56,13 @@ class WorkQueue:
         self._processing: dict[Hashable, float] = {}  # in flight, since (monotonic)
         self._added_at: dict[Hashable, float] = {}  # when a dirty key was (first) added
         self._shutdown = False
+        # add_after: (due, tie-break, key), served by one timer thread started on first use; its
+        # own condition, so that an add() never wakes the timer instead of a worker
+        self._delayed_cond = threading.Condition()
+        self._delayed: list[tuple[float, int, Hashable]] = []
+        self._delayed_seq = itertools.count()
+        self._delayed_due: dict[Hashable, float] = {}  # the earliest time each delayed key is due
+        self._timer: threading.Thread | None = None
         self._depth = WORKQUEUE_DEPTH.labels(name)
         self._adds = WORKQUEUE_ADDS.labels(name)
         self._waited = WORKQUEUE_QUEUE_DURATION.labels(name)
@@ -85,6 +94,44 @@ class WorkQueue:
                 (self._urgent if urgent else self._queue).append(key)
                 self._depth.set(len(self._queue) + len(self._urgent))
                 self._cond.notify()
+
+    def add_after(self, key: Hashable, delay: float) -> None:
+        """Add `key` once `delay` seconds have passed (client-go's AddAfter); a key already due
+        sooner is left as it is. One thread serves every delayed key, however many there are."""
+        if delay <= 0:
+            self.add(key)
+            return
+        with self._delayed_cond:
+            if self._shutdown:
+                return
+            due = time.monotonic() + delay
+            if self._delayed_due.get(key, float("inf")) <= due:
+                return
+            self._delayed_due[key] = due
+            heapq.heappush(self._delayed, (due, next(self._delayed_seq), key))
+            if self._timer is None:
+                self._timer = threading.Thread(target=self._serve_delayed, daemon=True,
+                                               name=f"kubetune-{self.name}-delayed")
+                self._timer.start()
+            self._delayed_cond.notify()
+
+    def _serve_delayed(self) -> None:
+        while True:
+            with self._delayed_cond:
+                while not self._shutdown and (
+                        not self._delayed or self._delayed[0][0] > time.monotonic()):
+                    self._delayed_cond.wait(self._delayed[0][0] - time.monotonic() if self._delayed else None)
+                if self._shutdown:
+                    return
+                due = []
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    when, _, key = heapq.heappop(self._delayed)
+                    if self._delayed_due.get(key) == when:  # else superseded by an earlier one
+                        del self._delayed_due[key]
+                        due.append(key)
+            for key in due:
+                self.add(key)
 
     def get(self) -> Hashable | None:
         """The next key to process (blocks); None once the queue is shut down."""
@@ -138,6 +185,8 @@ class WorkQueue:
         with self._cond:
             self._shutdown = True
             self._cond.notify_all()
+        with self._delayed_cond:
+            self._delayed_cond.notify_all()
 
 
 def start_workers(
