@@ -53,8 +53,10 @@ MODEL_FILE = "model.json"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class Stopped(Exception):
-    """SIGTERM reached the runner while it followed the provider's job."""
+class Stopped(BaseException):
+    """SIGTERM reached the runner while it followed the provider's job. A BaseException, like
+    KeyboardInterrupt: raised inside an HTTP request, the openai client's `except Exception`
+    would take it for a connection error and retry instead of letting the runner stop."""
 
 
 @dataclass
@@ -142,8 +144,6 @@ def _stages(
         try:
             return fn()
         except Exception as exc:
-            if isinstance(exc, Stopped):
-                raise
             raise classify(exc, what=what, secret=secret, key_ref=key_ref) from None
 
     state_path = folder / STATE_FILE
@@ -298,7 +298,12 @@ def _follow(
     except Stopped:
         if job is None or job.status not in TERMINAL:  # None: stopped during the first read
             try:
-                client.fine_tuning.jobs.pause(job_id)
+                # A fresh client: the signal may have cut a request of the old one mid-way,
+                # leaving its connection pool unusable (a pause on it could hang past the
+                # pod's grace period).
+                _client(provider, secret or "", timeout=10, max_retries=1).fine_tuning.jobs.pause(
+                    job_id
+                )
                 _say(f"paused provider job {job_id}: the pod is stopping; the next pod resumes it")
             except Exception as exc:  # best effort: the pod is going away
                 _say(f"could not pause provider job {job_id}: {redact(str(exc), secret)}", err=True)
@@ -398,7 +403,10 @@ def _record_model(
          f"{job.trained_tokens} trained tokens")
 
 
-def _client(provider: ProviderSpec, secret: str) -> Any:
+def _client(
+    provider: ProviderSpec, secret: str, *, timeout: float | None = None,
+    max_retries: int | None = None,
+) -> Any:
     from openai import OpenAI
 
     return OpenAI(
@@ -406,8 +414,8 @@ def _client(provider: ProviderSpec, secret: str) -> Any:
         base_url=str(provider.endpoint).rstrip("/"),
         organization=provider.organization,
         project=provider.project,
-        max_retries=provider.max_retries,
-        timeout=provider.timeout_seconds,
+        max_retries=provider.max_retries if max_retries is None else max_retries,
+        timeout=provider.timeout_seconds if timeout is None else timeout,
     )
 
 
