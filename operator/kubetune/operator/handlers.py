@@ -47,6 +47,15 @@ from kubetune.operator.workqueue import WorkQueue, start_workers
 log = logging.getLogger("kubetune.operator")
 
 CHILD_SELECTOR = {c.LABEL_FINETUNEJOB: kopf.PRESENT}
+# Server-side label selectors of kopf's watches. Handler label filters are client-side: without
+# these kopf watched every Job and pod in the cluster and ran each of their events through its
+# per-object machinery (with 1000 unrelated pods, most of the operator's CPU in
+# bench/operator_scale.py). Every pod kubetune makes (trainer, serving, provider cancel) carries
+# managed-by (tests/unit/test_watch_selectors.py).
+WATCH_SELECTORS: dict[tuple[str, str] | tuple[str, str, str], str] = {
+    ("batch", "v1", "jobs"): c.LABEL_FINETUNEJOB,
+    ("v1", "pods"): f"{c.LABEL_MANAGED_BY}=kubetune",
+}
 INDEX_NAMES = ("finetunejobs", "trainer_jobs", "trainer_pods")
 
 
@@ -104,6 +113,8 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.posting.enabled = False  # our own Events are enough, and a standby must post none
     settings.watching.server_timeout = 300
+    for resource, selector in WATCH_SELECTORS.items():
+        settings.watching.label_selectors[resource] = selector
     settings.watching.client_timeout = 330
     runtime.settings = Settings.from_env()
     load_client_config()
