@@ -26,12 +26,13 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, watch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,10 +61,69 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def control_plane_cpu(cluster: Any) -> float:
+    """CPU seconds kube-apiserver and etcd have used so far."""
+    total = 0.0
+    for process in cluster.processes:
+        if process.name in ("kube-apiserver", "etcd") and process.popen is not None:
+            total += cpu_seconds(process.popen.pid)
+    return total
+
+
+def operator_ready(port: int) -> bool:
+    try:
+        return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200)
+    except OSError:
+        return False
+
+
 def reconciler_requests(port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("rest_client_requests_total{"))
+
+
+class Arrivals:
+    """When each object of one kind first matched `predicate`, as a watch reports it (in a
+    thread). Listing 1000 Jobs and 1000 FineTuneJobs every half second cost the apiserver, on a
+    2-core machine, a good part of what it had for the operator's own writes; a watch sends each
+    change once (and the Job controller's baseline is timed the same way)."""
+
+    def __init__(self, list_fn: Any, *args: Any, predicate: Any = None, **kwargs: Any) -> None:
+        self.first: dict[str, float] = {}
+        self._stopped = False
+        self._predicate = predicate or (lambda obj: True)
+        self._watch = watch.Watch()
+        version = list_fn(*args, limit=1, **kwargs)
+        version = version["metadata"]["resourceVersion"] if isinstance(version, dict) else version.metadata.resource_version
+        self._thread = threading.Thread(target=self._run, args=(list_fn, args, kwargs, version), daemon=True)
+        self._thread.start()
+
+    def _run(self, list_fn: Any, args: Any, kwargs: Any, version: str) -> None:
+        try:
+            for event in self._watch.stream(list_fn, *args, resource_version=version, deserialize=False,
+                                            timeout_seconds=900, **kwargs):
+                obj = event["object"]
+                name = obj["metadata"]["name"]
+                if event["type"] in ("ADDED", "MODIFIED") and name not in self.first and self._predicate(obj):
+                    self.first[name] = time.monotonic()
+        except Exception as exc:  # stop() cuts the stream; anything else shows as a timeout
+            if not self._stopped:
+                print(f"watch ended: {exc!r}", file=sys.stderr)
+
+    def wait(self, n: int, start: float, deadline: float, alive: Any = None) -> float | None:
+        """Seconds from `start` until `n` objects matched, None at the deadline."""
+        while time.monotonic() < deadline:
+            if alive is not None:
+                alive()
+            if len(self.first) >= n:
+                return sorted(self.first.values())[n - 1] - start
+            time.sleep(0.2)
+        return None
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._watch.stop()
 
 
 def plain_job_baseline(cluster: Any, n: int) -> float | None:
@@ -81,15 +141,14 @@ def plain_job_baseline(cluster: Any, n: int) -> float | None:
                          "containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "10m"}}}]}}},
         })
 
+    pods = Arrivals(core.list_namespaced_pod, ns, label_selector="bench=plain")
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(create, range(n)))
-    deadline = start + 600
-    while time.monotonic() < deadline:
-        if len(core.list_namespaced_pod(ns, label_selector="bench=plain").items) >= n:
-            return time.monotonic() - start
-        time.sleep(0.5)
-    return None
+    try:
+        return pods.wait(n, start, start + 600)
+    finally:
+        pods.stop()
 
 
 def run(n: int, workdir: Path) -> dict[str, Any]:
@@ -107,19 +166,30 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
         for name in GPU_NODES:
             core.patch_node(name, {"spec": {"taints": [
                 {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]}})
+        cp_before = control_plane_cpu(cluster)
         baseline = plain_job_baseline(cluster, n)
+        cp_baseline = control_plane_cpu(cluster) - cp_before
         ns = cluster.create_namespace("bench")
         # ReadWriteMany, as a platform running 1000 trainers at once has: on a ReadWriteOnce
         # artifacts claim the operator keeps every trainer on the claim's one node (pod
         # affinity), where only 110 pods fit, and the rest wait Pending.
         ensure_pvcs(cluster, ns, c.DEFAULT_ARTIFACTS_PVC, "models", "datasets", access_mode="ReadWriteMany")
-        port = free_port()
+        port, probes = free_port(), free_port()
         operator = OperatorProcess(cluster.kubeconfig, workdir / f"operator-{n}.log", {
             "KUBETUNE_OPERATOR_METRICS_PORT": str(port),
             "KUBETUNE_PROGRESS_INTERVAL": "30",
-        })
+        }, args=["--liveness", f"http://127.0.0.1:{probes}/healthz"])
         operator.start()
-        time.sleep(3)  # let kopf list and watch before the burst
+        # The burst meets a running operator, as on a cluster: ready (kopf has listed every
+        # watched kind), plus a moment. A burst during kopf's first listing costs it a
+        # readiness toggle per new object, each waking every waiting worker.
+        ready_by = time.monotonic() + 120
+        while not operator_ready(probes):
+            operator.check_alive()
+            if time.monotonic() > ready_by:
+                raise RuntimeError(f"the operator was not ready within 120 s; its log:\n{operator.log_tail()}")
+            time.sleep(0.5)
+        time.sleep(2)
         api = client.CustomObjectsApi(cluster.api_client())
         batch = client.BatchV1Api(cluster.api_client())
         # Every pod must fit somewhere: ask for GPUs only while the simulated nodes have them.
@@ -132,22 +202,19 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
                              "resources": {"gpus": gpus}}}
             api.create_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL, body)
 
+        jobs = Arrivals(batch.list_namespaced_job, ns, label_selector=c.LABEL_FINETUNEJOB)
+        running = Arrivals(api.list_namespaced_custom_object, c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL,
+                           predicate=lambda obj: (obj.get("status") or {}).get("phase") == "Running")
+        cp_before = control_plane_cpu(cluster)
         start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(create, range(n)))
         applied = time.monotonic() - start
-        jobs_at = running_at = None
-        deadline = start + 600
-        while time.monotonic() < deadline and running_at is None:
-            operator.check_alive()
-            if jobs_at is None:
-                count = len(batch.list_namespaced_job(ns, label_selector=c.LABEL_FINETUNEJOB).items)
-                if count >= n:
-                    jobs_at = time.monotonic() - start
-            items = api.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.FINETUNEJOB_PLURAL)["items"]
-            if sum(1 for i in items if (i.get("status") or {}).get("phase") == "Running") >= n:
-                running_at = time.monotonic() - start
-            time.sleep(0.5)
+        jobs_at = jobs.wait(n, start, start + 600, operator.check_alive)
+        cp_jobs = control_plane_cpu(cluster) - cp_before
+        running_at = running.wait(n, start, start + 600, operator.check_alive)
+        jobs.stop()
+        running.stop()
         row = {
             "jobs": n,
             "apply_s": round(applied, 1),
@@ -155,6 +222,8 @@ def run(n: int, workdir: Path) -> dict[str, Any]:
             "all_running_s": round(running_at, 1) if running_at else "timeout",
             "plain_jobs_pods_s": round(baseline, 1) if baseline else "timeout",
             "ratio": round(jobs_at / baseline, 2) if jobs_at and baseline else None,
+            # kube-apiserver + etcd CPU-s while the baseline ran, and until every trainer Job existed
+            "apiserver_etcd_cpu_s": f"{cp_baseline:.0f}/{cp_jobs:.0f}",
             "operator_peak_rss_mb": round(peak_rss_mb(operator.process.pid), 1) if operator.process else None,
             "operator_cpu_s": round(cpu_seconds(operator.process.pid), 1) if operator.process else None,
             "api_requests_per_job": round(reconciler_requests(port) / n, 2),
