@@ -81,6 +81,26 @@ def _spec(server: FakeOpenAIProvider) -> dict[str, Any]:
     }
 
 
+def _pod_logs(cluster: DevCluster, namespace: str) -> str:
+    """Every local pod's log in `namespace`, deleted pods included (to explain a failure)."""
+    folder = cluster.state_dir / "pods" / namespace
+    names = sorted(d.name for d in folder.iterdir()) if folder.is_dir() else []
+    return "\n".join(f"--- {n}\n{cluster.local_pod_logs(namespace, n)[-3000:]}" for n in names)
+
+
+def _wait_provider(cluster: DevCluster, server: FakeOpenAIProvider, namespace: str,
+                   condition: Any, what: str, timeout: float = 120) -> None:
+    """Wait for `condition` on the stand-in; on a timeout, print what the pods logged."""
+    try:
+        cluster.wait_for(condition, timeout=timeout, what=what)
+    except Exception:
+        print(_pod_logs(cluster, namespace))
+        print("provider requests:", server.requests[-20:])
+        print("provider jobs:", {j.id: (j.status, [e["message"] for e in j.events][-5:])
+                                 for j in server.jobs.values()})
+        raise
+
+
 def _everything(cluster: DevCluster, ftj: Ftj, operator: OperatorProcess) -> str:
     """Status, Events, pod specs and logs, the operator's log and every file on the volume."""
     parts = [json.dumps(ftj.get()), operator.log_tail(10_000_000)]
@@ -168,8 +188,9 @@ def test_suspend_pauses_the_provider_job_and_resume_continues_the_same_job(
     with FakeOpenAIProvider(api_key=KEY, default=long_run) as server:
         server.hold_running = True  # until it has been suspended and resumed
         ftj = apply_ftj(cluster, namespace, _spec(server), name="support-openai-suspend")
-        cluster.wait_for(lambda: any(j.status == "running" for j in server.jobs.values()),
-                         timeout=120, what="the provider job running")
+        _wait_provider(cluster, server, namespace,
+                       lambda: any(j.status == "running" for j in server.jobs.values()),
+                       "the provider job running")
         # The provider's metrics events, scraped from the pod, are the FineTuneJob's progress.
         live = ftj.wait_status(
             lambda s: s.get("phase") == "Running" and (s.get("progress") or {}).get("step", 0) > 0,
@@ -178,8 +199,8 @@ def test_suspend_pauses_the_provider_job_and_resume_continues_the_same_job(
         assert live["loss"] > 0 and live["evalLoss"] > 0 and live["etaSeconds"] > 0
         ftj.patch_spec({"suspend": True})
         ftj.wait_phase("Suspended", operator, timeout=60)
-        cluster.wait_for(lambda: server.only_job().status == "paused", timeout=60,
-                         what="the provider job paused by the stopped pod")
+        _wait_provider(cluster, server, namespace, lambda: server.only_job().status == "paused",
+                       "the provider job paused by the stopped pod")
         cluster.wait_for(lambda: not ftj.pods(), timeout=60, what="the pod gone")
         job = server.only_job()
         position = job.position
@@ -208,13 +229,14 @@ def test_deleting_a_running_openai_finetunejob_cancels_the_provider_job(
     with FakeOpenAIProvider(api_key=KEY) as server:
         server.hold_running = True  # it would still be training when deleted
         ftj = apply_ftj(cluster, namespace, _spec(server), name="support-openai-deleted")
-        cluster.wait_for(lambda: any(j.status == "running" for j in server.jobs.values()),
-                         timeout=120, what="the provider job running")
+        _wait_provider(cluster, server, namespace,
+                       lambda: any(j.status == "running" for j in server.jobs.values()),
+                       "the provider job running")
         ftj.wait_status(lambda s: bool(s.get("jobName")), "jobName recorded", operator=operator)
         ftj.api.delete_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.FINETUNEJOB_PLURAL,
                                                 ftj.name)
-        cluster.wait_for(lambda: server.only_job().status == "cancelled", timeout=120,
-                         what="the provider job cancelled after the FineTuneJob's deletion")
+        _wait_provider(cluster, server, namespace, lambda: server.only_job().status == "cancelled",
+                       "the provider job cancelled after the FineTuneJob's deletion")
         job = server.only_job()
         batch = client.BatchV1Api(cluster.api_client())
         cancel_jobs = [j for j in batch.list_namespaced_job(namespace).items

@@ -279,6 +279,10 @@ def _follow(
     Returns the ended job and what its metrics events said."""
     seen = _Follow()
     job = None
+    # Made now, used only to pause: a signal may cut a request of `client` mid-way and leave its
+    # connection pool unusable, and making a client on the way out costs time the pod's grace
+    # period may not give.
+    pauser = _client(provider, secret or "", timeout=10, max_retries=1)
     try:
         while True:
             job = call("reading the fine-tuning job", lambda: client.fine_tuning.jobs.retrieve(job_id))
@@ -298,12 +302,7 @@ def _follow(
     except Stopped:
         if job is None or job.status not in TERMINAL:  # None: stopped during the first read
             try:
-                # A fresh client: the signal may have cut a request of the old one mid-way,
-                # leaving its connection pool unusable (a pause on it could hang past the
-                # pod's grace period).
-                _client(provider, secret or "", timeout=10, max_retries=1).fine_tuning.jobs.pause(
-                    job_id
-                )
+                pauser.fine_tuning.jobs.pause(job_id)
                 _say(f"paused provider job {job_id}: the pod is stopping; the next pod resumes it")
             except Exception as exc:  # best effort: the pod is going away
                 _say(f"could not pause provider job {job_id}: {redact(str(exc), secret)}", err=True)
