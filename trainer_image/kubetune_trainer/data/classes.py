@@ -15,7 +15,8 @@ The answers are labels when, over the task records (the general data is not coun
   short answers are short answers, not classes).
 
 Answers are compared case- and whitespace-insensitively (as exact match scores them); a
-label is shown as first written.
+label is shown as first written, with any secret or personal data in it redacted (the report
+and status.data are read by people who may not see the data).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.trainer_result import ClassBalance
+from kubetune.scanning import redact
 from kubetune_trainer.data.formats import canonical
 
 MAX_LABELS = 20
@@ -121,7 +123,8 @@ def class_distribution(
         if answer is None or not answer.strip() or len(answer.strip()) > MAX_LABEL_CHARS:
             return None
         key = canonical(answer)
-        shown.setdefault(key, answer.strip())
+        if key not in shown:  # the report and status show it: never a secret or personal data
+            shown[key] = redact(answer.strip())
         keys.append(key)
         if len(shown) > MAX_LABELS:
             return None
