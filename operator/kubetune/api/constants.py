@@ -199,6 +199,7 @@ CONFIGMAP_MOUNT_ROOT: Final = "/mnt/configmap"  # configMap {name, key} -> /mnt/
 ENV_JUDGE_API_KEY: Final = "KUBETUNE_JUDGE_API_KEY"
 ENV_HF_TOKEN: Final = "HF_TOKEN"
 ENV_PROVIDER_API_KEY: Final = "KUBETUNE_PROVIDER_API_KEY"  # backend openai: provider.apiKeySecretRef
+ENV_TEACHER_API_KEY: Final = "KUBETUNE_TEACHER_API_KEY"  # teacher.apiKeySecretRef (distill, augment)
 ENV_ARTIFACTS_URI: Final = "KUBETUNE_ARTIFACTS_URI"  # URI of the workdir, e.g. pvc://claim/ns/job
 ENV_METRICS_PORT: Final = "KUBETUNE_METRICS_PORT"
 ENV_TERMINATION_LOG: Final = "KUBETUNE_TERMINATION_LOG"

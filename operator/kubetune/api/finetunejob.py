@@ -28,6 +28,7 @@ from kubetune.api.common import (
 )
 from kubetune.api.families import FAMILIES, unsupported_family_problem
 from kubetune.api.provider import ProviderSpec
+from kubetune.api.teacher import AugmentSpec, TeacherSpec
 from kubetune.api.trainer_result import (
     DataReportSummary,
     Diagnosis,
@@ -225,6 +226,8 @@ class DatasetSpec(ApiModel):
     """Train / validation / test split."""
     general: GeneralDataSpec | None = None
     """Optional general data to mix in."""
+    augment: AugmentSpec | None = None
+    """Synthetic examples from `spec.teacher`, `perExample` per seed example (SFT data only)."""
 
 
 class DataPolicySpec(ApiModel):
@@ -722,6 +725,40 @@ PROVIDER_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
     ),
 )
 
+# objective: distill and dataset.augment, and the teacher both read.
+TEACHER_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
+    Rule(
+        "self.objective != 'distill' || has(self.teacher)",
+        "teacher: objective distill needs a teacher (endpoint and model of an OpenAI-compatible "
+        "chat API) to answer the dataset's prompts",
+        lambda s: s.objective != "distill" or s.teacher is not None,
+    ),
+    Rule(
+        "!has(self.dataset.augment) || has(self.teacher)",
+        "dataset.augment: synthetic examples are written by the teacher; add a teacher block "
+        "(endpoint and model), or remove augment",
+        lambda s: s.dataset.augment is None or s.teacher is not None,
+    ),
+    Rule(
+        "!has(self.teacher) || self.objective == 'distill' || has(self.dataset.augment)",
+        "teacher: only read with objective: distill or dataset.augment; set one of them, or "
+        "remove teacher",
+        lambda s: s.teacher is None or s.objective == "distill" or s.dataset.augment is not None,
+    ),
+    Rule(
+        "!has(self.dataset.augment) || self.objective != 'dpo'",
+        "dataset.augment: the teacher writes SFT examples (a question and its answer), which "
+        "objective dpo cannot train on; remove augment, or use objective sft or distill",
+        lambda s: s.dataset.augment is None or s.objective != "dpo",
+    ),
+    Rule(
+        "self.backend != 'openai' || (self.objective != 'distill' && !has(self.dataset.augment))",
+        "objective: backend openai does not distill or augment yet; use backend: local, or "
+        "objective sft without dataset.augment",
+        lambda s: s.backend != "openai" or (s.objective != "distill" and s.dataset.augment is None),
+    ),
+)
+
 # Cross-field rules of the spec that depend on nothing but the spec: each one is a failure the
 # trainer would otherwise meet after the GPU was spent (or a gate that could never pass).
 SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
@@ -842,6 +879,7 @@ SPEC_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
         lambda s: s.method != "full" or not s.export.adapter_gguf,
     ),
     *PROVIDER_RULES,
+    *TEACHER_RULES,
 )
 
 
@@ -862,8 +900,13 @@ class FineTuneJobSpec(ApiModel):
     """The provider's model, API key Secret and hyperparameters (backend openai only)."""
     method: Literal["qlora", "lora", "full"] = "qlora"
     """qlora: 4-bit base + LoRA (least memory); lora: 16-bit base + LoRA; full: all weights."""
-    objective: Literal["sft", "dpo"] = "sft"
-    """sft: supervised fine-tuning on answers; dpo: preference optimisation (needs preference data)."""
+    objective: Literal["sft", "dpo", "distill"] = "sft"
+    """sft: supervised fine-tuning on answers; dpo: preference optimisation (needs preference
+    data); distill: the teacher (`teacher`) answers the dataset's prompts (records need no
+    answer) and the model is trained with SFT on its answers (docs/distillation.md)."""
+    teacher: TeacherSpec | None = None
+    """The model that answers the prompts for `objective: distill` and writes
+    `dataset.augment`'s synthetic examples: an OpenAI-compatible endpoint and model."""
     dataset: DatasetSpec
     """Training data."""
     data_policy: DataPolicySpec = Field(default_factory=DataPolicySpec)
@@ -944,6 +987,8 @@ def secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, SecretKeyRef]]:
         refs.append(("provider.apiKeySecretRef", spec.provider.api_key_secret_ref))
     if spec.evaluation.judge is not None:
         refs.append(("evaluation.judge.apiKeySecretRef", spec.evaluation.judge.api_key_secret_ref))
+    if spec.teacher is not None:
+        refs.append(("teacher.apiKeySecretRef", spec.teacher.api_key_secret_ref))
     return [(field, ref) for field, ref in refs if ref is not None]
 
 

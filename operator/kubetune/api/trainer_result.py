@@ -90,6 +90,32 @@ class DataReportSummary(ApiModel):
     """Examples appearing in more than one split (removed from validation/test)."""
     class_balance: ClassBalance | None = None
     """Label distribution, when the answers are labels (absent otherwise)."""
+    synthetic: int = 0
+    """Examples of the final splits written by the teacher (`dataset.augment`), flagged
+    `synthetic: true` in the data report and the split files."""
+    teacher: TeacherUsage | None = None
+    """What the teacher was asked (objective distill, dataset.augment)."""
+
+
+class TeacherUsage(ApiModel):
+    """The teacher's requests, answers and tokens for this job (the cache included)."""
+
+    model: ShortText = ""
+    """The teacher model."""
+    answered: int = 0
+    """Prompts the teacher answered (from the cache or a request)."""
+    cached: int = 0
+    """Answers taken from the cache on the artifact volume (no request sent)."""
+    requests: int = 0
+    """Requests sent in this run, retries included."""
+    failed: int = 0
+    """Prompts left without an answer after the retries (their records are invalid)."""
+    rejected: int = 0
+    """Records written with the teacher's answers that validation rejected (empty answer, …)."""
+    prompt_tokens: int = 0
+    """Prompt tokens the teacher reported for the requests of this run."""
+    completion_tokens: int = 0
+    """Completion tokens the teacher reported for the requests of this run."""
 
 
 class ClassBalance(ApiModel):
@@ -155,6 +181,25 @@ class EvaluationSummary(ApiModel):
     """Relative drop of the general-set score (positive = worse after fine-tuning)."""
     judge_tokens: int | None = None
     """Tokens the judge used (prompt + completion)."""
+    teacher: TeacherComparison | None = None
+    """The teacher scored on the same test split (objective distill)."""
+
+
+class TeacherComparison(ApiModel):
+    """Teacher vs student on the held-out split: quality kept, latency and size saved."""
+
+    model: ShortText = ""
+    """The teacher model."""
+    scores: ModelScores = Field(default_factory=ModelScores)
+    """The teacher's answers scored with the same metrics (and judge) as the student's."""
+    seconds_per_answer: float | None = None
+    """Mean wall time of one teacher answer (a request to its endpoint)."""
+    student_seconds_per_answer: float | None = None
+    """Mean wall time of one answer of the fine-tuned student, in the evaluation."""
+    student_size_bytes: int | None = None
+    """Size of the student's smallest exported GGUF file (else its weights)."""
+    teacher_size: ShortText = "remote"
+    """The teacher's size: "remote" (behind an endpoint; its weights are not seen)."""
 
 
 class Diagnosis(ApiModel):

@@ -104,6 +104,8 @@ def _env(
         secrets.append((c.ENV_JUDGE_API_KEY, spec.evaluation.judge.api_key_secret_ref))
     if spec.provider is not None:
         secrets.append((c.ENV_PROVIDER_API_KEY, spec.provider.api_key_secret_ref))
+    if spec.teacher is not None:
+        secrets.append((c.ENV_TEACHER_API_KEY, spec.teacher.api_key_secret_ref))
     for var, ref in secrets:
         if ref is not None:
             env.append(
