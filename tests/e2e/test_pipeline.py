@@ -107,7 +107,8 @@ def test_run_local_rejects_a_file_without_a_finetunejob(tmp_path: Path) -> None:
     with pytest.raises(LocalRunError, match="no FineTuneJob"):
         load_finetunejob(path)
     path.write_text(
-        "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\nspec: {method: lora}\n"
-    )
+        "apiVersion: kubetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\n"
+        "spec: {method: lora, dataset: {source: {uri: 'pvc://d/x.jsonl'}}}\n"
+    )  # baseModel is optional in the schema (backend openai has none) and required for local
     with pytest.raises(LocalRunError, match="baseModel"):
         load_finetunejob(path)
