@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.constants import ENV_TEACHER_API_KEY
 from kubetune.api.finetunejob import DatasetSource, FineTuneJobSpec
 from kubetune_trainer.data.classes import class_distribution
 from kubetune_trainer.data.dedup import deduplicate
 from kubetune_trainer.data.errors import DataError, DataPolicyError, DataValidationError
-from kubetune_trainer.data.records import SHAPES, Format, Record
-from kubetune_trainer.data.report import DataReport, DatasetCheck
+from kubetune_trainer.data.formats import normalise
+from kubetune_trainer.data.records import SHAPES, Format, Location, RawRow, Record
+from kubetune_trainer.data.report import DataReport, DatasetCheck, teacher_usage
 from kubetune_trainer.data.scan import Finding, rules_for, scan_records
 from kubetune_trainer.data.sources import describe_source, read_source
 from kubetune_trainer.data.split import mix_general, prompt_key, remove_leakage, split_records
@@ -38,6 +41,8 @@ from kubetune_trainer.data.validate import (
     detect_format,
     validate_rows,
 )
+from kubetune_trainer.distill import AnswerCache, Teacher, augment_rows, distill_rows
+from kubetune_trainer.distill.generate import SYNTHETIC_MARK
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -102,7 +107,7 @@ def _prepare(
     base_dir: Path | None,
     report: DataReport,
 ) -> PreparedData:
-    dataset, policy = spec.dataset, spec.data_policy
+    dataset = spec.dataset
     main = report.main
     rows = read_source(dataset.source, base_dir)
     main.rows = len(rows)
@@ -110,6 +115,30 @@ def _prepare(
         raise DataValidationError(
             f"{main.source}: the dataset is empty; point dataset.source at a JSONL or JSON file with records"
         )
+    teacher = _teacher(spec, workdir)
+    try:
+        return _prepare_rows(spec, workdir, tokenizer, base_dir, report, rows, teacher)
+    finally:
+        if teacher is not None:
+            report.teacher = teacher_usage(teacher, report)
+            teacher.close()
+
+
+def _prepare_rows(
+    spec: FineTuneJobSpec,
+    workdir: Path,
+    tokenizer: Any | None,
+    base_dir: Path | None,
+    report: DataReport,
+    rows: list[RawRow],
+    teacher: Teacher | None,
+) -> PreparedData:
+    dataset, policy = spec.dataset, spec.data_policy
+    main = report.main
+    originals: dict[Location, Any] = {}
+    if spec.objective == "distill" and teacher is not None:
+        originals = {row.loc: row.value for row in rows if row.error is None}
+        rows, report.distilled = distill_rows(teacher, rows)
     fmt = detect_format(rows, dataset.format, "dataset")
     report.format = fmt
     _check_objective(spec, fmt)
@@ -128,6 +157,10 @@ def _prepare(
         records, dataset.split.validation, dataset.split.test, dataset.split.seed
     )
     validation, test, report.leaks = remove_leakage(train, validation, test)
+    if originals:
+        test = _own_references(test, originals, fmt)
+    if dataset.augment is not None and teacher is not None:
+        train = train + _augment(spec, teacher, train, validation + test, tokenizer, report)
 
     if dataset.general is not None:
         general = _prepare_general(dataset.general.source, fmt, spec, tokenizer, report, base_dir)
@@ -146,6 +179,7 @@ def _prepare(
             )
 
     report.train, report.validation, report.test = len(train), len(validation), len(test)
+    report.synthetic_mixed = sum(1 for r in train if r.synthetic)
     task_splits = {
         "train": [r.data for r in train if not r.general],
         "validation": [r.data for r in validation],
@@ -170,7 +204,11 @@ def _prepare(
     if not validation and dataset.split.validation > 0:
         report.warnings.append("the validation split is empty: no eval loss, no early stopping")
 
-    caught = main.findings + (report.general.findings if report.general else [])
+    caught = (
+        main.findings
+        + (report.general.findings if report.general else [])
+        + (report.synthetic.findings if report.synthetic else [])
+    )
     if policy.action == "fail" and caught:
         raise DataPolicyError(_policy_message(caught))
 
@@ -217,6 +255,58 @@ def _check(
     )
     check.findings = scan_records(records, rules)
     return records
+
+
+def _teacher(spec: FineTuneJobSpec, workdir: Path) -> Teacher | None:
+    """The teacher's client with its cache under ``<workdir>/teacher/cache`` (the artifact
+    volume: a retried pod finds every answer it already paid for), or None without a teacher."""
+    if spec.teacher is None:
+        return None
+    cache = AnswerCache(workdir / "teacher" / "cache", spec.teacher)
+    return Teacher(spec.teacher, os.environ.get(ENV_TEACHER_API_KEY) or None, cache)
+
+
+def _own_references(
+    test: list[Record], originals: dict[Location, Any], fmt: Format
+) -> list[Record]:
+    """Test records with the dataset's own answer as the reference where the record had one
+    (the teacher is scored against it too), else the teacher's answer."""
+    out = []
+    for record in test:
+        data, issues = normalise(originals.get(record.loc), fmt)
+        own = data is not None and not issues
+        out.append(Record(record.loc, data, tokens=record.tokens) if own and data else record)
+    return out
+
+
+def _augment(
+    spec: FineTuneJobSpec,
+    teacher: Teacher,
+    train: list[Record],
+    held_out: list[Record],
+    tokenizer: Any | None,
+    report: DataReport,
+) -> list[Record]:
+    """Synthetic training records from the training split's seeds (never a held-out record,
+    so no paraphrase of a test prompt is trained on), checked like the user's data."""
+    assert spec.dataset.augment is not None
+    seeds = [(r.loc, r.data) for r in train if not r.general]
+    rows, report.augmented = augment_rows(teacher, seeds, spec.dataset.augment.per_example)
+    check = DatasetCheck(f"{report.main.source}{SYNTHETIC_MARK}")
+    report.synthetic = check
+    check.rows = len(rows)
+    if not rows:
+        return []
+    fmt: Format = "chat" if all("messages" in r.data for r in train) else "completion"
+    records = _check(rows, fmt, check, spec, tokenizer, what="dataset.augment")
+    records = _apply_action(records, check.findings, check, spec.data_policy.action)
+    seen = {prompt_key(r) for r in train + held_out}
+    kept = [r for r in records if prompt_key(r) not in seen]
+    check.overlap = len(records) - len(kept)
+    check.kept = len(kept)
+    for record in kept:
+        record.synthetic = True
+    return kept
 
 
 def _apply_action(
@@ -285,4 +375,5 @@ def _write_splits(workdir: Path, splits: dict[str, list[Record]]) -> None:
     for name in SPLITS:
         with (folder / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
             for record in splits[name]:
-                handle.write(json.dumps(record.data, ensure_ascii=False) + "\n")
+                data = {**record.data, "synthetic": True} if record.synthetic else record.data
+                handle.write(json.dumps(data, ensure_ascii=False) + "\n")

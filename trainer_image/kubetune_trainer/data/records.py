@@ -43,12 +43,15 @@ class RawRow:
 @dataclass
 class Record:
     """A valid record in its normalised shape, with the origin used in every report line;
-    ``general`` marks records of the general (mixing) data, ``tokens`` their training length."""
+    ``general`` marks records of the general (mixing) data, ``tokens`` their training length,
+    ``synthetic`` those the teacher wrote."""
 
     loc: Location
     data: dict[str, Any]
     general: bool = False
     tokens: int | None = None
+    synthetic: bool = False
+    """Written by the teacher (``dataset.augment``); ``"synthetic": true`` in the split files."""
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,19 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubetune.api.trainer_result import DataReportSummary
+from kubetune.api.trainer_result import DataReportSummary, TeacherUsage
 from kubetune_trainer.data.classes import ClassDistribution
 from kubetune_trainer.data.dedup import Duplicate
 from kubetune_trainer.data.records import Problem
 from kubetune_trainer.data.scan import Finding
 from kubetune_trainer.data.split import Leak
 from kubetune_trainer.data.stats import TokenStats
+
+if TYPE_CHECKING:
+    from kubetune_trainer.distill.generate import TeacherStats
+    from kubetune_trainer.distill.teacher import Teacher
 
 SHOWN = 5
 # How :func:`formats.mappings` names each mapping: the report.json key, and the report.txt words.
@@ -43,6 +47,8 @@ class DatasetCheck:
     mapped: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
     kept: int = 0
+    overlap: int = 0
+    """Synthetic records whose prompt already is in the data (left out)."""
 
     @property
     def invalid(self) -> int:
@@ -96,6 +102,17 @@ class DataReport:
     classes: ClassDistribution | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    distilled: TeacherStats | None = None
+    """The teacher's answers to the dataset's prompts (objective distill)."""
+    teacher_rejected: int = 0
+    """Records carrying a teacher's answer that validation rejected."""
+    augmented: TeacherStats | None = None
+    """The teacher's synthetic examples (dataset.augment)."""
+    synthetic: DatasetCheck | None = None
+    """What the checks found in the synthetic examples."""
+    synthetic_mixed: int = 0
+    """Synthetic examples in the training split."""
+    teacher: TeacherUsage | None = None
 
     @property
     def truncated(self) -> int:
@@ -118,6 +135,8 @@ class DataReport:
             truncated=self.truncated,
             leakage=len(self.leaks),
             class_balance=None if self.classes is None else self.classes.summary(),
+            synthetic=self.synthetic_mixed,
+            teacher=self.teacher,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -146,6 +165,14 @@ class DataReport:
             "tokens": None
             if self.tokens is None
             else {**self.tokens.to_json(), "tokenizer": self.tokenizer},
+            "teacher": None if self.teacher is None else self.teacher.to_wire(),
+            "synthetic": None
+            if self.synthetic is None
+            else {
+                **self.synthetic.to_json(),
+                "overlapRemoved": self.synthetic.overlap,
+                "mixed": self.synthetic_mixed,
+            },
             "warnings": self.warnings,
         }
 
@@ -179,8 +206,23 @@ class DataReport:
                 f"{g.flagged} caught; {self.general_mixed} mixed into train (ratio {self.general_ratio})"
             )
             lines.extend(f"  {line}" for line in _mapped(g))
+        if self.teacher is not None:
+            u = self.teacher
+            lines.append(
+                f"  teacher     {u.model}: {u.answered} answered ({u.cached} from the cache), "
+                f"{u.requests} request(s), {u.failed} unanswered, {u.rejected} answer(s) rejected "
+                f"by validation; tokens {u.prompt_tokens} prompt + {u.completion_tokens} completion"
+            )
+        if self.synthetic is not None:
+            sy = self.synthetic
+            lines.append(
+                f"  synthetic   {sy.rows} written by the teacher, {sy.invalid} invalid, "
+                f"{len(sy.duplicates)} duplicate(s), {sy.overlap} repeating a prompt of the data, "
+                f"{sy.flagged} caught; {self.synthetic_mixed} in train (flagged synthetic: true)"
+            )
         lines.append(
-            f"  splits      train {self.train} (incl. {self.general_mixed} general), validation {self.validation}, "
+            f"  splits      train {self.train} (incl. {self.general_mixed} general, "
+            f"{self.synthetic_mixed} synthetic), validation {self.validation}, "
             f"test {self.test} (seed {self.seed}); leakage: {len(self.leaks)} removed"
         )
         if self.classes is not None:
@@ -224,3 +266,23 @@ def _examples(problems: list[Problem], *, errors_only: bool) -> str:
     shown = "; ".join(str(p) for p in chosen[:SHOWN])
     more = f"; … {len(chosen) - SHOWN} more" if len(chosen) > SHOWN else ""
     return f"  ({shown}{more})"
+
+
+def teacher_usage(teacher: Teacher, report: DataReport) -> TeacherUsage:
+    """The teacher's figures for ``status.data.teacher``."""
+    stats = [x for x in (report.distilled, report.augmented) if x is not None]
+    if report.distilled is not None:
+        made = report.distilled.teacher_locations
+        report.teacher_rejected = len(
+            {p.loc for p in report.main.problems if p.severity == "error" and p.loc in made}
+        )
+    return TeacherUsage(
+        model=teacher.spec.model,
+        answered=sum(x.answered for x in stats),
+        cached=teacher.cached,
+        requests=teacher.requests,
+        failed=sum(x.failed for x in stats),
+        rejected=report.teacher_rejected + (report.synthetic.invalid if report.synthetic else 0),
+        prompt_tokens=teacher.prompt_tokens,
+        completion_tokens=teacher.completion_tokens,
+    )

@@ -89,9 +89,10 @@ def validate_rows(
     mapped: Counter[str] = Counter()
     for row in rows:
         if row.error is not None:
-            problems.append(
-                Problem(row.loc, "invalid_json" if "JSON" in row.error else "unreadable", row.error)
-            )
+            code = "invalid_json" if "JSON" in row.error else "unreadable"
+            if row.error.startswith("the teacher"):  # kubetune_trainer.distill: no answer
+                code = "teacher_failed"
+            problems.append(Problem(row.loc, code, row.error))
             continue
         data, issues = normalise(row.value, fmt)
         problems.extend(Problem(row.loc, code, redact(message)) for code, message in issues)
