@@ -9,7 +9,10 @@ result's termination message (≤ 4 KiB) to the termination log, and exits 0 whe
 succeeded, 3 when it failed in a way no retry can fix (Reason.PERMANENT: the Job then
 fails at once), 1 on other failures. Environment: KUBETUNE_ARTIFACTS_URI (the workdir's URI in the
 artifact store), KUBETUNE_METRICS_PORT (progress metrics, default 9400, 0 = off),
-KUBETUNE_TERMINATION_LOG (default /dev/termination-log when writable), HF_TOKEN.
+KUBETUNE_TERMINATION_LOG (default /dev/termination-log when writable), HF_TOKEN,
+KUBETUNE_NPROC_PER_NODE (training processes, one per GPU: this process then launches them
+through torchrun and writes the termination message from rank 0's result;
+`kubetune_trainer.distributed`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pydantic import ValidationError
 
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.trainer_contract import TrainerResult, exit_code_for
+from kubetune.api.trainer_contract import RESULT_FILE_NAME, TrainerResult, exit_code_for
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -157,10 +160,87 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cancel_provider_job(
             args.workdir, args.endpoint, organization=args.organization, project=args.project
         )
+    from kubetune_trainer import distributed
+
+    if distributed.in_worker():  # one of several training processes (kubetune_trainer.distributed)
+        return run_worker(args.spec, args.workdir)
     termination_log = args.termination_log or default_termination_log()
-    result = run(args.spec, args.workdir, termination_log)
+    try:
+        nproc = distributed.requested_processes()
+    except distributed.ProcessCountError as exc:
+        result = invalid_spec_result(str(exc))
+        write_termination_log(result, termination_log)
+        print(f"result: {result.phase} {result.reason} {result.message}", flush=True)
+        return exit_code(result)
+    if nproc > 1 and _readable_spec(args.spec):
+        result = launch(nproc, args.workdir, distributed.worker_args(argv), termination_log)
+    else:
+        result = run(args.spec, args.workdir, termination_log)
     print(f"result: {result.phase} {result.reason} {result.message}".rstrip(), flush=True)
     return exit_code(result)
+
+
+def _readable_spec(path: Path) -> bool:
+    """Whether workers may start: an unreadable spec is reported by `run` in this process."""
+    try:
+        load_spec(path)
+    except (OSError, ValueError):  # JSONDecodeError and ValidationError are ValueErrors
+        return False
+    return True
+
+
+def launch(
+    nproc: int, workdir: Path, trainer_args: list[str], termination_log: Path | None
+) -> TrainerResult:
+    """Run the pipeline in `nproc` torchrun workers; rank 0 writes `result.json`, this process
+    reads it and writes the one termination message (a result it makes itself when the workers
+    ended without one)."""
+    from kubetune_trainer import distributed
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    distributed.remove_stale_result(workdir, RESULT_FILE_NAME)
+    failure = distributed.launch_workers(nproc, trainer_args)
+    path = workdir / RESULT_FILE_NAME
+    if path.is_file():
+        result = TrainerResult.model_validate(json.loads(path.read_text()))
+    else:
+        result = TrainerResult(
+            phase="Failed",
+            reason=c.Reason.TRAINER_FAILED,
+            message=failure or "the training processes ended without writing a result",
+            stage="train",
+        )
+        path.write_text(json.dumps(result.to_wire(), indent=2) + "\n")
+    write_termination_log(result, termination_log)
+    return result
+
+
+def run_worker(spec_path: Path, workdir: Path) -> int:
+    """One torchrun worker: rank 0 runs the pipeline and exits with the result's code; the other
+    ranks train beside it and exit 0 (1 on an error, which makes torchrun stop all of them)."""
+    from kubetune_trainer import distributed
+    from kubetune_trainer.models import training_device
+
+    spec = load_spec(spec_path)  # the launcher's workers start only for a spec it could read
+    distributed.init_worker(training_device())
+    try:
+        if distributed.is_main_process():
+            from kubetune_trainer.pipeline import run_pipeline
+            from kubetune_trainer.progress import ProgressMetrics, metrics_port_from_env
+
+            result = run_pipeline(
+                spec,
+                workdir,
+                artifacts_uri=os.environ.get(c.ENV_ARTIFACTS_URI) or None,
+                metrics=ProgressMetrics.create(metrics_port_from_env()),
+            )
+            return exit_code(result)
+        from kubetune_trainer.pipeline import follow_pipeline
+
+        follow_pipeline(spec, workdir)
+        return 0
+    finally:
+        distributed.finish_worker()
 
 
 def exit_code(result: TrainerResult) -> int:

@@ -222,12 +222,14 @@ def load_model(
     """The base model, loaded as `spec.method` needs it, on `device` (default: GPU if any)."""
     from transformers import AutoModelForCausalLM
 
+    from kubetune_trainer.distributed import device_map_target
     from kubetune_trainer.train.config import attention_implementation
 
     device = device or training_device()
     kwargs: dict[str, Any] = {
         "trust_remote_code": model.trust_remote_code,
-        "device_map": {"": device},
+        # Under DDP each rank holds the whole model on its own GPU (its local rank).
+        "device_map": {"": device_map_target(device)},
         "attn_implementation": attention_implementation(spec, device),
     }
     bnb = quantization_config(spec)

@@ -16,6 +16,10 @@
 6. export (merge, GGUF, manifest), skipped when the gate failed and `export.onGateFailure: skip`;
 7. `workdir/result.json` (the full TrainerResult) written, and the result returned.
 
+With several training processes (`kubetune_trainer.distributed`) this runs on rank 0: it hands
+the prepared data to the other ranks after step 3, they train beside it in step 4
+(`follow_pipeline`) and exit; steps 5-7 are rank 0's alone.
+
 Every exception becomes a Failed result with an actionable message; the traceback goes to
 stderr, never into the result. Failures no retry can fix carry a reason in Reason.PERMANENT
 (the pod then exits with the permanent-failure code): an invalid spec or setting, the data
@@ -64,6 +68,16 @@ class _Run:
     result: dict[str, Any] = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
     manifest_uri: str | None = None
+    shared: bool = False
+    """Whether the data stage's output went to the other training processes (several ranks)."""
+
+    def share(self, payload: dict[str, Any] | None) -> None:
+        """Hand the prepared data (None: nothing, rank 0 failed) to the other ranks, once."""
+        from kubetune_trainer import distributed
+
+        if not self.shared:
+            self.shared = True
+            distributed.share_from_main(payload)
 
     def enter(self, stage: Stage) -> None:
         self.stage = stage
@@ -146,6 +160,7 @@ def run_pipeline(
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         traceback.print_exc(file=sys.stderr)
+        run.share(None)  # other ranks still waiting for the data stage stop (no-op alone)
         geometry = base_model_geometry(spec, base_dir) if is_out_of_memory(exc) else None
         reason, message = describe_failure(exc, run.stage, spec, geometry=geometry)
         print(f"failed in stage {run.stage}: {reason}: {message}", file=sys.stderr, flush=True)
@@ -189,6 +204,9 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
     data = prepare_dataset(spec, workdir, tokenizer=tokenizer, base_dir=base_dir)
     run.result["data"] = data.report.summary()
     run.add_artifact(workdir / "data" / "report.json", "report", name="data-report.json")
+    run.share(
+        {"base": base, "train": data.train, "validation": data.validation, "format": data.format}
+    )
 
     run.enter("train")
     from kubetune_trainer.models import training_device
@@ -250,6 +268,30 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
         return
     run.enter("export")
     _export(run, base.path, trained, outcome.kind, data.test)
+
+
+def follow_pipeline(spec: FineTuneJobSpec, workdir: Path) -> None:
+    """What a training process of rank > 0 runs (`kubetune_trainer.distributed`): wait for rank
+    0's data stage, train beside it, and return; evaluation, export and the result are rank 0's.
+    Returns at once when rank 0 failed before training (its result says why)."""
+    from kubetune_trainer import distributed
+    from kubetune_trainer.models import load_tokenizer, training_device
+    from kubetune_trainer.train.run import train_model
+
+    _quiet_libraries()
+    shared = distributed.share_from_main(None)
+    if shared is None:
+        return
+    train_model(
+        spec,
+        shared["base"],
+        load_tokenizer(shared["base"]),
+        shared["train"],
+        shared["validation"],
+        Path(workdir),
+        data_format=shared["format"],
+        device=training_device(),
+    )
 
 
 def _export(

@@ -51,6 +51,7 @@ from kubetune.api.trainer_result import (
 __all__ = [
     "ENV_ARTIFACTS_URI",
     "ENV_METRICS_PORT",
+    "ENV_NPROC_PER_NODE",
     "ENV_TERMINATION_LOG",
     "EXIT_RETRYABLE",
     "EXIT_SUCCEEDED",
@@ -75,6 +76,13 @@ __all__ = [
     "parse_progress_metrics",
     "progress_from_values",
 ]
+
+ENV_NPROC_PER_NODE: Final = "KUBETUNE_NPROC_PER_NODE"
+"""Training processes in the trainer pod (one per GPU). The operator sets it to
+``resources.gpus`` when that is above 1; unset or 1 = one process. The trainer then launches
+itself once per process through torchrun (``torch.distributed.run``, standalone rendezvous on
+loopback); rank 0 alone writes the result and the termination message. Set by hand on a CPU
+machine it runs N CPU processes over gloo (a test and development affordance)."""
 
 RESULT_FILE_NAME: Final = "result.json"
 """The full TrainerResult, in the workdir (the termination message carries at most 4 KiB)."""

@@ -19,7 +19,9 @@ ProgressHook = Callable[[Progress], None]
 class ProgressCallback(TrainerCallback):
     """Turns the Trainer's logs into `Progress`: printed, exported, and handed to `hook`.
 
-    Throughput counts the non-padding input tokens of this process's session
+    With several training processes only rank 0 reports; the Trainer's token count and logged
+    loss are already gathered over all ranks. Throughput counts the non-padding input tokens of
+    this process's session
     (`include_num_input_tokens_seen="non_padding"`), so a resumed run does not count the steps it
     skipped; the ETA extrapolates this session's seconds per step.
     """
@@ -40,11 +42,13 @@ class ProgressCallback(TrainerCallback):
         self._last_time: float | None = None
         self._last_tokens = 0
         self._end_time: float | None = None
+        self._main = True
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         now = time.monotonic()
+        self._main = state.is_world_process_zero  # one progress line and endpoint per pod
         self._start_time = self._last_time = now
         self._end_time = None
         self._start_step = state.global_step
@@ -124,6 +128,8 @@ class ProgressCallback(TrainerCallback):
         return Progress(**values)
 
     def _publish(self, *, print_line: bool) -> None:
+        if not self._main:
+            return
         if self.metrics is not None:
             self.metrics.update(self.progress)
         if print_line:

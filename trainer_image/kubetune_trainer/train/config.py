@@ -8,6 +8,9 @@ that are not in the spec, with the reason:
 - logging about twenty times per run (at most every 10 steps, at least every `evalSteps`), so a
   short run still shows a curve and a long one does not flood the pod log;
 - throughput counts non-padding tokens;
+- with several training processes (`kubetune_trainer.distributed`), `batchSize` is per process
+  (per GPU): an optimizer step sees batchSize x gradientAccumulationSteps x processes records,
+  and the step count of an epoch shrinks accordingly (`planned_steps`);
 - no tqdm bars (the progress line replaces them in pod logs) and no experiment trackers.
 
 An unset `learningRate` is resolved by `TrainingSpec.effective_learning_rate` (the default of
@@ -51,8 +54,11 @@ def training_arguments(
     half_dtype: str,
 ) -> dict[str, Any]:
     """Keyword arguments shared by SFTConfig and DPOConfig (both are TrainingArguments)."""
+    from kubetune_trainer import distributed
+
     t = spec.training
-    total = planned_steps(spec, n_train)
+    world = distributed.world_size()
+    total = planned_steps(spec, n_train, world)
     on_gpu = device == "cuda"
     evaluate = has_eval
     args: dict[str, Any] = {
@@ -91,6 +97,11 @@ def training_arguments(
         "fp16": on_gpu and half_dtype == "float16",
         "max_length": t.max_length,
     }
+    if world > 1:
+        # DDP: every trainable (LoRA or full) parameter gets a gradient each step, so no search
+        # for unused ones; non-reentrant checkpointing is the variant DDP's hooks work with.
+        args["ddp_find_unused_parameters"] = False
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return args
 
 

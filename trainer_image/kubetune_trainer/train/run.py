@@ -191,7 +191,11 @@ def train_model(
     when they were made by the same training settings and data (a fingerprint is kept beside
     them); otherwise they are removed and training starts over.
     """
-    discard_stale_state(workdir, training_fingerprint(spec, train_records, eval_records))
+    from kubetune_trainer import distributed
+
+    if distributed.is_main_process():
+        discard_stale_state(workdir, training_fingerprint(spec, train_records, eval_records))
+    distributed.barrier()  # every rank sees the same checkpoints and outcome from here on
     done = TrainOutcome.load(workdir)
     if done is not None:
         return done
@@ -221,6 +225,7 @@ def train_model(
         "device": device,
         "half_dtype": half_dtype_name(device),
     }
+    # Every rank runs the callback; only rank 0's prints and publishes (state.is_world_process_zero).
     progress = ProgressCallback(metrics=metrics, hook=on_progress)
     callbacks: list[Any] = [progress]
     if eval_ds is not None and spec.training.early_stopping.enabled:
@@ -270,11 +275,14 @@ def train_model(
     state = trainer.state
     kind: Literal["adapter", "model"] = "model" if spec.method == "full" else "adapter"
     out = workdir / kind
-    if out.exists():
+    main = distributed.is_main_process()
+    if main and out.exists():
         shutil.rmtree(out)
+    # Every rank calls it (FSDP gathers the weights), the Trainer writes from rank 0 only.
     trainer.save_model(str(out))  # the best model when load_best_model_at_end
-    tokenizer.save_pretrained(str(out))
-    state.save_to_json(str(out / "trainer_state.json"))
+    if main:
+        tokenizer.save_pretrained(str(out))
+        state.save_to_json(str(out / "trainer_state.json"))
 
     history = list(state.log_history)
     train_losses = [e["loss"] for e in history if "loss" in e]
@@ -293,5 +301,6 @@ def train_model(
         log_history=history,
         diagnosis=diagnose(history).model_dump(),
     )
-    outcome.save(workdir)
+    if main:
+        outcome.save(workdir)
     return outcome

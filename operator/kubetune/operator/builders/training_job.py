@@ -12,7 +12,7 @@ from typing import Any
 
 from kubetune.api import constants as c
 from kubetune.api.finetunejob import FineTuneJobSpec
-from kubetune.api.trainer_contract import PERMANENT_FAILURE_EXIT_CODE
+from kubetune.api.trainer_contract import ENV_NPROC_PER_NODE, PERMANENT_FAILURE_EXIT_CODE
 from kubetune.operator.builders.names import label_value, spec_configmap_name, training_job_name
 from kubetune.operator.settings import Settings
 
@@ -99,6 +99,8 @@ def _env(
     ]
     if not spec.base_model.uri.startswith("hf://"):
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    if _gpus(spec) > 1:  # one training process per GPU (torchrun, kubetune_trainer.distributed)
+        env.append({"name": ENV_NPROC_PER_NODE, "value": str(_gpus(spec))})
     secrets = [(c.ENV_HF_TOKEN, spec.base_model.token_secret_ref)]
     if spec.evaluation.judge is not None:
         secrets.append((c.ENV_JUDGE_API_KEY, spec.evaluation.judge.api_key_secret_ref))
