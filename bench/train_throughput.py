@@ -3,6 +3,8 @@
     .venv/bin/python bench/train_throughput.py                                  # CPU, tiny model, lora
     .venv/bin/python bench/train_throughput.py --method qlora --steps 20
     .venv/bin/python bench/train_throughput.py --device cuda --size 1b --method qlora --steps 30
+    .venv/bin/python bench/train_throughput.py --device cuda --size 1b --nproc 4   # 1 vs 4 GPUs (DDP)
+    .venv/bin/python bench/train_throughput.py --nproc 2 --repeat 1                # 1 vs 2 CPU processes
 
 "ours" is `kubetune_trainer.train.run.train_model` (trl's SFTTrainer, our config, progress callback,
 checkpoints every `--save-every` steps, the adapter saved at the end); "baseline" is
@@ -25,6 +27,12 @@ overhead shows there). Even CPU time varies by ±10% between runs on a loaded ma
 run alternately `--repeat` times: the table gives medians, the ratio of the medians, the range of
 the per-run ratios (baseline and kubetune of the same round ran under about the same load) and the
 ratio of each side's best run (load only ever adds CPU time).
+`--nproc N` compares kubetune's training path in 1 process with N processes in one machine
+(torchrun + DDP, as a pod with `resources.gpus: N` runs it; on CPU N gloo processes, each with
+`--threads` threads): `--batch-size` is per process, so N processes train N times the records per
+step (weak scaling, as a FineTuneJob's `batchSize` does). It prints each side's tokens/s (non-padding
+tokens of all ranks over the training loop's wall time), the speed-up and the scaling efficiency
+(speed-up / N); peak memory is rank 0's.
 Prints figures; asserts nothing.
 """
 
@@ -34,6 +42,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,6 +190,10 @@ def run_ours(
         # The progress hook runs first in on_train_begin and last in on_train_end.
         on_progress=lambda _: clock.tick(),
     )
+    from kubetune_trainer import distributed
+
+    if not distributed.is_main_process():
+        return {}
     state = json.loads((Path(outcome.output_dir) / "trainer_state.json").read_text())
     return {
         "tokens_per_second": outcome.tokens_per_second,
@@ -306,12 +319,19 @@ def child(args: argparse.Namespace) -> None:
 
     transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     clock = TrainLoopClock()
+    from kubetune_trainer import distributed
+
+    # Under torchrun (--nproc) the ranks share the launcher's workdir; rank 0 reports.
+    distributed.init_worker(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         runner = run_ours if args.child == "ours" else run_baseline
         cpu, wall = time.process_time(), time.monotonic()
-        figures = runner(args, Path(args.model_dir), Path(tmp), clock)
+        figures = runner(args, Path(args.model_dir), Path(args.workdir or tmp), clock)
         figures["cpu_s"] = time.process_time() - cpu
         figures["run_s"] = time.monotonic() - wall
+    if not distributed.is_main_process():
+        distributed.finish_worker()
+        return
     assert clock.begin is not None and clock.end is not None, "the training loop never started"
     figures["cpu_before_train_s"] = clock.begin[0] - cpu
     figures["train_cpu_s"] = clock.end[0] - clock.begin[0]
@@ -319,6 +339,7 @@ def child(args: argparse.Namespace) -> None:
     figures["tokens_per_train_cpu_second"] = figures["tokens"] / figures["train_cpu_s"]
     figures["peak_memory_mib"] = peak_memory_mib(args.device)
     print("RESULT " + json.dumps(figures), flush=True)
+    distributed.finish_worker()
 
 
 def main() -> None:
@@ -354,7 +375,15 @@ def main() -> None:
         help="runs per side, alternating (default 3; the table gives medians and the range of the "
         "per-run ratios)",
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="compare kubetune's training in 1 process with N processes (torchrun + DDP; one per "
+        "GPU with --device cuda) instead of kubetune with the plain-Trainer baseline",
+    )
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--child", choices=["ours", "baseline"], default=None, help=argparse.SUPPRESS
     )
@@ -374,8 +403,13 @@ def main() -> None:
         f"compute dtype {args.compute_dtype if args.method == 'qlora' else '-'}"
         + (f", {args.threads} CPU thread(s) per side" if args.device == "cpu" else "")
     )
-    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": []}
     passthrough = [a for a in sys.argv[1:]]
+    if args.nproc is not None:
+        # The children need not know it, and torchrun would take --nproc for its own option.
+        passthrough = without_option(passthrough, "--nproc")
+        compare_processes(args, passthrough, model_dir)
+        return
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "ours": []}
     for round_ in range(1, args.repeat + 1):
         for side in ("baseline", "ours"):
             runs[side].append(run_child(side, args, passthrough, model_dir))
@@ -392,18 +426,70 @@ def main() -> None:
     print_summary(runs, args.device)
 
 
+def without_option(argv: list[str], name: str) -> list[str]:
+    """`argv` without `name VALUE` / `name=VALUE`."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
+
+
+def compare_processes(args: argparse.Namespace, passthrough: list[str], model_dir: Path) -> None:
+    """kubetune's training path in 1 process vs `--nproc` processes, alternating `--repeat` times."""
+    if not 2 <= args.nproc <= 16:
+        sys.exit("--nproc: give 2 to 16 processes (1 is the side it is compared with)")
+    if args.device == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < args.nproc:
+            sys.exit(f"--nproc {args.nproc}: this machine has {torch.cuda.device_count()} GPU(s)")
+    runs: dict[int, list[dict[str, Any]]] = {1: [], args.nproc: []}
+    for round_ in range(1, args.repeat + 1):
+        for n in runs:
+            runs[n].append(run_child("ours", args, passthrough, model_dir, nproc=n))
+            r = runs[n][-1]
+            print(
+                f"run {round_}, {n} process(es): {r['tokens_per_second']:.1f} tokens/s, "
+                f"{r['tokens']} tokens in {r['steps']} steps",
+                flush=True,
+            )
+    one = float(median(r["tokens_per_second"] for r in runs[1]))
+    many = float(median(r["tokens_per_second"] for r in runs[args.nproc]))
+    print(f"medians of {args.repeat} run(s); --batch-size {args.batch_size} per process")
+    print(f"{'processes':<12}{'tokens/s':>12}{'speed-up':>10}{'efficiency':>12}{'peak MiB (rank 0)':>20}")
+    for n, value in ((1, one), (args.nproc, many)):
+        memory = float(median(r["peak_memory_mib"] for r in runs[n]))
+        print(f"{n:<12}{value:>12.1f}{value / one:>10.2f}{value / one / n:>12.2f}{memory:>20.1f}")
+
+
 def run_child(
-    side: str, args: argparse.Namespace, passthrough: list[str], model_dir: Path
+    side: str,
+    args: argparse.Namespace,
+    passthrough: list[str],
+    model_dir: Path,
+    *,
+    nproc: int = 1,
 ) -> dict[str, Any]:
-    """One side's figures from a fresh process (its own peak memory and imports)."""
+    """One side's figures from a fresh process (its own peak memory and imports); with
+    `nproc` > 1, from `nproc` torchrun workers sharing one workdir (rank 0 reports)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
         "MKL_NUM_THREADS": str(args.threads),
     }
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    workdir = tempfile.mkdtemp(prefix="kubetune-bench-")
     proc = subprocess.run(
         [
-            sys.executable,
+            *launcher,
             __file__,
             *passthrough,
             "--child",
@@ -412,12 +498,15 @@ def run_child(
             str(model_dir),
             "--compute-dtype",
             args.compute_dtype,
+            "--workdir",
+            workdir,
         ],
         capture_output=True,
         text=True,
         check=False,
         env=env if args.device == "cpu" else None,
     )
+    shutil.rmtree(workdir, ignore_errors=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         print(f"{side} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.trainer_contract import ENV_NPROC_PER_NODE
+from kubetune.api.trainer_contract import ENV_NPROC_PER_NODE, exit_code_for
 from kubetune.api.trainer_result import TrainerResult
 from kubetune_trainer.progress import parse_progress_line
 from tests.e2e.test_training import chat_records, make_spec
@@ -158,3 +158,15 @@ def test_two_process_checkpoint_resumes(runs: dict[str, Any]) -> None:
     assert max(diffs.values()) <= LOSS_TOLERANCE
     result = TrainerResult.model_validate_json((resumed / "result.json").read_text())
     assert result.training is not None and result.training.resumed_from_step == 2
+
+
+def test_a_data_stage_failure_ends_every_process_with_one_result(tmp_path: Path) -> None:
+    """Rank 0 fails before training: the waiting rank stops too (no hang), one Failed result."""
+    spec = write_spec(tmp_path, "broken", 2)
+    (tmp_path / "data.jsonl").write_text("not json\n" * 20)
+    code, log, termination_log = run_trainer(spec, tmp_path / "work", 2)
+    result = TrainerResult.model_validate_json((tmp_path / "work" / "result.json").read_text())
+    assert result.phase == "Failed" and result.stage == "data", log[-4000:]
+    assert code == exit_code_for(result)
+    assert TrainerResult.from_termination_message(termination_log.read_text()).reason == result.reason
+    assert log.count("failed in stage data") == 1
