@@ -61,3 +61,19 @@ def test_the_teacher_key_reaches_the_pod_by_secret_reference_only() -> None:
         }
     ]
     assert "valueFrom" in json.dumps(teacher)
+
+
+def test_a_missing_teacher_secret_key_is_named_before_the_job_exists() -> None:
+    from kubetune.operator.reconcile.finetunejob import secret_problems
+
+    asked: list[tuple[str, str]] = []
+
+    def keys(namespace: str, name: str) -> list[str] | None:
+        asked.append((namespace, name))
+        return ["token"]  # the Secret exists, without the key the spec names
+
+    spec = FineTuneJobSpec.model_validate(distill_spec())
+    problems = secret_problems(spec, "team-a", keys)
+    assert asked == [("team-a", "teacher")]
+    assert len(problems) == 1 and problems[0].startswith("teacher.apiKeySecretRef: Secret ")
+    assert "'api-key'" in problems[0]

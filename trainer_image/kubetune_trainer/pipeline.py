@@ -255,6 +255,7 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
         device=device,
         train_records=data.task_train,
         shot_seed=spec.dataset.split.seed,
+        teacher=spec.teacher if spec.objective == "distill" else None,
     )
     run.result["evaluation"] = evaluation.summary
     run.result["gate"] = evaluation.gate
@@ -268,6 +269,11 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
         return
     run.enter("export")
     _export(run, base.path, trained, outcome.kind, data.test)
+    from kubetune_trainer.distill.compare import record_student_size
+
+    if record_student_size(evaluation.summary, evaluation.summary_path, run.artifacts):
+        run.artifacts = [a for a in run.artifacts if a.name != "eval-summary.json"]
+        run.add_artifact(evaluation.summary_path, "report", name="eval-summary.json")
 
 
 def follow_pipeline(spec: FineTuneJobSpec, workdir: Path) -> None:

@@ -41,7 +41,7 @@ from kubetune_trainer.data.validate import (
     detect_format,
     validate_rows,
 )
-from kubetune_trainer.distill import AnswerCache, Teacher, augment_rows, distill_rows
+from kubetune_trainer.distill import AnswerCache, Teacher, augment_rows, cache_root, distill_rows
 from kubetune_trainer.distill.generate import SYNTHETIC_MARK
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ def _teacher(spec: FineTuneJobSpec, workdir: Path) -> Teacher | None:
     volume: a retried pod finds every answer it already paid for), or None without a teacher."""
     if spec.teacher is None:
         return None
-    cache = AnswerCache(workdir / "teacher" / "cache", spec.teacher)
+    cache = AnswerCache(cache_root(workdir), spec.teacher)
     return Teacher(spec.teacher, os.environ.get(ENV_TEACHER_API_KEY) or None, cache)
 
 

@@ -11,7 +11,7 @@
 docs/distillation.md is the user's guide.
 """
 
-from kubetune_trainer.distill.cache import AnswerCache
+from kubetune_trainer.distill.cache import AnswerCache, cache_root
 from kubetune_trainer.distill.generate import augment_rows, distill_rows
 from kubetune_trainer.distill.teacher import Teacher, TeacherAnswer, TeacherUnavailableError
 
@@ -21,5 +21,6 @@ __all__ = [
     "TeacherAnswer",
     "TeacherUnavailableError",
     "augment_rows",
+    "cache_root",
     "distill_rows",
 ]

@@ -22,6 +22,12 @@ from kubetune.api.teacher import TeacherSpec
 from kubetune_trainer.data.sources import safe_uri
 
 
+def cache_root(workdir: Path) -> Path:
+    """Where a job's teacher answers are cached: ``<workdir>/teacher/cache`` (the workdir is on
+    the artifact volume, so a retried pod finds them)."""
+    return Path(workdir) / "teacher" / "cache"
+
+
 @dataclass(frozen=True)
 class CachedAnswer:
     """One answer as the teacher gave it."""

@@ -8,7 +8,9 @@ network-bound and may take long.
 Answer roles: `fine_tuned`; `base`, the zero-shot baseline (`compareWithBase`, or `zeroShot` in
 `evaluation.baselines`); `few_shot`, the base model with training examples before each prompt
 (`fewShot` in `evaluation.baselines`, see `few_shot`). Both baselines are the same base model,
-loaded once.
+loaded once. `teacher` (objective distill): the teacher asked each test prompt through its
+endpoint (answers cached with the data stage's, so a prompt it answered there costs nothing),
+scored with the same metrics and judge, with its seconds per answer next to the student's.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.constants import ENV_JUDGE_API_KEY
 from kubetune.api.finetunejob import EvaluationSpec
-from kubetune.api.trainer_result import EvaluationSummary, GateResult, ModelScores
+from kubetune.api.trainer_result import (
+    EvaluationSummary,
+    GateResult,
+    ModelScores,
+    TeacherComparison,
+)
 from kubetune_trainer.evaluation.examples import EvalExample, to_eval_examples
 from kubetune_trainer.evaluation.few_shot import FEW_SHOT, select_shots, with_shots
 from kubetune_trainer.evaluation.gate import decide_gate
@@ -52,7 +60,13 @@ from kubetune_trainer.evaluation.report import (
 )
 from kubetune_trainer.evaluation.rubric import JUDGE_PROMPT_VERSION
 
+if TYPE_CHECKING:
+    from kubetune.api.teacher import TeacherSpec
+
 log = logging.getLogger(__name__)
+
+TEACHER = "teacher"
+"""The answer role of the distillation teacher."""
 
 # Gate thresholds and the metric each one needs measured.
 _GATE_METRICS = {
@@ -87,6 +101,7 @@ class ExampleResult:
             "fine_tuned_answer": self.answers.get(FINE_TUNED),
             "base_answer": self.answers.get(BASE),
             "few_shot_answer": self.answers.get(FEW_SHOT),
+            **({"teacher_answer": self.answers[TEACHER]} if TEACHER in self.answers else {}),
             "scores": self.scores,
             "judge": {role: outcome.to_row() for role, outcome in self.judge.items()},
         }
@@ -172,10 +187,12 @@ def _answer_with_each_model(
     sets: list[tuple[list[ExampleResult], list[str]]],
     perplexity_on: tuple[list[ExampleResult], list[str]],
     shots: list[EvalExample],
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, list[AnswerLoss]]:
     """Fill `row.answers[role]` for each (rows, roles) set, loading each model once, and return
     the reference-answer losses of the `perplexity_on` rows for each of its roles. The
-    `few_shot` role is the base model asked each prompt with `shots` before it."""
+    `few_shot` role is the base model asked each prompt with `shots` before it. `seconds` gets
+    each role's mean wall time per answer on the first set."""
     losses: dict[str, list[AnswerLoss]] = {}
     roles = {role for rows, set_roles in sets if rows for role in set_roles}
     if not roles:
@@ -189,10 +206,13 @@ def _answer_with_each_model(
                     continue
                 examples = _prompts(rows, role, shots)
                 counts: list[int] = []
+                started = time.monotonic()
                 answers = generate_answers(
                     model, tokenizer, examples, max_new_tokens=spec.max_new_tokens,
                     device=device, token_counts=counts,
                 )
+                if seconds is not None and rows is sets[0][0]:
+                    seconds[role] = (time.monotonic() - started) / len(rows)
                 for row, answer, count in zip(rows, answers, counts, strict=True):
                     row.answers[role] = answer
                     row.answer_tokens[role] = count
@@ -225,6 +245,8 @@ def evaluate(
     device: str = "cpu",
     train_records: list[dict[str, Any]] | None = None,
     shot_seed: int = 0,
+    teacher: TeacherSpec | None = None,
+    teacher_api_key: str | None = None,
 ) -> EvaluationOutcome:
     """Evaluate the fine-tuned model and the baselines on `test_records`, write `workdir/eval/`,
     decide the gate.
@@ -233,7 +255,8 @@ def evaluate(
     model in `adapter_dir`; with `adapter_dir=None`, `model_dir` alone is evaluated (no
     baseline, no forgetting check). The few-shot baseline draws its shots from
     `train_records` (the training split, never the test split) with `shot_seed`.
-    `judge_api_key` defaults to $KUBETUNE_JUDGE_API_KEY."""
+    `judge_api_key` defaults to $KUBETUNE_JUDGE_API_KEY. With `teacher`, the teacher is
+    scored too (`teacher_api_key` defaults to $KUBETUNE_TEACHER_API_KEY)."""
     examples, skipped = to_eval_examples(test_records, spec.max_examples)
     general, _ = to_eval_examples(general_records or [])
     metrics = metrics_to_compute(spec)
@@ -262,6 +285,7 @@ def evaluate(
 
     rows = [ExampleResult(i, ex) for i, ex in enumerate(examples)]
     general_rows = [ExampleResult(i, ex) for i, ex in enumerate(general)] if general_roles else []
+    seconds: dict[str, float] = {}
     losses = _answer_with_each_model(
         spec,
         model_dir=model_dir,
@@ -270,7 +294,13 @@ def evaluate(
         sets=[(rows, test_roles), (general_rows, general_roles)],
         perplexity_on=(rows if "perplexity" in metrics else [], test_roles),
         shots=shots,
+        seconds=seconds,
     )
+    local_roles = list(test_roles)
+    teacher_seconds: float | None = None
+    if teacher is not None and rows:
+        teacher_seconds = _answer_with_teacher(teacher, teacher_api_key, rows, workdir)
+        test_roles = [*test_roles, TEACHER]
 
     judge_tokens: int | None = None
     if spec.judge is not None:
@@ -319,7 +349,7 @@ def evaluate(
         role: win_rate(
             _per_example(rows, FINE_TUNED, win_metric), _per_example(rows, role, win_metric)
         )
-        for role in test_roles
+        for role in local_roles
         if role != FINE_TUNED
     }
     rate = rates.get(BASE)
@@ -334,10 +364,18 @@ def evaluate(
         few_shot_win_rate=rates.get(FEW_SHOT),
         forgetting_drop=drop,
         judge_tokens=judge_tokens,
+        teacher=None
+        if TEACHER not in scores or teacher is None
+        else TeacherComparison(
+            model=teacher.model,
+            scores=scores[TEACHER],
+            seconds_per_answer=_rounded(teacher_seconds),
+            student_seconds_per_answer=_rounded(seconds.get(FINE_TUNED)),
+        ),
     )
     unscored = {
         role: sum(1 for r in rows if role in r.judge and not r.judge[role].scored)
-        for role in test_roles
+        for role in local_roles
     }
     gate = decide_gate(
         spec.gate,
@@ -358,6 +396,12 @@ def evaluate(
             "deltas": score_deltas(fine_tuned, scores.get(BASE)),
             "winRateMetric": win_metric if rates else None,
             "baselines": _baselines_report(fine_tuned, scores, rates, shots),
+            "teacher": None
+            if summary.teacher is None
+            else {
+                **summary.teacher.to_wire(),
+                "deltas": score_deltas(fine_tuned, summary.teacher.scores),
+            },
             "forgetting": {
                 "examples": len(general_rows),
                 "metric": ("judge" if use_judge_general else "rouge_l") if general_rows else None,
@@ -387,6 +431,37 @@ def evaluate(
         skipped_records=skipped,
         shots=shots,
     )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _answer_with_teacher(
+    spec: TeacherSpec, api_key: str | None, rows: list[ExampleResult], workdir: Path
+) -> float | None:
+    """Fill `row.answers["teacher"]` from the teacher's endpoint (the data stage's cache
+    first); the mean seconds per answer (a cached answer counts its original request)."""
+    from kubetune.api.constants import ENV_TEACHER_API_KEY
+    from kubetune_trainer.distill import AnswerCache, Teacher, cache_root
+
+    client = Teacher(
+        spec,
+        api_key or os.environ.get(ENV_TEACHER_API_KEY) or None,
+        AnswerCache(cache_root(workdir), spec),
+    )
+    try:
+        conversations = [
+            r.example.messages or [{"role": "user", "content": r.example.text or ""}]
+            for r in rows
+        ]
+        answers = client.ask_all(conversations)
+    finally:
+        client.close()
+    for row, answer in zip(rows, answers, strict=True):
+        row.answers[TEACHER] = answer.text or ""
+    log.info("teacher answered (%d from the cache)", client.cached)
+    return mean(a.seconds for a in answers if a.text is not None)
 
 
 def _baselines_report(
