@@ -77,3 +77,45 @@ def test_a_missing_teacher_secret_key_is_named_before_the_job_exists() -> None:
     assert asked == [("team-a", "teacher")]
     assert len(problems) == 1 and problems[0].startswith("teacher.apiKeySecretRef: Secret ")
     assert "'api-key'" in problems[0]
+
+
+def test_kubetune_run_summary_shows_the_teacher_and_teacher_vs_student(tmp_path: Any) -> None:
+    from rich.console import Console
+
+    from kubetune.api.trainer_result import (
+        DataReportSummary,
+        EvaluationSummary,
+        ModelScores,
+        TeacherComparison,
+        TeacherUsage,
+        TrainerResult,
+    )
+    from kubetune_trainer.local import summary
+
+    result = TrainerResult(
+        phase="Succeeded",
+        data=DataReportSummary(
+            format="chat",
+            total=240,
+            train=192,
+            synthetic=12,
+            teacher=TeacherUsage(model="oracle", answered=240, cached=3, requests=237),
+        ),
+        evaluation=EvaluationSummary(
+            examples=24,
+            fine_tuned=ModelScores(exact_match=0.75),
+            teacher=TeacherComparison(
+                model="oracle",
+                scores=ModelScores(exact_match=1.0),
+                seconds_per_answer=0.004,
+                student_seconds_per_answer=0.012,
+                student_size_bytes=3 * 1024 * 1024,
+            ),
+        ),
+    )
+    console = Console(width=200, record=True)
+    console.print(summary(result, tmp_path))
+    text = console.export_text()
+    assert "oracle: 240 answered (3 cached, 237 requests" in text
+    assert "12 synthetic examples in train" in text
+    assert "exact match 1.000 vs 0.750" in text and "size remote vs 3.0 MiB" in text

@@ -156,6 +156,15 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
             f"invalid {d.invalid}, duplicates {d.duplicates_removed}, flagged {d.flagged}, dropped {d.dropped}"
             + (f", general mixed {d.general_mixed}" if d.general_mixed else ""),
         )
+        if d.teacher is not None:
+            t = d.teacher
+            overview.add_row(
+                "teacher",
+                f"{t.model}: {t.answered} answered ({t.cached} cached, {t.requests} requests, "
+                f"{t.failed} unanswered, {t.rejected} rejected by validation); tokens "
+                f"{t.prompt_tokens} prompt + {t.completion_tokens} completion"
+                + (f"; {d.synthetic} synthetic examples in train" if d.synthetic else ""),
+            )
         if d.class_balance is not None:
             cb = d.class_balance
             warn = f" [yellow]> maxClassImbalance {cb.max_ratio:g}[/]" if cb.imbalanced else ""
@@ -225,6 +234,17 @@ def summary(result: TrainerResult, workdir: Path) -> Group:
             scores.add_row("win rate", "", *blank, _num(ev.win_rate, ".2f"), "")
         if ev.few_shot_win_rate is not None:
             scores.add_row("win rate vs few-shot", "", *blank, _num(ev.few_shot_win_rate, ".2f"), "")
+        if ev.teacher is not None:
+            tc = ev.teacher
+            overview.add_row(
+                "teacher vs student",
+                f"{tc.model}: exact match {_num(tc.scores.exact_match, '.3f')} vs "
+                f"{_num(ev.fine_tuned.exact_match, '.3f')}, ROUGE-L "
+                f"{_num(tc.scores.rouge_l, '.3f')} vs {_num(ev.fine_tuned.rouge_l, '.3f')}; "
+                f"s/answer {_num(tc.seconds_per_answer, '.3f')} vs "
+                f"{_num(tc.student_seconds_per_answer, '.3f')}; size {tc.teacher_size} vs "
+                f"{_size(tc.student_size_bytes) if tc.student_size_bytes else '-'}",
+            )
         parts.append(scores)
 
     if result.artifacts:
