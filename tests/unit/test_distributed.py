@@ -95,3 +95,10 @@ def test_device_map_target_is_the_local_rank_on_gpus(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert distributed.device_map_target("cuda") == 3
     assert distributed.device_map_target("cpu") == "cpu"
+
+
+def test_more_processes_than_visible_gpus_is_refused_with_the_fix() -> None:
+    assert distributed.gpu_shortage(4, 4) is None
+    assert distributed.gpu_shortage(2, 0) is None  # CPU processes (the test affordance)
+    problem = distributed.gpu_shortage(4, 2)
+    assert problem is not None and "2 GPU(s) visible" in problem and "resources.gpus" in problem

@@ -199,7 +199,9 @@ def launch(
 
     workdir.mkdir(parents=True, exist_ok=True)
     distributed.remove_stale_result(workdir, RESULT_FILE_NAME)
-    failure = distributed.launch_workers(nproc, trainer_args)
+    failure = distributed.gpu_shortage(nproc, distributed.visible_gpus())
+    if failure is None:
+        failure = distributed.launch_workers(nproc, trainer_args)
     path = workdir / RESULT_FILE_NAME
     if path.is_file():
         result = TrainerResult.model_validate(json.loads(path.read_text()))

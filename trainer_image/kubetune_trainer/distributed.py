@@ -142,6 +142,24 @@ def finish_worker() -> None:
         dist.destroy_process_group()
 
 
+def gpu_shortage(nproc: int, visible_gpus: int) -> str | None:
+    """Why `nproc` processes cannot each have a GPU of the `visible_gpus` (None: they can, or
+    none is visible and the processes run on CPU, as a single process then does)."""
+    if 0 < visible_gpus < nproc:
+        return (
+            f"{ENV_NPROC_PER_NODE}={nproc} training processes but {visible_gpus} GPU(s) visible "
+            "in the container: resources.gpus must be the GPUs the node gives the pod "
+            "(check the device plugin and CUDA_VISIBLE_DEVICES)"
+        )
+    return None
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def launch_workers(nproc: int, trainer_args: Sequence[str]) -> str | None:
     """Run `python -m kubetune_trainer <trainer_args>` as `nproc` torchrun workers on this
     machine and wait for them; None when all ended with exit code 0, else what failed.
