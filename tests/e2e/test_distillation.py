@@ -107,6 +107,9 @@ def test_the_teacher_answers_every_prompt_once_and_the_student_trains_on_them(
     # second pass and the evaluation's teacher role take every answer from the cache.
     assert usage.answered == 240 and usage.requests == 0 and usage.cached >= 240
     assert requests == 240
+    # The stand-in reports 50 + 12 tokens per answer: the teacher data's cost, paid in the
+    # first pass, still reads in status.
+    assert (usage.prompt_tokens, usage.completion_tokens) == (240 * 50, 240 * 12)
     assert usage.failed == 0 and usage.rejected == 0
     labels = {"billing", "technical", "account", "shipping"}
     train = [json.loads(line) for line in (workdir / "data" / "train.jsonl").open()]

@@ -86,6 +86,8 @@ def test_prompt_only_records_are_answered_and_a_second_run_pays_nothing(
     assert (usage.prompt_tokens, usage.completion_tokens) == (20 * 20, 20 * 6)
     second = again.report.teacher
     assert second is not None and (second.answered, second.cached, second.requests) == (20, 20, 0)
+    # What the teacher data cost, though this run paid nothing of it.
+    assert (second.prompt_tokens, second.completion_tokens) == (20 * 20, 20 * 6)
     assert first.format == "completion"
     records = first.train + first.validation + first.test
     assert len(records) == 20

@@ -113,9 +113,10 @@ class TeacherUsage(ApiModel):
     rejected: int = 0
     """Records written with the teacher's answers that validation rejected (empty answer, …)."""
     prompt_tokens: int = 0
-    """Prompt tokens the teacher reported for the requests of this run."""
+    """Prompt tokens of the answers used, as the teacher reported them (a cached answer
+    counts what it cost when it was asked): the teacher data's cost, whichever pod paid it."""
     completion_tokens: int = 0
-    """Completion tokens the teacher reported for the requests of this run."""
+    """Completion tokens of the answers used, counted like promptTokens."""
 
 
 class ClassBalance(ApiModel):

@@ -101,9 +101,10 @@ class Teacher:
         self.requests = 0
         """Requests sent (retries included)."""
         self.prompt_tokens = 0
-        """Prompt tokens the teacher reported, over every request."""
+        """Prompt tokens the teacher reported for the answers given (a cached answer counts
+        what its request cost when it was sent)."""
         self.completion_tokens = 0
-        """Completion tokens the teacher reported, over every request."""
+        """Completion tokens of the answers given, counted like `prompt_tokens`."""
         self.cached = 0
         """Answers taken from the cache."""
 
@@ -112,6 +113,8 @@ class Teacher:
         if self.cache is not None and (hit := self.cache.get(messages)) is not None:
             with self._lock:
                 self.cached += 1
+                self.prompt_tokens += hit.prompt_tokens
+                self.completion_tokens += hit.completion_tokens
             return TeacherAnswer(hit.text, cached=True, seconds=hit.seconds)
         error = "not attempted"
         for attempt in range(self.spec.max_retries + 1):
