@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +180,42 @@ def test_a_data_stage_failure_ends_every_process_with_one_result(tmp_path: Path)
     assert code == exit_code_for(result)
     assert TrainerResult.from_termination_message(termination_log.read_text()).reason == result.reason
     assert log.count("failed in stage data") == 1
+
+
+def test_sigterm_stops_every_training_process(tmp_path: Path) -> None:
+    """Deletion or suspension sends SIGTERM to the pod's process: the launcher stops both ranks
+    and exits (the next pod resumes from the last checkpoint), none is left running."""
+    spec = tmp_path / "long.json"
+    data = json.loads(write_spec(tmp_path, "short", 2).read_text())
+    data["training"]["maxSteps"] = 200
+    spec.write_text(json.dumps(data))
+    log_path = tmp_path / "trainer.log"
+    env = {**os.environ, "KUBETUNE_METRICS_PORT": "0", "OMP_NUM_THREADS": "1"}
+    env[ENV_NPROC_PER_NODE] = "2"
+    with log_path.open("w") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_trainer", "run", "--spec", str(spec),
+             "--workdir", str(tmp_path / "work"),
+             "--termination-log", str(tmp_path / "termination-log")],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+        )
+    try:
+        for _ in range(600):  # until the ranks train (the first progress line)
+            if "progress step=" in log_path.read_text() or launcher.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert launcher.poll() is None, log_path.read_text()[-4000:]
+        workers = [int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True
+        ).stdout.split()]
+        assert len(workers) == 2, workers
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    log = log_path.read_text()
+    assert "stopped by signal 15" in log
+    # The launcher waited for its workers: they are gone, not orphaned.
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
+    assert not (tmp_path / "work" / "result.json").exists()

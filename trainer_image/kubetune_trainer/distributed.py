@@ -167,6 +167,7 @@ def launch_workers(nproc: int, trainer_args: Sequence[str]) -> str | None:
     The elastic agent runs in this process: SIGTERM (pod deletion, suspension) reaches it and it
     stops the workers; a worker that fails makes it stop the others (no restarts: the Job's
     backoffLimit retries the pod, which resumes from the last checkpoint)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
@@ -190,6 +191,11 @@ def launch_workers(nproc: int, trainer_args: Sequence[str]) -> str | None:
             for global_rank, failure in sorted(exc.failures.items())
         )
         return f"training process failed ({failures}); the pod log has its traceback"
+    except SignalException as exc:
+        # The agent has stopped the workers; leave as a signalled process does (no result:
+        # the pod is being deleted or suspended, and resumes from the last checkpoint).
+        print(f"stopped by signal {int(exc.sigval)}: the training processes were stopped", flush=True)
+        raise SystemExit(128 + int(exc.sigval)) from None
     return None
 
 

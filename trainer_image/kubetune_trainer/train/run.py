@@ -266,7 +266,7 @@ def train_model(
 
     resume = latest_checkpoint(workdir)
     resumed_from_step = int(resume.name.split("-")[-1]) if resume is not None else None
-    if resume is not None:
+    if resume is not None and distributed.is_main_process():
         print(f"resuming from {resume} (step {resumed_from_step})", flush=True)
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
