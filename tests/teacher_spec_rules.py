@@ -76,3 +76,27 @@ TEACHER_RULE_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
         ),
     ),
 ]
+
+LOCAL_TEACHER: dict[str, Any] = {"uri": "hf://Qwen/Qwen2.5-7B-Instruct"}
+
+TEACHER_RULE_CASES += [
+    (
+        distill_spec(teacher={**TEACHER, **LOCAL_TEACHER}),
+        "teacher: set exactly one of endpoint (an OpenAI-compatible chat API, with model) or "
+        "uri (a model the trainer loads, e.g. hf://Qwen/Qwen2.5-7B-Instruct)",
+        distill_spec(teacher=LOCAL_TEACHER),
+    ),
+    (
+        distill_spec(teacher={"endpoint": TEACHER["endpoint"]}),
+        "teacher.model: an endpoint teacher needs the model name to ask for, e.g. gpt-4o",
+        distill_spec(teacher={"endpoint": TEACHER["endpoint"], "model": "gpt-4o"}),
+    ),
+    (
+        distill_spec(teacher={"uri": "hf://meta-llama/Llama-3.1-70B-Instruct"}),
+        "teacher.acceptLicense: the teacher's model family is under a licence you must accept; "
+        "set acceptLicense: true after reading it",
+        distill_spec(
+            teacher={"uri": "hf://meta-llama/Llama-3.1-70B-Instruct", "acceptLicense": True}
+        ),
+    ),
+]

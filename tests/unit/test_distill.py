@@ -267,3 +267,48 @@ def test_most_answers_missing_fails_the_data_stage_with_the_count(
         prepare_dataset(_spec(data, server.url), tmp_path / "run")
     report = json.loads((tmp_path / "run/data/report.json").read_text())
     assert report["teacher"]["rejected"] == 6 and report["teacher"]["answered"] == 6
+
+
+def test_a_local_teacher_model_answers_once_and_a_second_run_never_loads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """teacher.uri: a model the trainer loads (here a tiny Llama built in the test, random
+    weights: its answers are noise, which is all this test needs)."""
+    from kubetune_trainer.distill.local_teacher import LocalTeacher
+    from kubetune_trainer.tiny_model import BUILTIN_CORPUS, build_tiny_llama
+
+    folder = build_tiny_llama(tmp_path / "teacher", BUILTIN_CORPUS)
+    records = [
+        {"messages": [{"role": "user", "content": f"Ticket {i}: my order {i} is late."}]}
+        for i in range(8)
+    ]
+    data = _write(tmp_path / "chat.jsonl", records)
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "builtin://tiny-llama"},
+            "objective": "distill",
+            "teacher": {"uri": f"file://{folder}", "maxTokens": 6, "concurrency": 3},
+            "dataset": {"source": {"uri": f"file://{data}"}},
+            "dataPolicy": {"dedup": "none"},
+        }
+    )
+    first = prepare_dataset(spec, tmp_path / "run")
+    usage = first.report.teacher
+    assert usage is not None and usage.model == f"file://{folder}"
+    assert (usage.answered, usage.requests, usage.cached) == (8, 8, 0)
+    assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    kept = first.train + first.validation + first.test
+    assert len(kept) + first.report.summary().invalid == 8
+    assert all(r["messages"][-1]["role"] == "assistant" for r in kept)
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the teacher model was loaded although every answer is cached")
+
+    monkeypatch.setattr("kubetune_trainer.evaluation.generation.iter_models", no_model)
+    again = prepare_dataset(spec, tmp_path / "run")
+    second = again.report.teacher
+    assert second is not None and (second.answered, second.requests, second.cached) == (8, 0, 8)
+    assert again.train == first.train
+    assert spec.teacher is not None
+    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    assert LocalTeacher(spec.teacher).size_bytes() == weights > 0

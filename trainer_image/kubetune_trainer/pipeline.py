@@ -256,6 +256,7 @@ def _run_stages(run: _Run, base_dir: Path | None, metrics: Any | None) -> None:
         train_records=data.task_train,
         shot_seed=spec.dataset.split.seed,
         teacher=spec.teacher if spec.objective == "distill" else None,
+        teacher_base_dir=base_dir,
     )
     run.result["evaluation"] = evaluation.summary
     run.result["gate"] = evaluation.gate

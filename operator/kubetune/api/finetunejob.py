@@ -728,6 +728,17 @@ PROVIDER_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
 # objective: distill and dataset.augment, and the teacher both read.
 TEACHER_RULES: tuple[Rule[FineTuneJobSpec], ...] = (
     Rule(
+        "!has(self.teacher) || has(self.teacher.endpoint) != has(self.teacher.uri)",
+        "teacher: set exactly one of endpoint (an OpenAI-compatible chat API, with model) or "
+        "uri (a model the trainer loads, e.g. hf://Qwen/Qwen2.5-7B-Instruct)",
+        lambda s: s.teacher is None or (s.teacher.endpoint is None) != (s.teacher.uri is None),
+    ),
+    Rule(
+        "!has(self.teacher) || !has(self.teacher.endpoint) || has(self.teacher.model)",
+        "teacher.model: an endpoint teacher needs the model name to ask for, e.g. gpt-4o",
+        lambda s: s.teacher is None or s.teacher.endpoint is None or s.teacher.model is not None,
+    ),
+    Rule(
         "self.objective != 'distill' || has(self.teacher)",
         "teacher: objective distill needs a teacher (endpoint and model of an OpenAI-compatible "
         "chat API) to answer the dataset's prompts",

@@ -200,7 +200,10 @@ class TeacherComparison(ApiModel):
     student_size_bytes: int | None = None
     """Size of the student's smallest exported GGUF file (else its weights)."""
     teacher_size: ShortText = "remote"
-    """The teacher's size: "remote" (behind an endpoint; its weights are not seen)."""
+    """"remote" (a teacher behind an endpoint: its weights are not seen) or "local" (a
+    `teacher.uri` model: teacherSizeBytes)."""
+    teacher_size_bytes: int | None = None
+    """Bytes of a local teacher's weights (safetensors / bin files)."""
 
 
 class Diagnosis(ApiModel):

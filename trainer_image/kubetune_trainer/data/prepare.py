@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.constants import ENV_TEACHER_API_KEY
 from kubetune.api.finetunejob import DatasetSource, FineTuneJobSpec
 from kubetune_trainer.data.classes import class_distribution
 from kubetune_trainer.data.dedup import deduplicate
@@ -41,7 +39,14 @@ from kubetune_trainer.data.validate import (
     detect_format,
     validate_rows,
 )
-from kubetune_trainer.distill import AnswerCache, Teacher, augment_rows, cache_root, distill_rows
+from kubetune_trainer.distill import (
+    AnswerCache,
+    TeacherClient,
+    augment_rows,
+    cache_root,
+    distill_rows,
+    make_teacher,
+)
 from kubetune_trainer.distill.generate import SYNTHETIC_MARK
 
 log = logging.getLogger(__name__)
@@ -115,7 +120,7 @@ def _prepare(
         raise DataValidationError(
             f"{main.source}: the dataset is empty; point dataset.source at a JSONL or JSON file with records"
         )
-    teacher = _teacher(spec, workdir)
+    teacher = _teacher(spec, workdir, base_dir)
     try:
         return _prepare_rows(spec, workdir, tokenizer, base_dir, report, rows, teacher)
     finally:
@@ -131,7 +136,7 @@ def _prepare_rows(
     base_dir: Path | None,
     report: DataReport,
     rows: list[RawRow],
-    teacher: Teacher | None,
+    teacher: TeacherClient | None,
 ) -> PreparedData:
     dataset, policy = spec.dataset, spec.data_policy
     main = report.main
@@ -257,13 +262,13 @@ def _check(
     return records
 
 
-def _teacher(spec: FineTuneJobSpec, workdir: Path) -> Teacher | None:
+def _teacher(spec: FineTuneJobSpec, workdir: Path, base_dir: Path | None) -> TeacherClient | None:
     """The teacher's client with its cache under ``<workdir>/teacher/cache`` (the artifact
     volume: a retried pod finds every answer it already paid for), or None without a teacher."""
     if spec.teacher is None:
         return None
     cache = AnswerCache(cache_root(workdir), spec.teacher)
-    return Teacher(spec.teacher, os.environ.get(ENV_TEACHER_API_KEY) or None, cache)
+    return make_teacher(spec.teacher, cache, base_dir=base_dir)
 
 
 def _own_references(
@@ -281,7 +286,7 @@ def _own_references(
 
 def _augment(
     spec: FineTuneJobSpec,
-    teacher: Teacher,
+    teacher: TeacherClient,
     train: list[Record],
     held_out: list[Record],
     tokenizer: Any | None,

@@ -23,7 +23,7 @@ from kubetune_trainer.data.stats import TokenStats
 
 if TYPE_CHECKING:
     from kubetune_trainer.distill.generate import TeacherStats
-    from kubetune_trainer.distill.teacher import Teacher
+    from kubetune_trainer.distill.teacher import TeacherClient
 
 SHOWN = 5
 # How :func:`formats.mappings` names each mapping: the report.json key, and the report.txt words.
@@ -268,7 +268,7 @@ def _examples(problems: list[Problem], *, errors_only: bool) -> str:
     return f"  ({shown}{more})"
 
 
-def teacher_usage(teacher: Teacher, report: DataReport) -> TeacherUsage:
+def teacher_usage(teacher: TeacherClient, report: DataReport) -> TeacherUsage:
     """The teacher's figures for ``status.data.teacher``."""
     stats = [x for x in (report.distilled, report.augmented) if x is not None]
     if report.distilled is not None:
@@ -277,7 +277,7 @@ def teacher_usage(teacher: Teacher, report: DataReport) -> TeacherUsage:
             {p.loc for p in report.main.problems if p.severity == "error" and p.loc in made}
         )
     return TeacherUsage(
-        model=teacher.spec.model,
+        model=teacher.spec.name(),
         answered=sum(x.answered for x in stats),
         cached=teacher.cached,
         requests=teacher.requests,

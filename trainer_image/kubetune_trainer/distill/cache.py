@@ -43,6 +43,7 @@ def teacher_key(spec: TeacherSpec) -> str:
     material = {
         "endpoint": str(spec.endpoint).rstrip("/"),
         "model": spec.model,
+        **({"uri": spec.uri} if spec.uri is not None else {}),
         "maxTokens": spec.max_tokens,
         "temperature": spec.temperature,
     }
@@ -66,8 +67,9 @@ class AnswerCache:
             about.write_text(
                 json.dumps(
                     {
-                        "endpoint": safe_uri(str(spec.endpoint)),
+                        "endpoint": None if spec.endpoint is None else safe_uri(str(spec.endpoint)),
                         "model": spec.model,
+                        "uri": None if spec.uri is None else safe_uri(spec.uri),
                         "maxTokens": spec.max_tokens,
                         "temperature": spec.temperature,
                     },

@@ -22,7 +22,7 @@ from typing import Any
 
 from kubetune_trainer.data.formats import SHAREGPT_ROLES
 from kubetune_trainer.data.records import Location, RawRow
-from kubetune_trainer.distill.teacher import Messages, Teacher
+from kubetune_trainer.distill.teacher import Messages, TeacherClient
 
 AUGMENT_PROMPT = (
     "Here is one example of a task, a request and its answer.\n\n"
@@ -88,7 +88,7 @@ def answered_row(
     return {"prompt": value["prompt"], "completion": answer}
 
 
-def distill_rows(teacher: Teacher, rows: list[RawRow]) -> tuple[list[RawRow], TeacherStats]:
+def distill_rows(teacher: TeacherClient, rows: list[RawRow]) -> tuple[list[RawRow], TeacherStats]:
     """`rows` with the teacher's answers (see the module's docstring)."""
     stats = TeacherStats()
     asked: list[tuple[int, Messages, str]] = []
@@ -112,7 +112,7 @@ def distill_rows(teacher: Teacher, rows: list[RawRow]) -> tuple[list[RawRow], Te
 
 
 def augment_rows(
-    teacher: Teacher, seeds: list[tuple[Location, dict[str, Any]]], per_example: int
+    teacher: TeacherClient, seeds: list[tuple[Location, dict[str, Any]]], per_example: int
 ) -> tuple[list[RawRow], TeacherStats]:
     """`per_example` synthetic rows per seed (normalised records with their locations), in the
     seed's normalised shape, flagged ``synthetic: true``."""

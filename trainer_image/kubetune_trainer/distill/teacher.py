@@ -18,14 +18,18 @@ client and nowhere else: errors are scrubbed of it before they are kept or logge
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import openai
 
+from kubetune.api.constants import ENV_TEACHER_API_KEY
 from kubetune.api.teacher import TeacherSpec
 from kubetune_trainer.data.errors import DataSourceError
 from kubetune_trainer.distill.cache import AnswerCache, CachedAnswer, prompt_key
@@ -41,6 +45,38 @@ BACKOFF_SECONDS = 1.0
 """First exponential-backoff wait (doubled at each retry)."""
 
 Messages = list[dict[str, str]]
+
+
+class TeacherClient(Protocol):
+    """What the data stage and the evaluation need of a teacher: :class:`Teacher` (an
+    endpoint) or :class:`kubetune_trainer.distill.local_teacher.LocalTeacher` (`teacher.uri`)."""
+
+    spec: TeacherSpec
+    requests: int
+    cached: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    def ask_all(self, conversations: list[Messages]) -> list[TeacherAnswer]: ...
+
+    def close(self) -> None: ...
+
+
+def make_teacher(
+    spec: TeacherSpec,
+    cache: AnswerCache | None,
+    *,
+    api_key: str | None = None,
+    base_dir: Path | None = None,
+) -> TeacherClient:
+    """The client of `spec`'s teacher: its endpoint (`api_key`, default
+    $KUBETUNE_TEACHER_API_KEY), or the model at `spec.uri` (`base_dir` anchors file://)."""
+    if spec.uri is not None:
+        from kubetune_trainer.distill.local_teacher import LocalTeacher
+
+        return LocalTeacher(spec, cache, base_dir=base_dir)
+    key = api_key if api_key is not None else os.environ.get(ENV_TEACHER_API_KEY)
+    return Teacher(spec, key or None, cache)
 
 
 class TeacherUnavailableError(DataSourceError):
@@ -88,7 +124,7 @@ class Teacher:
         self.cache = cache
         self._secret = api_key or ""
         self._client = openai.OpenAI(
-            base_url=str(spec.endpoint),
+            base_url=str(spec.endpoint or ""),
             api_key=api_key or PLACEHOLDER_API_KEY,
             timeout=spec.timeout_seconds,
             max_retries=0,
@@ -156,7 +192,7 @@ class Teacher:
             answers = dict(zip(unique, pool.map(self.ask, unique.values()), strict=True))
         if self._fatal is not None:
             raise TeacherUnavailableError(
-                f"teacher {self.spec.model} at {self.spec.endpoint} refused a request: "
+                f"teacher {self.spec.name()} at {self.spec.endpoint} refused a request: "
                 f"{self._fatal}; check teacher.endpoint, teacher.model and the key in "
                 "teacher.apiKeySecretRef (answers received so far are cached)"
             )
@@ -171,7 +207,7 @@ class Teacher:
             self.requests += 1
         try:
             response = self._client.chat.completions.create(
-                model=self.spec.model,
+                model=self.spec.model or "",
                 messages=messages,  # type: ignore[arg-type]
                 temperature=self.spec.temperature,
                 max_tokens=self.spec.max_tokens,

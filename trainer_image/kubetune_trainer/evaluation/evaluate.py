@@ -247,6 +247,7 @@ def evaluate(
     shot_seed: int = 0,
     teacher: TeacherSpec | None = None,
     teacher_api_key: str | None = None,
+    teacher_base_dir: Path | None = None,
 ) -> EvaluationOutcome:
     """Evaluate the fine-tuned model and the baselines on `test_records`, write `workdir/eval/`,
     decide the gate.
@@ -256,7 +257,8 @@ def evaluate(
     baseline, no forgetting check). The few-shot baseline draws its shots from
     `train_records` (the training split, never the test split) with `shot_seed`.
     `judge_api_key` defaults to $KUBETUNE_JUDGE_API_KEY. With `teacher`, the teacher is
-    scored too (`teacher_api_key` defaults to $KUBETUNE_TEACHER_API_KEY)."""
+    scored too (`teacher_api_key` defaults to $KUBETUNE_TEACHER_API_KEY; `teacher_base_dir`
+    anchors a file:// `teacher.uri`)."""
     examples, skipped = to_eval_examples(test_records, spec.max_examples)
     general, _ = to_eval_examples(general_records or [])
     metrics = metrics_to_compute(spec)
@@ -298,8 +300,11 @@ def evaluate(
     )
     local_roles = list(test_roles)
     teacher_seconds: float | None = None
+    teacher_bytes: int | None = None
     if teacher is not None and rows:
-        teacher_seconds = _answer_with_teacher(teacher, teacher_api_key, rows, workdir)
+        teacher_seconds, teacher_bytes = _answer_with_teacher(
+            teacher, teacher_api_key, rows, workdir, teacher_base_dir
+        )
         test_roles = [*test_roles, TEACHER]
 
     judge_tokens: int | None = None
@@ -367,8 +372,10 @@ def evaluate(
         teacher=None
         if TEACHER not in scores or teacher is None
         else TeacherComparison(
-            model=teacher.model,
+            model=teacher.name(),
             scores=scores[TEACHER],
+            teacher_size="remote" if teacher_bytes is None else "local",
+            teacher_size_bytes=teacher_bytes,
             seconds_per_answer=_rounded(teacher_seconds),
             student_seconds_per_answer=_rounded(seconds.get(FINE_TUNED)),
         ),
@@ -438,17 +445,20 @@ def _rounded(value: float | None) -> float | None:
 
 
 def _answer_with_teacher(
-    spec: TeacherSpec, api_key: str | None, rows: list[ExampleResult], workdir: Path
-) -> float | None:
-    """Fill `row.answers["teacher"]` from the teacher's endpoint (the data stage's cache
-    first); the mean seconds per answer (a cached answer counts its original request)."""
-    from kubetune.api.constants import ENV_TEACHER_API_KEY
-    from kubetune_trainer.distill import AnswerCache, Teacher, cache_root
+    spec: TeacherSpec,
+    api_key: str | None,
+    rows: list[ExampleResult],
+    workdir: Path,
+    base_dir: Path | None,
+) -> tuple[float | None, int | None]:
+    """Fill `row.answers["teacher"]` from the teacher (the data stage's cache first); the mean
+    seconds per answer (a cached answer counts its original request) and, for a `uri`
+    teacher, the bytes of its weights."""
+    from kubetune_trainer.distill import AnswerCache, cache_root, make_teacher
+    from kubetune_trainer.distill.local_teacher import LocalTeacher
 
-    client = Teacher(
-        spec,
-        api_key or os.environ.get(ENV_TEACHER_API_KEY) or None,
-        AnswerCache(cache_root(workdir), spec),
+    client = make_teacher(
+        spec, AnswerCache(cache_root(workdir), spec), api_key=api_key, base_dir=base_dir
     )
     try:
         conversations = [
@@ -461,7 +471,8 @@ def _answer_with_teacher(
     for row, answer in zip(rows, answers, strict=True):
         row.answers[TEACHER] = answer.text or ""
     log.info("teacher answered (%d from the cache)", client.cached)
-    return mean(a.seconds for a in answers if a.text is not None)
+    size = client.size_bytes() if isinstance(client, LocalTeacher) else None
+    return mean(a.seconds for a in answers if a.text is not None), size
 
 
 def _baselines_report(
