@@ -312,3 +312,78 @@ def test_a_local_teacher_model_answers_once_and_a_second_run_never_loads_it(
     assert spec.teacher is not None
     weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     assert LocalTeacher(spec.teacher).size_bytes() == weights > 0
+
+
+@pytest.mark.parametrize(
+    ("record", "sent", "answered"),
+    [
+        (
+            {"instruction": "Summarise", "input": "a long text", "system": "Be brief."},
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Summarise\n\na long text"},
+            ],
+            {
+                "instruction": "Summarise",
+                "input": "a long text",
+                "system": "Be brief.",
+                "output": "A.",
+            },
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "old"}]},
+            [{"role": "user", "content": "Hi?"}],
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "A."},
+                ]
+            },
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Q1"},
+                    {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"},
+                    {"role": "assistant", "content": "old"},
+                ]
+            },
+            [
+                {"role": "user", "content": "Q1"},
+                {"role": "assistant", "content": "A1"},
+                {"role": "user", "content": "Q2"},
+            ],
+            {
+                "messages": [
+                    {"role": "user", "content": "Q1"},
+                    {"role": "assistant", "content": "A1"},
+                    {"role": "user", "content": "Q2"},
+                    {"role": "assistant", "content": "A."},
+                ]
+            },
+        ),
+        (
+            {"prompt": "2+2=", "completion": "5"},
+            [{"role": "user", "content": "2+2="}],
+            {"prompt": "2+2=", "completion": "A."},
+        ),
+    ],
+    ids=["instruction", "sharegpt", "multi-turn-chat", "completion"],
+)
+def test_each_record_shape_is_asked_up_to_its_last_user_turn_and_keeps_its_shape(
+    record: dict[str, Any], sent: list[dict[str, str]], answered: dict[str, Any]
+) -> None:
+    from kubetune_trainer.distill.generate import answered_row, prompt_of
+
+    found = prompt_of(record)
+    assert found is not None and found[0] == sent
+    assert answered_row(record, found[0], found[1], "A.") == answered
+
+
+def test_records_without_a_prompt_are_left_for_validation_to_name() -> None:
+    from kubetune_trainer.distill.generate import prompt_of
+
+    assert prompt_of({"messages": [{"role": "assistant", "content": "orphan answer"}]}) is None
+    assert prompt_of({"text": "no known field"}) is None
+    assert prompt_of(["not", "an", "object"]) is None
