@@ -288,17 +288,31 @@ def test_a_local_teacher_model_answers_once_and_a_second_run_never_loads_it(
             "baseModel": {"uri": "builtin://tiny-llama"},
             "objective": "distill",
             "teacher": {"uri": f"file://{folder}", "maxTokens": 6, "concurrency": 3},
-            "dataset": {"source": {"uri": f"file://{data}"}},
+            "dataset": {"source": {"uri": f"file://{data}"}, "augment": {"perExample": 1}},
             "dataPolicy": {"dedup": "none"},
         }
     )
+    import kubetune_trainer.evaluation.generation as generation
+
+    loads: list[Path] = []
+    real_iter_models = generation.iter_models
+
+    def counted(path: Path, *args: Any, **kwargs: Any) -> Any:
+        loads.append(path)
+        return real_iter_models(path, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "iter_models", counted)
     first = prepare_dataset(spec, tmp_path / "run")
+    assert loads == [folder]  # one load for the answers, the new requests and their answers
     usage = first.report.teacher
     assert usage is not None and usage.model == f"file://{folder}"
-    assert (usage.answered, usage.requests, usage.cached) == (8, 8, 0)
+    report = first.report
+    seeds = report.train - report.synthetic_mixed
+    # 8 answers, then one new request per training seed and an answer to each non-empty one.
+    assert usage.requests >= 8 + seeds and usage.cached == 0
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    assert seeds + report.validation + report.test + report.summary().invalid == 8
     kept = first.train + first.validation + first.test
-    assert len(kept) + first.report.summary().invalid == 8
     assert all(r["messages"][-1]["role"] == "assistant" for r in kept)
 
     def no_model(*args: object, **kwargs: object) -> None:
@@ -307,7 +321,7 @@ def test_a_local_teacher_model_answers_once_and_a_second_run_never_loads_it(
     monkeypatch.setattr("kubetune_trainer.evaluation.generation.iter_models", no_model)
     again = prepare_dataset(spec, tmp_path / "run")
     second = again.report.teacher
-    assert second is not None and (second.answered, second.requests, second.cached) == (8, 0, 8)
+    assert second is not None and second.requests == 0 and second.cached == usage.requests
     assert again.train == first.train
     assert spec.teacher is not None
     weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))

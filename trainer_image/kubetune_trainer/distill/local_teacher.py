@@ -5,8 +5,10 @@ The same interface as the endpoint client (:class:`kubetune_trainer.distill.teac
 cache first. The model is loaded only when an answer is missing from the cache (a retried pod
 whose answers are all cached never loads it), on the training device, answers greedily
 (`temperature` is not used: the evaluation's generation is greedy), `concurrency` prompts per
-batch, and is freed before `ask_all` returns so the student has the memory. `requests` counts
-generated answers; the token counts are the rendered prompts' and the generated answers'.
+batch, and stays loaded until :meth:`LocalTeacher.close` (the data stage asks for answers,
+then for augmentation's requests and their answers: one load) frees it, before the student
+loads. `requests` counts generated answers; the token counts are the rendered prompts' and the
+generated answers'.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class LocalTeacher:
         """Generated tokens of the answers given, counted like `prompt_tokens`."""
         self.cached = 0
         """Answers taken from the cache."""
+        self._loaded: tuple[Any, Any, str] | None = None  # (model, tokenizer, device)
 
     def model_path(self) -> Path:
         """The teacher's local folder (downloaded or built on first use)."""
@@ -90,61 +93,63 @@ class LocalTeacher:
         return [answers[key] for key in keys]
 
     def close(self) -> None:
-        """Nothing to close: the model is freed after each generation."""
+        """Free the model, if it was loaded."""
+        if self._loaded is None:
+            return
+        self._loaded = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+    def _load(self) -> tuple[Any, Any, str]:
+        if self._loaded is None:
+            from kubetune_trainer.evaluation.generation import iter_models, load_tokenizer
+            from kubetune_trainer.models import training_device
+
+            device = self._device or training_device()
+            path = self.model_path()
+            log.info("teacher %s: loading on %s", self.spec.uri, device)
+            tokenizer = load_tokenizer(path, None)
+            _, model = next(iter_models(path, None, device, want_base=False))
+            self._loaded = (model, tokenizer, device)
+        return self._loaded
 
     def _generate(self, missing: list[tuple[str, Messages]]) -> dict[str, TeacherAnswer]:
         from kubetune_trainer.evaluation.examples import EvalExample
-        from kubetune_trainer.evaluation.generation import (
-            encode,
-            generate_answers,
-            iter_models,
-            load_tokenizer,
-            render_prompt,
-        )
-        from kubetune_trainer.models import training_device
+        from kubetune_trainer.evaluation.generation import encode, generate_answers, render_prompt
 
-        device = self._device or training_device()
-        path = self.model_path()
-        log.info("teacher %s: generating %d answers on %s", self.spec.uri, len(missing), device)
-        tokenizer = load_tokenizer(path, None)
+        model, tokenizer, device = self._load()
+        log.info("teacher %s: generating %d answers", self.spec.uri, len(missing))
         out: dict[str, TeacherAnswer] = {}
-        model: Any = None
-        try:
-            _, model = next(iter_models(path, None, device, want_base=False))
-            step = self.spec.concurrency
-            for start in range(0, len(missing), step):
-                batch = missing[start : start + step]
-                examples = [EvalExample(messages=m, text=None, reference="") for _, m in batch]
-                counts: list[int] = []
-                began = time.monotonic()
-                texts = generate_answers(
-                    model,
-                    tokenizer,
-                    examples,
-                    max_new_tokens=self.spec.max_tokens,
-                    device=device,
-                    batch_size=step,
-                    token_counts=counts,
-                )
-                seconds = (time.monotonic() - began) / len(batch)
-                for (key, messages), example, text, count in zip(
-                    batch, examples, texts, counts, strict=True
-                ):
-                    prompt = len(encode(tokenizer, *render_prompt(tokenizer, example)))
-                    self.requests += 1
-                    self.prompt_tokens += prompt
-                    self.completion_tokens += count
-                    if self.cache is not None:
-                        self.cache.put(messages, CachedAnswer(text, prompt, count, seconds))
-                    out[key] = TeacherAnswer(text, seconds=seconds)
-        finally:
-            del model
-            gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except ImportError:  # pragma: no cover
-                pass
+        step = self.spec.concurrency
+        for start in range(0, len(missing), step):
+            batch = missing[start : start + step]
+            examples = [EvalExample(messages=m, text=None, reference="") for _, m in batch]
+            counts: list[int] = []
+            began = time.monotonic()
+            texts = generate_answers(
+                model,
+                tokenizer,
+                examples,
+                max_new_tokens=self.spec.max_tokens,
+                device=device,
+                batch_size=step,
+                token_counts=counts,
+            )
+            seconds = (time.monotonic() - began) / len(batch)
+            for (key, messages), example, text, count in zip(
+                batch, examples, texts, counts, strict=True
+            ):
+                prompt = len(encode(tokenizer, *render_prompt(tokenizer, example)))
+                self.requests += 1
+                self.prompt_tokens += prompt
+                self.completion_tokens += count
+                if self.cache is not None:
+                    self.cache.put(messages, CachedAnswer(text, prompt, count, seconds))
+                out[key] = TeacherAnswer(text, seconds=seconds)
         return out
