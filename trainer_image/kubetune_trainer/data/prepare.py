@@ -1,12 +1,15 @@
-"""The data stage: read → validate → length check → dedup → scan → split → leakage → mix →
-class balance → report.
+"""The data stage: read → (teacher answers, objective distill) → validate → length check →
+dedup → scan → split → leakage → (synthetic examples from the training split, dataset.augment,
+checked the same way) → mix → class balance → report.
 
-:func:`prepare_dataset` is the one entry point. It runs before any model is loaded (a tokenizer,
-cheap to load, may be given for the token counts), writes ``<workdir>/data/report.json`` and
+:func:`prepare_dataset` is the one entry point. It runs before the student is loaded (a
+tokenizer, cheap to load, may be given for the token counts; a `teacher.uri` model is loaded
+and freed here, see :mod:`kubetune_trainer.distill`), writes ``<workdir>/data/report.json`` and
 ``report.txt`` whatever happens, and on success ``<workdir>/data/{train,validation,test}.jsonl``
 with the normalised records. It raises, after writing the report:
 
-- :class:`DataSourceError` when a source cannot be read;
+- :class:`DataSourceError` when a source cannot be read, or the teacher refuses a request
+  in a way no retry changes (:class:`kubetune_trainer.distill.TeacherUnavailableError`);
 - :class:`DataValidationError` for an empty dataset, mixed formats, a format that does not fit
   the objective, most records invalid (see :mod:`.validate`), or no valid record left;
 - :class:`DataPolicyError` when ``dataPolicy.action`` is ``fail`` and a scan caught anything
