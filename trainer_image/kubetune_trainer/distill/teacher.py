@@ -33,7 +33,11 @@ from kubetune.api.constants import ENV_TEACHER_API_KEY
 from kubetune.api.teacher import TeacherSpec
 from kubetune_trainer.data.errors import DataSourceError
 from kubetune_trainer.distill.cache import AnswerCache, CachedAnswer, prompt_key
-from kubetune_trainer.evaluation.judge import PLACEHOLDER_API_KEY, retry_after_seconds
+from kubetune_trainer.evaluation.judge import (
+    PLACEHOLDER_API_KEY,
+    RetryableError,
+    retryable_chat_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +101,6 @@ class TeacherAnswer:
     """Wall time of the request that produced it (the cached figure for a cached answer)."""
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, wait: float | None) -> None:
-        super().__init__(message)
-        self.wait = wait
-
-
 class _Fatal(Exception):
     pass
 
@@ -159,7 +157,7 @@ class Teacher:
             started = time.monotonic()
             try:
                 text, prompt_tokens, completion_tokens = self._request(messages)
-            except _Retryable as exc:
+            except RetryableError as exc:
                 error = self._scrub(str(exc))
                 if attempt < self.spec.max_retries:
                     wait = exc.wait if exc.wait is not None else self._backoff_for(attempt)
@@ -212,21 +210,13 @@ class Teacher:
                 temperature=self.spec.temperature,
                 max_tokens=self.spec.max_tokens,
             )
-        except openai.RateLimitError as exc:
-            wait = retry_after_seconds(exc.response.headers)
-            raise _Retryable(
-                "HTTP 429 rate limited", None if wait is None else min(wait, self._max_retry_after)
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise _Retryable(f"timeout after {self.spec.timeout_seconds:g}s", None) from exc
-        except openai.APIConnectionError as exc:
-            raise _Retryable(f"connection error: {exc}", None) from exc
-        except openai.APIStatusError as exc:
-            if exc.status_code in (408, 409) or exc.status_code >= 500:
-                raise _Retryable(f"HTTP {exc.status_code}: {exc.message}", None) from exc
-            raise _Fatal(f"HTTP {exc.status_code}: {exc.message}") from exc
-        except ValueError as exc:  # a 200 whose body is not JSON
-            raise _Retryable(f"unreadable response body: {exc}", None) from exc
+        except (openai.OpenAIError, ValueError) as exc:
+            retry = retryable_chat_error(exc, self.spec.timeout_seconds, self._max_retry_after)
+            if retry is not None:
+                raise retry from exc
+            if isinstance(exc, openai.APIStatusError):
+                raise _Fatal(f"HTTP {exc.status_code}: {exc.message}") from exc
+            raise
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -236,7 +226,7 @@ class Teacher:
         try:
             content = response.choices[0].message.content
         except (AttributeError, IndexError, KeyError, TypeError) as exc:
-            raise _Retryable("response is not a chat completion", None) from exc
+            raise RetryableError("response is not a chat completion", None) from exc
         return (content if isinstance(content, str) else ""), prompt_tokens, completion_tokens
 
     def _backoff_for(self, attempt: int) -> float:

@@ -84,12 +84,30 @@ class _Reply:
     refusal: str | None
 
 
-class _Retryable(Exception):
+class RetryableError(Exception):
     """A failure worth another request after `wait` seconds (None: exponential backoff)."""
 
     def __init__(self, message: str, wait: float | None) -> None:
         super().__init__(message)
         self.wait = wait
+
+
+def retryable_chat_error(exc: Exception, timeout_s: float, max_retry_after: float) -> RetryableError | None:
+    """The retry a failed OpenAI-compatible chat request deserves (to raise from `exc`), or None
+    when another request would fail the same way (a 4xx other than 408/409/429). Shared by the
+    judge and the distillation teacher."""
+    if isinstance(exc, openai.RateLimitError):
+        wait = retry_after_seconds(exc.response.headers)
+        return RetryableError("HTTP 429 rate limited", None if wait is None else min(wait, max_retry_after))
+    if isinstance(exc, openai.APITimeoutError):  # before APIConnectionError, its base class
+        return RetryableError(f"timeout after {timeout_s:g}s", None)
+    if isinstance(exc, openai.APIConnectionError):
+        return RetryableError(f"connection error: {exc}", None)
+    if isinstance(exc, openai.APIStatusError) and (exc.status_code in (408, 409) or exc.status_code >= 500):
+        return RetryableError(f"HTTP {exc.status_code}: {exc.message}", None)
+    if isinstance(exc, ValueError):  # a 200 whose body is not JSON
+        return RetryableError(f"unreadable response body: {exc}", None)
+    return None
 
 
 def retry_after_seconds(headers: Any, now: datetime | None = None) -> float | None:
@@ -155,7 +173,7 @@ class Judge:
             attempts = attempt + 1
             try:
                 reply = self._ask(messages)
-            except _Retryable as exc:
+            except RetryableError as exc:
                 error = self._scrub(str(exc))
                 if attempt < self.spec.max_retries:
                     wait = exc.wait if exc.wait is not None else self._backoff_for(attempt)
@@ -204,28 +222,18 @@ class Judge:
         self._client.close()
 
     def _ask(self, messages: list[dict[str, str]]) -> _Reply:
-        """Send one request. Raises _Retryable, or OpenAIError for errors not worth a retry."""
+        """Send one request. Raises RetryableError, or OpenAIError for errors not worth a retry."""
         try:
             response = self._client.chat.completions.create(
                 model=self.spec.model,
                 messages=messages,  # type: ignore[arg-type]
                 temperature=0,
             )
-        except openai.RateLimitError as exc:
-            wait = retry_after_seconds(exc.response.headers)
-            raise _Retryable(
-                "HTTP 429 rate limited", None if wait is None else min(wait, self._max_retry_after)
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise _Retryable(f"timeout after {self.spec.timeout_seconds:g}s", None) from exc
-        except openai.APIConnectionError as exc:
-            raise _Retryable(f"connection error: {exc}", None) from exc
-        except openai.APIStatusError as exc:
-            if exc.status_code in (408, 409) or exc.status_code >= 500:
-                raise _Retryable(f"HTTP {exc.status_code}: {exc.message}", None) from exc
-            raise
-        except ValueError as exc:  # a 200 whose body is not JSON
-            raise _Retryable(f"unreadable response body: {exc}", None) from exc
+        except (openai.OpenAIError, ValueError) as exc:
+            retry = retryable_chat_error(exc, self.spec.timeout_seconds, self._max_retry_after)
+            if retry is None:
+                raise
+            raise retry from exc
         usage = getattr(response, "usage", None)
         used = int(getattr(usage, "prompt_tokens", 0) or 0) + int(
             getattr(usage, "completion_tokens", 0) or 0
@@ -239,7 +247,7 @@ class Judge:
             finish_reason = choice.finish_reason
         except (AttributeError, IndexError, KeyError, TypeError) as exc:
             # The client does not validate response shapes: a broken server's 200 lands here.
-            raise _Retryable("response is not a chat completion", None) from exc
+            raise RetryableError("response is not a chat completion", None) from exc
         if refusal or finish_reason == "content_filter":
             return _Reply("", used, str(refusal or "content filter"))
         return _Reply(content if isinstance(content, str) else "", used, None)
