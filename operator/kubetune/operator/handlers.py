@@ -27,13 +27,7 @@ import kubernetes
 from prometheus_client import start_http_server
 
 from kubetune.api import constants as c
-from kubetune.operator.kube import (
-    EventRecorder,
-    KubeApi,
-    ServingApi,
-    instrument_client,
-    load_client_config,
-)
+from kubetune.operator.kube import KubeApi, ServingApi, instrument_client, load_client_config
 from kubetune.operator.leaderelection import LeaderElector, LeaseConfig
 from kubetune.operator.probes import serve_probes
 from kubetune.operator.progress import scrape_progress
@@ -83,7 +77,6 @@ class _Runtime:
         self.workers: list[threading.Thread] = []
         self.probe_url: str | None = None  # `kubetune operator --liveness URL`: /healthz and /readyz
         self.probe_runner: Any = None
-        self.events: EventRecorder | None = None  # FineTuneJob Events, posted off the workers
 
 
 runtime = _Runtime()
@@ -125,10 +118,7 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     may_write = runtime.elector.may_write if runtime.elector is not None else None
     instance = runtime.settings.identity
     runtime.reconciler = FineTuneJobReconciler(KubeApi(may_write=may_write, instance=instance), runtime.settings)
-    if runtime.events is not None:
-        runtime.events.stop()
-    runtime.events = EventRecorder(runtime.reconciler.api.post_event)
-    _wire(runtime.reconciler)
+    runtime.reconciler.requeue_after = runtime.queue.add_after
     runtime.serving = ModelDeploymentReconciler(ServingApi(may_write=may_write, instance=instance),
                                                 runtime.settings)
     runtime.stop.clear()
@@ -152,14 +142,6 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         runtime.leading.set()
 
 
-def _wire(reconciler: FineTuneJobReconciler) -> None:
-    """The reconciler's held-back status writes come back through the work queue, and its
-    Events go out through the recorder's threads."""
-    reconciler.requeue_after = runtime.queue.add_after
-    if runtime.events is not None:
-        reconciler.post_event = runtime.events.post
-
-
 @kopf.on.startup()
 async def start_probes(**_: Any) -> None:
     """/healthz and /readyz (probes.py) when `kubetune operator --liveness URL` asks for them."""
@@ -178,8 +160,6 @@ async def stop_probes(**_: Any) -> None:
 def stop(**_: Any) -> None:
     runtime.stop.set()
     runtime.leading.clear()
-    if runtime.events is not None:
-        runtime.events.stop()  # what is queued goes out first
     if runtime.elector is not None:
         runtime.elector.stop(release=True)  # a clean exit hands over at the standby's next retry
     runtime.queue.shutdown()
@@ -354,7 +334,7 @@ def _started_leading() -> None:
     """Take over with fresh reconcilers (what an earlier term remembered may be stale: the other
     replica wrote meanwhile) and a full pass over everything the indexes hold."""
     runtime.reconciler = FineTuneJobReconciler(runtime.reconciler.api, runtime.settings)
-    _wire(runtime.reconciler)
+    runtime.reconciler.requeue_after = runtime.queue.add_after
     runtime.serving = ModelDeploymentReconciler(runtime.serving.api, runtime.settings)
     for key in list(runtime.indexes.get("finetunejobs", {}).keys()) if runtime.indexes else []:
         runtime.queue.add(key)

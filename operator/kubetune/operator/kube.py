@@ -17,8 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import queue
-import threading
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -241,51 +239,6 @@ class KubeApi:
             _drain(self.core.create_namespaced_event(meta["namespace"], event, field_manager=FIELD_MANAGER, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
-
-
-class EventRecorder:
-    """Posts Events from its own threads, as client-go's EventRecorder does: a reconcile queues
-    its Events and goes on instead of waiting for each POST. With 1000 FineTuneJobs starting
-    together, two Events each were a third of the writes a reconcile worker waited for.
-
-    Best effort, like any Event: a full backlog drops the Event (logged), and a replica that is
-    no longer the leader when its turn comes drops it too (NotLeaderError)."""
-
-    def __init__(self, post: Callable[[dict[str, Any], str, str, str], None], threads: int = 2,
-                 backlog: int = 10_000) -> None:
-        self._post = post
-        self._queue: queue.Queue[tuple[dict[str, Any], str, str, str] | None] = queue.Queue(backlog)
-        self._threads = [threading.Thread(target=self._run, name=f"kubetune-events-{i}", daemon=True)
-                         for i in range(threads)]
-        for thread in self._threads:
-            thread.start()
-
-    def post(self, owner: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        try:
-            self._queue.put_nowait((owner, type_, reason, message))
-        except queue.Full:
-            meta = owner.get("metadata") or {}
-            log.warning("event backlog full: dropped %s on %s/%s", reason, meta.get("namespace"), meta.get("name"))
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            try:
-                self._post(*item)
-            except NotLeaderError:
-                log.info("not the leader any more: event %s not posted", item[2])
-            except Exception:
-                log.exception("posting event %s failed", item[2])
-            finally:
-                self._queue.task_done()
-        self._queue.task_done()
-
-    def flush(self) -> None:
-        """Wait until every Event queued so far was posted (or dropped)."""
-        self._queue.join()
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
 
 
 class ServingApi(KubeApi):

@@ -192,8 +192,6 @@ class FineTuneJobReconciler:
         # for a later reconcile of a write held back (the operator's work queue).
         self._written_at: dict[str, float] = {}
         self.requeue_after: Callable[[tuple[str, str], float], None] | None = None
-        # How Events are posted: at once by default; the operator queues them (kube.EventRecorder).
-        self.post_event: Callable[[dict[str, Any], str, str, str], None] = api.post_event
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -317,7 +315,7 @@ class FineTuneJobReconciler:
                 "metadata": dict(meta),
             }
             for event in transition_events(current, new):
-                self.post_event(owner, event.type, event.reason, event.message)
+                self.api.post_event(owner, event.type, event.reason, event.message)
         return new
 
     def _hold_back(self, uid: str, current: FineTuneJobStatus, new: FineTuneJobStatus) -> float:
